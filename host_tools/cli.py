@@ -11,7 +11,13 @@ from host_tools.sim.client import SimClient, SimError
 def cmd_sim_run(args):
     from host_tools.sim.runner import SimRunner
 
-    SimRunner(args.state, heap=args.heap, device_id=args.device_id, quiet=args.quiet).serve()
+    SimRunner(
+        args.state,
+        heap=args.heap,
+        device_id=args.device_id,
+        quiet=args.quiet,
+        firmware_dir=args.firmware,
+    ).serve()
     return 0
 
 
@@ -134,6 +140,12 @@ def build_parser():
     )
     run.add_argument("--device-id", default="sim-0001", help="device id on first start")
     run.add_argument("--quiet", action="store_true", help="do not narrate events")
+    run.add_argument(
+        "--firmware",
+        default=None,
+        help="firmware directory mounted at /rom (default: the repository's firmware/; "
+        "e.g. a tree compiled to .mpy)",
+    )
     run.set_defaults(func=cmd_sim_run)
     ctl = sim.add_parser(
         "ctl",

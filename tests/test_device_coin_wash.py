@@ -1,0 +1,209 @@
+"""Device tests: the firmware under the real micropython on the simulated board, driven
+through the same control channel as `washpay sim ctl`."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from host_tools.sim.client import SimBoard, SimError
+
+pytestmark = pytest.mark.device
+
+
+@pytest.fixture
+def sim(tmp_path):
+    board = SimBoard(tmp_path / "st", log=tmp_path / "sim.log")
+    board.start()
+    try:
+        board.wait_ready()
+        yield board
+    finally:
+        board.stop()
+
+
+def insert(sim, value):
+    before = sim.status()["credit"]
+    reply = sim.call("coin", value=value)
+    assert "pulses" in reply, reply
+    return sim.wait_for(lambda s: s["credit"] == before + value, what=f"credit +{value}")
+
+
+def test_full_coin_wash(sim):
+    st = sim.status()
+    assert st["state"] == "idle" and st["credit"] == 0
+    assert st["display"].startswith("Insert coins")
+    sim.select_program("standard")  # 3.50
+    for coin in (200, 100, 50):
+        st = insert(sim, coin)
+    assert st["credit"] == 350 and st["state"] == "credit"
+    assert "Credit 3.50" in st["display"]
+    count_before = st["journal"]["count"]
+    sim.call("button", name="start")
+    st = sim.wait_for(lambda s: s["state"] == "running", what="running")
+    assert st["relay_pulses"] == 1
+    assert st["inhibit"] is True  # no coins while the machine runs
+    st = sim.wait_for(lambda s: s["state"] == "idle", timeout=20, what="cycle end")
+    assert st["credit"] == 0
+    assert st["inhibit"] is False
+    # vend_start, vend_running, vend_done
+    assert st["journal"]["count"] == count_before + 3
+    assert st["journal"]["last_type"] == "vend_done"
+
+
+def test_not_enough_credit_does_not_start(sim):
+    insert(sim, 100)
+    sim.call("button", name="start")
+    st = sim.wait_for(lambda s: "Insert" in s["display"], what="the shortfall message")
+    assert "1.50" in st["display"]  # quick costs 2.50
+    assert st["relay_pulses"] == 0 and st["state"] == "credit"
+
+
+def test_door_open_refuses_start(sim):
+    insert(sim, 200)
+    insert(sim, 100)
+    sim.call("door", state="open")
+    sim.call("button", name="start")
+    st = sim.wait_for(lambda s: "Close the door" in s["display"], what="door message")
+    assert st["relay_pulses"] == 0 and st["credit"] == 300
+
+
+def test_power_cut_right_after_coin_keeps_credit(sim):
+    insert(sim, 200)
+    sim.call("power", state="cut")
+    assert sim.status()["power"] == "off"
+    sim.call("power", state="on")
+    st = sim.wait_ready()
+    assert st["credit"] == 200 and st["state"] == "credit"
+    assert st["boots"] == 2
+
+
+def test_washer_never_confirms_keeps_credit(sim):
+    sim.call("washer", state="idle")  # manual: the busy line never comes
+    insert(sim, 200)
+    insert(sim, 100)
+    sim.call("button", name="start")
+    st = sim.wait_for(lambda s: s["journal"]["last_type"] == "start_failed", timeout=20,
+                      what="start failure")
+    assert st["relay_pulses"] == 2  # one retry, then give up
+    assert st["credit"] == 300 and st["state"] == "credit"
+    assert st["firmware"]["starts_failed"] == 1
+
+
+def test_power_cut_during_start_gives_credit_back(sim):
+    sim.call("washer", state="idle")
+    insert(sim, 200)
+    insert(sim, 100)
+    sim.call("button", name="start")
+    sim.wait_for(lambda s: s["state"] == "starting", what="starting")
+    sim.call("power", state="cut")
+    sim.call("power", state="on")
+    st = sim.wait_for(lambda s: s.get("state") == "credit", timeout=20, what="recovery")
+    assert st["credit"] == 300
+    assert st["journal"]["last_type"] == "boot"
+
+
+def test_power_cut_while_running_resumes_running(sim):
+    sim.call("washer", state="busy")  # the machine keeps running on its own supply
+    insert(sim, 200)
+    insert(sim, 100)
+    sim.call("button", name="start")
+    sim.wait_for(lambda s: s["state"] == "running", what="running")
+    sim.call("power", state="cut")
+    sim.call("power", state="on")
+    st = sim.wait_for(lambda s: s.get("state") == "running", timeout=20, what="recovery")
+    assert st["credit"] == 50 and st["relay_pulses"] == 1
+    sim.call("washer", state="idle")
+    st = sim.wait_for(lambda s: s["state"] == "credit", what="cycle end")
+    assert st["credit"] == 50
+
+
+def test_glitches_add_no_credit(sim):
+    sim.call("glitch", count=5)
+    st = sim.wait_for(lambda s: s["firmware"]["coin_noise"] >= 1, what="noise seen")
+    insert(sim, 100)
+    st = sim.status()
+    assert st["credit"] == 100
+
+
+def test_coin_while_running_is_returned(sim):
+    sim.call("washer", state="busy")
+    insert(sim, 200)
+    insert(sim, 100)
+    sim.call("button", name="start")
+    sim.wait_for(lambda s: s["state"] == "running", what="running")
+    reply = sim.call("coin", value=100)
+    assert reply.get("returned") is True
+    assert sim.status()["credit"] == 50
+
+
+def test_unknown_train_is_rejected_not_credited(sim):
+    sim.call("pulses", n=3)  # no coin is 3 pulses
+    st = sim.wait_for(lambda s: s["journal"]["last_type"] == "coin_rejected", what="rejection")
+    assert st["credit"] == 0
+    assert st["firmware"]["faults"] == 1
+
+
+def factory_board(tmp_path, config):
+    """A simulated board whose blank flash gets `config` as its factory config.json."""
+    st_dir = tmp_path / "st"
+    (st_dir / "provision").mkdir(parents=True)
+    (st_dir / "provision" / "config.json").write_text(config)
+    return SimBoard(st_dir, log=tmp_path / "sim.log")
+
+
+def test_max_credit_inhibits_acceptor(tmp_path):
+    with factory_board(tmp_path, '{"device_id": "sim-0002", "max_credit": 450}') as board:
+        board.wait_ready()
+        for _ in range(2):
+            insert(board, 200)
+        assert board.status()["inhibit"] is False
+        insert(board, 100)
+        st = board.status()
+        assert st["credit"] == 500 and st["inhibit"] is True
+        assert board.call("coin", value=50).get("returned") is True
+        assert board.status()["credit"] == 500
+
+
+def test_bad_config_puts_machine_out_of_order(tmp_path):
+    bad = '{"programs": [{"name": "x", "price": -1}]}'
+    with factory_board(tmp_path, bad) as board:
+        st = board.wait_ready()
+        assert st["state"] == "out_of_order"
+        assert "programs[0].price" in st["firmware"]["config_error"]
+        assert st["inhibit"] is True
+        assert st["display"].startswith("Out of order")
+        assert board.call("coin", value=100).get("returned") is True
+
+
+def mpremote(*args, timeout=30):
+    return subprocess.run(
+        [sys.executable, "-m", "mpremote", *args],
+        capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL,
+    )
+
+
+def test_mpremote_exec_and_fs_ls(sim):
+    port = sim.status()["console"]
+    r = mpremote("connect", port, "exec", "import os; print(sorted(os.listdir('/')))")
+    assert r.returncode == 0, r.stderr
+    assert "'board.json'" in r.stdout and "'journal'" in r.stdout
+    r = mpremote("connect", port, "fs", "ls")
+    assert r.returncode == 0, r.stderr
+    assert "config.json" in r.stdout
+    # mpremote leaves the board in its REPL, as a real board does; a reset runs main.py
+    r = mpremote("connect", port, "reset")
+    assert r.returncode == 0, r.stderr
+    sim.wait_ready()
+
+
+def test_ctl_without_running_board_says_what_to_do(tmp_path):
+    r = subprocess.run(
+        [sys.executable, "-m", "host_tools.cli", "sim", "ctl", "--state", str(tmp_path), "status"],
+        capture_output=True, text=True, cwd=Path(__file__).parent.parent,
+    )
+    assert r.returncode == 2
+    assert "washpay sim run --state" in r.stderr
+    with pytest.raises(SimError):
+        SimBoard(tmp_path).client.status()
