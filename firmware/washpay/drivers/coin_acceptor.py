@@ -1,0 +1,97 @@
+"""CH-926-style coin acceptor: samples the hardware pulse counter and drives the inhibit line.
+
+The board hands over a pulse counter that counts pulse starts in hardware (machine.Counter
+or esp32.PCNT, anything with .value()), the pulse input pin and the inhibit output pin. The
+sampling task reads (time, count, level) every `sample_ms` and feeds a PulseTrainDecoder;
+every result it returns is awaited through `on_result` before sampling goes on, so that the
+caller can make the coin durable before it is shown as credit. The counter keeps counting
+while the caller is busy, so no pulse start is lost. No payment logic here.
+"""
+
+import asyncio
+import time
+
+from micropython import const
+
+# A rising edge between reading the counter and the pin would pair a new level with an old
+# count; reading the counter on both sides of the pin and retrying makes the three agree.
+_READ_TRIES = const(4)
+# The running clock given to the decoder is rebased before it leaves the small-int range
+# (2**30 on a 32-bit port), so that sampling never allocates.
+_REBASE_MS = const(1 << 28)
+_SAMPLES_MASK = const(0x3FFFFFFF)
+_LONG_PAUSE_MS = const(1 << 20)
+
+
+class CoinAcceptor:
+    def __init__(self, counter, pulse_pin, inhibit_pin, decoder, active_low=True,
+                 inhibit_active_high=True, sample_ms=5):
+        self.counter = counter
+        self.pulse_pin = pulse_pin
+        self.inhibit_pin = inhibit_pin
+        self.decoder = decoder
+        self._active = 0 if active_low else 1
+        self._inhibit_on = 1 if inhibit_active_high else 0
+        self.sample_ms = sample_ms
+        self.samples = 0  # samples taken (wraps): a watchdog can see the task is alive
+        self._task = None
+        self.count = 0  # last sample, for status
+        self.level = 0
+        # The decoder's clock runs from construction, across any pause of the task: time that
+        # passed must never look shorter than it was.
+        self._now = 0
+        self._ticks = time.ticks_ms()
+        # Refuse coins until the owner says otherwise: nobody is decoding them yet.
+        self.inhibit(True)
+
+    def inhibit(self, on):
+        """Assert (True: the acceptor refuses coins) or release the inhibit line."""
+        self._inhibited = bool(on)
+        self.inhibit_pin.value(self._inhibit_on if on else 1 - self._inhibit_on)
+
+    @property
+    def inhibited(self):
+        return self._inhibited
+
+    def sample(self):
+        """Read one consistent pair into `count` and `level` (1 while a pulse is on)."""
+        c = self.counter.value()
+        level = 0
+        for _ in range(_READ_TRIES):
+            level = self.pulse_pin.value()
+            c2 = self.counter.value()
+            if c2 == c:
+                break
+            c = c2
+        self.count = c
+        self.level = 1 if level == self._active else 0
+
+    async def run(self, on_result):
+        """The sampling task: runs until cancelled (deinit)."""
+        self._task = asyncio.current_task()
+        decoder = self.decoder
+        while True:
+            t = time.ticks_ms()
+            dt = time.ticks_diff(t, self._ticks)
+            self._ticks = t
+            if dt < 0:
+                # ticks wrapped during a pause of days: say "long" so that any edges in it
+                # are reported as unverifiable rather than squeezed into a short interval
+                dt = _LONG_PAUSE_MS
+            self._now += dt
+            if self._now >= _REBASE_MS:
+                decoder.rebase(self._now)
+                self._now = 0
+            self.sample()
+            self.samples = (self.samples + 1) & _SAMPLES_MASK
+            res = decoder.feed(self._now, self.count, self.level)
+            if res is not None:
+                await on_result(res)
+            await asyncio.sleep_ms(self.sample_ms)
+
+    def deinit(self):
+        """Stop sampling and refuse coins: nobody would decode them."""
+        if self._task is not None:
+            self._task.cancel()
+            self._task = None
+        self.inhibit(True)
