@@ -31,6 +31,7 @@ class VendEngine:
         self.fault = None  # why the machine is out of order, if it is
         self.faults = 0
         self.last_fault = None
+        self._notice_id = 0
         self.noise = 0
         self.starts_failed = 0
         self.busy = False  # a vend task is running; buttons and coins wait
@@ -103,6 +104,18 @@ class VendEngine:
         else:
             self.screen.show("Insert coins", "%s %s" % (p["name"], m(p["price"])))
 
+    def notice(self, line1, line2, ms):
+        """Show a message for `ms`, then the normal screen, without holding up the caller:
+        the coin sampler calls into the engine and must be back within a few ms."""
+        self.show(line1, line2)
+        self._notice_id += 1
+        asyncio.create_task(self._restore_screen(self._notice_id, ms))
+
+    async def _restore_screen(self, notice_id, ms):
+        await asyncio.sleep_ms(ms)
+        if notice_id == self._notice_id:
+            self.show()
+
     def update_inhibit(self):
         refuse = (
             self.state in (R.STARTING, R.RUNNING, R.OUT_OF_ORDER)
@@ -135,9 +148,7 @@ class VendEngine:
             self.faults += 1
             self.last_fault = result[1]
             self._record(R.COIN_REJECTED, reason=result[1], pulses=result[2])
-            self.show("Coin not taken", "ask staff")
-            await asyncio.sleep_ms(1500)
-            self.show()
+            self.notice("Coin not taken", "ask staff", 1500)
         else:  # line noise: no coin, nothing to record per glitch
             self.noise += result[1] if len(result) > 1 else 1
 
@@ -154,29 +165,56 @@ class VendEngine:
             await self.start()
 
     async def start(self):
+        """START pressed: vend the selected program from the machine's credit."""
         p = self.program
         if self.credit < p["price"]:
             self.show("Insert " + self.screen.money(p["price"] - self.credit), "for " + p["name"])
             return False
-        if not self.washer.door_closed():
-            self.show("Close the door", "then press START")
+        why = self.refuse_reason()
+        if why:
+            self.show(why, "then press START")
             return False
         self.busy = True
         try:
-            return await self._vend(p)
+            self.credit -= p["price"]
+            self.commit_vend(R.VEND_START, p["price"], amount=p["price"])
+            return await self.drive()
         finally:
             self.busy = False
 
-    async def _vend(self, p):
-        price = p["price"]
-        self.credit -= price
+    # ---- the path every payment source takes (coins above; cards, tokens, remote start)
+    def refuse_reason(self):
+        """Why a vend cannot start now (a short text for the display), or None."""
+        if self.busy or self.state in (R.STARTING, R.RUNNING):
+            return "Machine busy"
+        if self.state == R.OUT_OF_ORDER:
+            return "Out of order"
+        if not self.washer.door_closed():
+            return "Close the door"
+        return None
+
+    def commit_vend(self, rtype, price, program=None, **fields):
+        """Make the payment durable: one record in state STARTING, before the relay moves.
+
+        The caller has already taken `price` from wherever it came from (machine credit,
+        a card, a token); from this record on, boot recovery either confirms the vend or
+        returns `price` as machine credit.
+        """
+        if program is not None:
+            self.program = program
+        p = self.program
         self.state = R.STARTING
         self.vend_price = price
         self.acceptor.inhibit(True)
-        # the debit is durable before the relay moves
-        self._record(R.VEND_START, program=p["name"], price=price, amount=price)
-        self.show()
+        seq = self._record(rtype, program=p["name"], price=price, **fields)
         self.timings["start_to_relay_us"] = time.ticks_diff(time.ticks_us(), self._t_start)
+        self.show()
+        return seq
+
+    async def drive(self):
+        """Start the washer for the committed vend; on no confirmation the price is credit."""
+        p = self.program
+        price = self.vend_price
         for attempt in range(1 + self.cfg["start_retries"]):
             await self.washer.start(price)
             if await self._await_busy(self.cfg["start_confirm_ms"]):
@@ -192,9 +230,7 @@ class VendEngine:
         self._record(R.START_FAILED, program=p["name"], amount=price,
                      reason="washer did not confirm start")
         self.update_inhibit()
-        self.show("Start failed", "credit kept " + self.screen.money(self.credit))
-        await asyncio.sleep_ms(2000)
-        self.show()
+        self.notice("Start failed", "credit kept " + self.screen.money(self.credit), 2000)
         return False
 
     async def _await_busy(self, window_ms):
@@ -219,10 +255,7 @@ class VendEngine:
         self.state = R.CREDIT if self.credit else R.IDLE
         self._record(R.VEND_DONE, program=p["name"], price=self.vend_price)
         self.update_inhibit()
-        self.show("Done", "thank you")
-        await asyncio.sleep_ms(2000)
-        if self.state in (R.IDLE, R.CREDIT):
-            self.show()
+        self.notice("Done", "thank you", 2000)
 
     # ---- status for the console, the simulator and (later) the network
     def status(self):
