@@ -97,6 +97,33 @@ class I2C:
         return sorted(_bench().i2c_devices)
 
 
+class SPI:
+    MSB = 0
+    LSB = 1
+
+    def __init__(self, id=1, baudrate=1000000, *, polarity=0, phase=0, bits=8, firstbit=0,
+                 sck=None, mosi=None, miso=None):
+        self.id = id
+
+    def init(self, *args, **kw):
+        pass
+
+    def write(self, buf):
+        _bench().spi_xfer(buf)
+
+    def read(self, n, write=0):
+        return _bench().spi_xfer(bytes([write]) * n)
+
+    def readinto(self, buf, write=0):
+        buf[:] = _bench().spi_xfer(bytes([write]) * len(buf))
+
+    def write_readinto(self, wbuf, rbuf):
+        rbuf[:] = _bench().spi_xfer(wbuf)
+
+    def deinit(self):
+        pass
+
+
 class WDT:
     def __init__(self, id=0, timeout=5000):
         if timeout < 1000:

@@ -200,6 +200,12 @@ class Bench:
         self.flash = flash
         self.boot_reason = boot_reason
         self.i2c_devices = {}
+        # SPI devices by the name of their chip-select pin; each has xfer(bytes) -> bytes
+        # (same length, clocked while selected), select(bool), and may have reset(level)
+        # for a reset pin named in its `rst` attribute
+        self.spi_devices = {}
+        # host requests handled by peripheral models: op name -> handler(msg) -> reply dict
+        self.op_handlers = {}
         self.link = HostLink(link_path)
         self.status_hook = None
         self.wdt_timeout = 0
@@ -242,6 +248,14 @@ class Bench:
         self.outputs[name] = level
         if old == level:
             return
+        dev = self.spi_devices.get(name)
+        if dev is not None:
+            dev.select(level == 0)  # chip selects are active low
+            return
+        for dev in self.spi_devices.values():
+            if getattr(dev, "rst", None) == name:
+                dev.reset(level)
+                return
         if name == "relay":
             on = level == (1 if self.washer_cfg["relay_active"] == "high" else 0)
             self.washer.relay(on, now_us())
@@ -265,6 +279,13 @@ class Bench:
         if level is None:
             return False
         return level == (1 if self.coin_cfg["inhibit_active"] == "high" else 0)
+
+    def spi_xfer(self, data):
+        """Clock `data` out on the SPI bus; returns what MISO carried back."""
+        for cs, dev in self.spi_devices.items():
+            if self.outputs.get(cs, 1) == 0:
+                return dev.xfer(bytes(data))
+        return b"\xff" * len(data)  # nobody selected: MISO floats high
 
     def i2c_write(self, addr, buf):
         dev = self.i2c_devices.get(addr)
@@ -368,6 +389,9 @@ class Bench:
         if op == "cut":
             self.flash.arm_cut(int(msg["after_ops"]), bool(msg.get("torn")))
             return {"armed": True}
+        handler = self.op_handlers.get(op)
+        if handler is not None:
+            return handler(msg)
         return {"error": "unknown op %r" % op}
 
 
