@@ -1,0 +1,155 @@
+"""Price table: boundaries (midnight, weekday edges, tiers) and properties, under CPython and
+the same cases replayed under the real micropython."""
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from tests.conftest import run_micropython
+
+sys.path.insert(0, str(Path(__file__).parent / "shims"))
+sys.path.insert(0, str(Path(__file__).parent.parent / "firmware"))
+
+from washpay.pricing import PriceTable, PricingError  # noqa: E402
+
+PROGRAMS = [
+    {"name": "quick", "price": 250, "minutes": 30},
+    {"name": "standard", "price": 350, "minutes": 45},
+    {"name": "dry", "mode": "timed", "price": 100, "step_minutes": 10, "max_minutes": 60},
+]
+TABLE = {
+    "version": 3,
+    "max_price": 600,
+    "utc_offset_min": 60,
+    "rules": [
+        {"days": "mon-fri", "from": "22:00", "to": "06:00", "percent": -20},
+        {"days": "sat,sun", "from": "00:00", "to": "24:00", "percent": 10},
+    ],
+    "tiers": {
+        "staff": {"percent": -50},
+        "student": {"percent": -10, "programs": ["quick", "dry"], "overdraft": 300},
+    },
+}
+# 2026-11-23 is a Monday; the site is UTC+1
+MON_0000_LOCAL = 1795388400  # 2026-11-23 00:00 local = 2026-11-22 23:00 UTC
+
+
+def t(day, hh, mm):
+    return MON_0000_LOCAL + day * 86400 + hh * 3600 + mm * 60
+
+
+CASES = [
+    # (program, unix time, tier, expected price)
+    ("quick", t(0, 12, 0), None, 250),  # Monday noon: base
+    ("quick", t(0, 21, 59), None, 250),  # one minute before the night window
+    ("quick", t(0, 22, 0), None, 200),  # night window starts (-20 %)
+    ("quick", t(1, 5, 59), None, 200),  # still Monday's night window on Tuesday morning
+    ("quick", t(1, 6, 0), None, 250),  # window ends
+    ("quick", t(4, 23, 0), None, 200),  # Friday night: the rule of the day it starts on
+    ("quick", t(5, 0, 30), None, 200),  # Saturday 00:30: Friday's night window wins (first)
+    ("quick", t(5, 6, 0), None, 275),  # Saturday: +10 %
+    ("quick", t(6, 23, 59), None, 275),  # Sunday 23:59
+    ("quick", t(7, 0, 0), None, 250),  # Monday 00:00 again: Sunday night has no night rule
+    ("standard", t(0, 12, 0), "staff", 175),
+    ("standard", t(5, 12, 0), "staff", 210),  # +10 - 50 = 60 %
+    ("quick", t(0, 12, 0), "student", 225),
+    ("dry", t(0, 12, 0), None, 100),
+]
+
+
+@pytest.fixture(scope="module")
+def table():
+    return PriceTable(PROGRAMS, TABLE)
+
+
+@pytest.mark.parametrize("program,when,tier,expected", CASES)
+def test_boundaries_cpython(table, program, when, tier, expected):
+    assert table.price(program, when, tier) == expected
+
+
+def test_boundaries_micropython():
+    code = f"""
+from washpay.pricing import PriceTable
+import json
+tab = PriceTable(json.loads({json.dumps(json.dumps(PROGRAMS))}),
+                 json.loads({json.dumps(json.dumps(TABLE))}))
+for prog, when, tier, _ in json.loads({json.dumps(json.dumps(CASES))}):
+    print(tab.price(prog, when, tier))
+print(tab.minutes_for("dry", 250, {t(0, 12, 0)}), tab.cost_of("dry", 25, {t(0, 12, 0)}))
+print(tab.allowed("standard", "student"), tab.allowed("quick", "student"))
+print(tab.floor_balance("student"), tab.floor_balance(None))
+"""
+    out = run_micropython(code)[1].split()
+    assert [int(x) for x in out[: len(CASES)]] == [c[3] for c in CASES]
+    assert out[len(CASES):] == ["20", "300", "Not", "for", "this", "card", "None", "-300", "0"]
+
+
+def test_timed_minutes_and_cost(table):
+    noon = t(0, 12, 0)
+    assert table.minutes_for("dry", 99, noon) == 0
+    assert table.minutes_for("dry", 100, noon) == 10
+    assert table.minutes_for("dry", 10_000, noon) == 60  # capped at max_minutes
+    assert table.cost_of("dry", 1, noon) == 100  # whole steps
+    assert table.cost_of("dry", 20, noon) == 200
+
+
+@pytest.mark.parametrize(
+    "raw,message",
+    [
+        ({"rules": [{"from": "25:00"}]}, "between 00:00 and 24:00"),
+        ({"rules": [{"from": "10:00", "to": "10:00"}]}, "empty window"),
+        ({"rules": [{"days": "fun"}]}, "unknown day"),
+        ({"rules": [{"percent": 150}]}, "percentage"),
+        ({"max_price": 100}, "max_price"),
+        ({"tiers": {"x": {"programs": ["nope"]}}}, "no program"),
+        ({"tiers": {"x": {"overdraft": -1}}}, "overdraft"),
+        ({"utc_offset_min": 5000}, "utc_offset_min"),
+    ],
+)
+def test_bad_tables_are_refused_with_a_reason(raw, message):
+    with pytest.raises(PricingError, match=message):
+        PriceTable(PROGRAMS, raw)
+
+
+rules = st.lists(
+    st.fixed_dictionaries(
+        {
+            "days": st.sampled_from(["mon-sun", "mon-fri", "sat,sun", "fri-mon", "wed"]),
+            "from": st.sampled_from(["00:00", "06:00", "12:30", "22:00", "23:59"]),
+            "to": st.sampled_from(["24:00", "06:00", "13:00", "00:30", "08:00"]),
+            "percent": st.integers(-100, 100),
+        }
+    ),
+    max_size=5,
+).map(lambda rs: [r for r in rs if r["from"] != r["to"]])
+tiers = st.dictionaries(
+    st.sampled_from(["a", "b"]),
+    st.fixed_dictionaries({"percent": st.integers(-100, 100)}),
+    max_size=2,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(rules, tiers, st.integers(0, 2**32), st.sampled_from([None, "a", "b"]),
+       st.integers(-840, 840))
+def test_price_never_negative_nor_above_max(rs, ts, when, tier, offset):
+    tab = PriceTable(PROGRAMS, {"rules": rs, "tiers": ts, "max_price": 700,
+                                "utc_offset_min": offset})
+    for prog in ("quick", "standard", "dry"):
+        p = tab.price(prog, when, tier)
+        assert 0 <= p <= 700
+
+
+@settings(max_examples=300, deadline=None)
+@given(rules, st.integers(0, 2**32), st.integers(0, 5000), st.integers(0, 5000))
+def test_timed_minutes_monotonic_in_money(rs, when, a, b):
+    tab = PriceTable(PROGRAMS, {"rules": rs})
+    lo, hi = min(a, b), max(a, b)
+    assert tab.minutes_for("dry", lo, when) <= tab.minutes_for("dry", hi, when)
+    # and paying the cost of the minutes bought never costs more than the money given
+    m = tab.minutes_for("dry", hi, when)
+    assert tab.cost_of("dry", m, when) <= hi or tab.price("dry", when) == 0
