@@ -1,0 +1,339 @@
+# QR token payments: the customer paid in the operator's app, which shows a signed token as
+# a QR code; the board checks it with no network at all and starts the washer once.
+# docs/token-format.md is the format, the checks and the clock policy; host_tools/token.py
+# issues tokens (with `cryptography`), and shared vectors pin both sides.
+#
+#   text  = "WP:" + base32(body | tag)                    (A-Z 2-7: QR alphanumeric mode)
+#   body  = 0x11 | token id (8) | device hash (4) | issued (u32) | expires (u32)
+#           | amount (u24) | program length (1) | program (1..10, UTF-8)
+#   tag   = HMAC-SHA256(token key, body)[:12]
+#
+# The parser and the checks are pure logic (CPython runs them under hypothesis); the
+# payment source at the end wires them to the scanner, the vend engine and the journal.
+import asyncio
+import struct
+from hashlib import sha256
+
+from micropython import const
+
+from washpay.crypto import MacKey, constant_time_eq
+from washpay.journal import JournalError
+from washpay.journal import records as R
+
+PREFIX = b"WP:"
+VERSION = const(1)
+KIND_TOKEN = const(1)
+KIND_COMMAND = const(2)
+ID_LEN = const(8)
+DEVICE_HASH_LEN = const(4)
+TAG_LEN = const(12)
+PROGRAM_MAX = const(10)
+AMOUNT_MAX = const(0xFFFFFF)
+_FIXED = const(25)  # bytes before the program name
+BODY_MIN = const(26)  # _FIXED + 1-byte name
+TOKEN_MAX = const(47)  # _FIXED + 10 + TAG_LEN
+TEXT_MAX = const(79)  # 3 + 76 base32 characters
+
+# refusal code -> the two display lines (16 columns)
+MESSAGES = {
+    "unreadable": ("Code unreadable", "scan again"),
+    "foreign": ("Not a wash code", ""),
+    "malformed": ("Invalid code", "ask staff"),
+    "other_device": ("Code is for", "another machine"),
+    "bad_tag": ("Invalid code", "ask staff"),
+    "program": ("Program unknown", "code not used"),
+    "window": ("Invalid code", "bad validity"),
+    "future": ("Code not valid", "check the clock"),
+    "expired": ("Code expired", "get a new one"),
+    "used": ("Already used", "code refused"),
+    "amount": ("Price changed", "code not used"),
+    "full": ("Try again later", "code not used"),
+    "journal": ("Journal full", "sync required"),
+}
+# refusals of an authentic token: the customer paid for it, so the journal says why it
+# did not start a wash (reason text, at most 27 bytes)
+JOURNAL_REASONS = {
+    "program": "unknown program",
+    "window": "validity window refused",
+    "future": "issued in the future",
+    "expired": "expired",
+    "used": "already used",
+    "amount": "amount below price",
+    "full": "replay cache full",
+}
+
+
+class Refused(Exception):
+    """Why a code does not start a wash: `code` keys MESSAGES; `token` is set (a Token)
+    when the code was authentic, so that the refusal concerns money."""
+
+    def __init__(self, code, token=None):
+        super().__init__(code)
+        self.code = code
+        self.token = token
+
+
+class Token:
+    __slots__ = ("tid", "issued", "expires", "amount", "program")
+
+    def __init__(self, tid, issued, expires, amount, program):
+        self.tid = tid
+        self.issued = issued
+        self.expires = expires
+        self.amount = amount
+        self.program = program
+
+
+def device_hash(device_id):
+    """The 4 bytes that bind a token or command to one board: SHA-256(device id)[:4]."""
+    return sha256(device_id.encode()).digest()[:DEVICE_HASH_LEN]
+
+
+def b32decode_into(src, start, end, out):
+    """Strict RFC 4648 base32 (upper case, no padding) of src[start:end] into `out`.
+
+    Only the canonical spelling of a byte string decodes: a character beyond the bytes or
+    a non-zero unused bit is refused, so that no two texts carry the same token.
+    Returns the number of bytes, or -1.
+    """
+    nchars = end - start
+    nbytes = nchars * 5 // 8
+    if (nbytes * 8 + 4) // 5 != nchars or nbytes > len(out):
+        return -1
+    acc = 0
+    bits = 0
+    j = 0
+    for i in range(start, end):
+        c = src[i]
+        if 65 <= c <= 90:  # A-Z: 0..25
+            v = c - 65
+        elif 50 <= c <= 55:  # 2-7: 26..31
+            v = c - 24
+        else:
+            return -1
+        acc = ((acc << 5) | v) & 0x1FFF
+        bits += 5
+        if bits >= 8:
+            bits -= 8
+            out[j] = (acc >> bits) & 0xFF
+            j += 1
+    if acc & ((1 << bits) - 1):
+        return -1
+    return j
+
+
+def authentic(mac, buf, body_len, tag_len):
+    """True if buf[body_len:body_len + tag_len] is the tag of buf[:body_len] under `mac`."""
+    mv = memoryview(buf)
+    tag = mac.mac(mv[:body_len])
+    return constant_time_eq(memoryview(tag)[:tag_len], mv[body_len : body_len + tag_len])
+
+
+def program_name(mv):
+    try:
+        return str(bytes(mv), "utf-8")
+    except UnicodeError:
+        return None
+
+
+class TokenVerifier:
+    """Checks scanned text against one board's token key, device id and replay cache."""
+
+    def __init__(self, key, device_id, cache):
+        self._mac = MacKey(key)
+        self.device = device_hash(device_id)
+        self.cache = cache
+        self._buf = bytearray(TOKEN_MAX)
+
+    def parse(self, text):
+        """Decode and authenticate `text`: a Token, or Refused (never anything else)."""
+        if isinstance(text, str):
+            try:
+                text = text.encode()
+            except UnicodeError:
+                raise Refused("foreign")
+        n = len(text)
+        if n < 3 or text[0] != 0x57 or text[1] != 0x50 or text[2] != 0x3A:  # "WP:"
+            raise Refused("foreign")
+        if n > TEXT_MAX:
+            raise Refused("malformed")
+        buf = self._buf
+        k = b32decode_into(text, 3, n, buf)
+        if k < BODY_MIN + TAG_LEN or buf[0] != (VERSION << 4 | KIND_TOKEN):
+            raise Refused("malformed")
+        plen = buf[24]
+        if not 1 <= plen <= PROGRAM_MAX or k != _FIXED + plen + TAG_LEN:
+            raise Refused("malformed")
+        if buf[9:13] != self.device:
+            raise Refused("other_device")
+        if not authentic(self._mac, buf, _FIXED + plen, TAG_LEN):
+            raise Refused("bad_tag")
+        issued, expires = struct.unpack_from(">II", buf, 13)
+        amount = (buf[21] << 16) | (buf[22] << 8) | buf[23]
+        mv = memoryview(buf)
+        tok = Token(bytes(mv[1:9]), issued, expires, amount, program_name(mv[25 : 25 + plen]))
+        if tok.program is None:
+            raise Refused("program", tok)
+        return tok
+
+    def check(self, text):
+        """parse() plus the validity window, the clock and single use."""
+        tok = self.parse(text)
+        why = self.cache.check_time(tok.issued, tok.expires)
+        if why:
+            raise Refused(why, tok)
+        if self.cache.used(tok.tid):
+            raise Refused("used", tok)
+        return tok
+
+
+def outcome(verifier, text):
+    """The check's result as a short word ("ok" or a refusal code): what the fuzz tests
+    compare between CPython and MicroPython."""
+    try:
+        verifier.check(text)
+        return "ok"
+    except Refused as e:
+        return e.code
+
+
+class TokenPayments:
+    """The QR payment source: scanned lines in, vends (or a clear refusal) out."""
+
+    def __init__(self, engine, journal, verifier, log=None):
+        self.engine = engine
+        self.journal = journal
+        self.verifier = verifier
+        self.cache = verifier.cache
+        self.log = log or (lambda *a: None)
+        self.accepted = 0
+        self.recovered = 0  # redemptions put into the replay cache by boot recovery
+        self.refused = {}  # code -> count
+        self.last = None  # last outcome word, for status
+        self._last_refusal = None  # (token id, code): the same refusal is journaled once
+        self._last_tid = None  # the token that started the current wash
+        self.repeats = 0
+        self._gen = 0
+
+    # ---- boot
+    def recover(self, last):
+        """Before boot recovery journals anything: if the newest record redeems a token
+        that the replay cache does not hold (power lost between the two writes), add it."""
+        from washpay.replay import MAX_VALIDITY_S
+
+        if not last or last.get("type") != R.TOKEN_REDEEM:
+            return False
+        tid = last.get("source") or b""
+        if len(tid) != ID_LEN or self.cache.used(tid):
+            return False
+        t = max(last.get("t", 0), self.cache.now())
+        self.recovered += 1
+        try:
+            self.cache.add(tid, 0, t + MAX_VALIDITY_S)
+        except Exception as e:  # noqa: BLE001 - a full cache must not stop the boot
+            self.log("token replay cache:", e)
+        return True
+
+    # ---- scanner callbacks (run in the scanner's task; nothing here awaits)
+    def on_error(self, kind):
+        self._refuse(Refused("unreadable"), note=kind)
+
+    def on_line(self, line):
+        try:
+            self.redeem(line)
+        except Refused as e:
+            self._refuse(e)
+        except Exception as e:  # noqa: BLE001 - the scanner task must outlive any bug
+            self.log("QR code: unexpected error", repr(e))
+            self._refuse(Refused("malformed"), note="internal error")
+
+    def redeem(self, line):
+        from washpay.replay import CacheFull
+
+        eng = self.engine
+        tok = self.verifier.check(line)
+        p = None
+        for prog in eng.programs:
+            if prog["name"] == tok.program:
+                p = prog
+        if p is None:
+            raise Refused("program", tok)
+        if tok.amount and tok.amount < p["price"]:
+            raise Refused("amount", tok)
+        why = eng.refuse_reason()
+        if why:  # nothing happened to the token: the customer scans it again
+            self._show(why, "then scan again")
+            self.last = "busy"
+            return False
+        if not self.journal.accepts_payments:
+            raise Refused("journal")
+        if not self.cache.room():
+            raise Refused("full", tok)
+        price = tok.amount or p["price"]
+        try:
+            # durable first: from this record on, the money is the customer's credit if
+            # the washer does not start (boot recovery or the engine gives it back)
+            eng.commit_vend(R.TOKEN_REDEEM, price, program=p, amount=price, source=tok.tid)
+        except JournalError as e:
+            # the record is not in flash: the token is not used; the engine has taken the
+            # machine out of order and says so on the display
+            self.log("token not redeemed:", e)
+            self.refused["journal"] = self.refused.get("journal", 0) + 1
+            self.last = "journal"
+            return False
+        try:
+            self.cache.add(tok.tid, tok.issued, tok.expires)
+        except (OSError, CacheFull) as e:
+            # the journal has the redemption: the id stays used in RAM, and the next
+            # boot takes it from the journal if this was the last record
+            self.log("token replay cache not written:", e)
+        self._last_refusal = None
+        self._last_tid = tok.tid
+        self.accepted += 1
+        self.last = "ok"
+        asyncio.create_task(eng.drive())
+        return True
+
+    # ---- refusals
+    def _refuse(self, e, note=None):
+        code = e.code
+        tok = e.token
+        if (code == "used" and tok is not None and tok.tid == self._last_tid
+                and self.engine.state in (R.STARTING, R.RUNNING)):
+            # the phone is still held up after its code started this wash: not an error
+            self.repeats += 1
+            return
+        self.refused[code] = self.refused.get(code, 0) + 1
+        self.last = code
+        if tok is not None and code in JOURNAL_REASONS:
+            self._journal_refusal(code, tok)
+        self.log("QR code refused:", code, note or "")
+        line1, line2 = MESSAGES.get(code, ("Code refused", ""))
+        self._show(line1, line2)
+
+    def _journal_refusal(self, code, tok):
+        key = (tok.tid, code)
+        if key == self._last_refusal:
+            return  # the scanner reads a code again while it is held up: one record
+        self._last_refusal = key
+        try:
+            self.journal.append(R.TOKEN_REFUSED, amount=tok.amount,
+                                program=(tok.program or "")[:PROGRAM_MAX], source=tok.tid,
+                                source_kind=R.SOURCE_TOKEN, reason=JOURNAL_REASONS[code])
+        except JournalError as e:
+            self.log("token refusal not journaled:", e)
+
+    def _show(self, line1, line2):
+        self.engine.show(line1, line2)
+        self._gen += 1
+        asyncio.create_task(self._restore(self._gen))
+
+    async def _restore(self, gen):
+        await asyncio.sleep_ms(2500)
+        if gen == self._gen and not self.engine.busy:
+            self.engine.show()
+
+    def status(self):
+        return {"accepted": self.accepted, "refused": dict(self.refused), "last": self.last,
+                "recovered": self.recovered, "repeats": self.repeats,
+                "cache": self.cache.status()}
