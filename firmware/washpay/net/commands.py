@@ -1,0 +1,294 @@
+# Server commands over the sync link (docs/sync.md, "Commands"): one dispatcher for the
+# board's command topic. Remote start (action 1) is payments/remote.py's, byte for byte
+# (docs/remote-start.md); the operator's commands use the same header, key, clock policy
+# and single-use cache, with their own action codes and bodies:
+#
+#   0x12 | command id (8) | nonce (8) | device hash (4) | issued u32 | expires u32 | action
+#   | body length u16 | body | tag = HMAC-SHA256(command key, everything before)[:16]
+#
+#   2 price table     n, n x (name length, name, price u24)   re-prices existing programs
+#   3 blacklist add   n, n x (uid length, uid, reason u8, since u32)
+#   4 blacklist del   n, n x (uid length, uid)
+#   5 clock set       server time u32                          the board's clock is trusted
+#   6 status          (empty)                                  the reply carries the status
+#
+# Each executed command is journaled (command_done, source = command id) before its id goes
+# into the single-use cache and before on_command() returns; the transport acknowledges the
+# MQTT message only then. Forged, replayed and expired commands are refused with a reason
+# and journaled as command_refused, at most one record a minute for the unauthenticated
+# kind (forged), so that a flood cannot fill the journal.
+import json
+import struct
+import time
+from binascii import hexlify
+
+from micropython import const
+
+from washpay.crypto import MacKey
+from washpay.journal import JournalError
+from washpay.journal import records as R
+from washpay.payments.token import authentic, device_hash
+
+_KIND = const(0x12)
+_ACTION_AT = const(29)
+_HEAD = const(32)  # bytes before the body
+_TAG = const(16)
+_MAX = const(1024)
+_FORGED_EVERY_S = const(60)
+
+PRICE = const(2)
+BLACKLIST_ADD = const(3)
+BLACKLIST_REMOVE = const(4)
+CLOCK = const(5)
+STATUS = const(6)
+ACTIONS = {PRICE: "price", BLACKLIST_ADD: "blacklist add", BLACKLIST_REMOVE: "blacklist remove",
+           CLOCK: "clock", STATUS: "status"}
+
+
+class _Refused(Exception):
+    def __init__(self, reason, cid=None):
+        super().__init__(reason)
+        self.reason = reason
+        self.cid = cid
+
+
+class Commands:
+    def __init__(self, remote, engine, journal, key, device_id, blacklist=None, board=None,
+                 status=None, config_path="/config.json", clock=time.time, log=None):
+        self.remote = remote  # payments/remote.py RemoteStart, and its single-use cache
+        self.cache = remote.cache
+        self._mac = MacKey(key)  # the command key (keys.md), as remote start's
+        self._device = device_hash(device_id)
+        self.engine = engine
+        self.journal = journal
+        self.blacklist = blacklist  # washpay.blacklist.Blacklist (the card reader's own)
+        self.board = board
+        self.status_fn = status
+        self.config_path = config_path
+        self.clock = clock
+        self.log = log or (lambda *a: None)
+        self.done = 0
+        self.refused = {}
+        self._forged_at = -_FORGED_EVERY_S
+        self._forged_quiet = 0
+
+    def status(self):
+        return {"done": self.done, "refused": dict(self.refused)}
+
+    # ---- dispatch
+    def on_command(self, payload):
+        """Verify and execute one command; return the JSON reply (bytes). Never raises."""
+        if len(payload) > _ACTION_AT and payload[0] == _KIND and payload[_ACTION_AT] != 1:
+            return self._operator(payload)
+        out = self.remote.on_command(payload)
+        # remote start journals its own refusals; forged and replayed ones are journaled
+        # here, as the sync layer's rule for every command
+        try:
+            r = json.loads(out)
+        except ValueError:
+            return out
+        if r.get("result") == "invalid":
+            self._journal_forged(r.get("reason", "invalid"))
+        elif r.get("result") == "duplicate":
+            self._journal_refusal(payload[1:9], "replayed: already executed")
+        return out
+
+    def _reply(self, cid, result, reason=None, **extra):
+        r = {"result": result}
+        if cid is not None:
+            r["cmd"] = hexlify(cid).decode()
+        if reason:
+            r["reason"] = reason
+        r.update(extra)
+        return json.dumps(r).encode()
+
+    def _count(self, why):
+        self.refused[why] = self.refused.get(why, 0) + 1
+
+    def _operator(self, payload):
+        cid = None
+        try:
+            cid, action, body, issued, expires = self._verify(payload)
+            cache = self.cache
+            why = cache.check_time(issued, expires)
+            if why:
+                raise _Refused(_TIME_REASONS.get(why, why), cid)
+            if cache.used(cid):
+                raise _Refused("replayed: already executed", cid)
+            if not cache.room():
+                raise _Refused("replay cache full", cid)
+            try:
+                what, extra = self._execute(action, body, issued)
+            except _Refused as e:
+                e.cid = cid  # authentic, but not executed
+                raise
+            seq = self.journal.append(R.COMMAND_DONE, source=cid, source_kind=R.SOURCE_COMMAND,
+                                      reason=what)
+            try:
+                cache.add(cid, issued, expires)
+            except Exception as e:  # noqa: BLE001 - executed and journaled regardless
+                self.log("command cache not written:", e)
+            self.done += 1
+            return self._reply(cid, "done", what, seq=seq, **extra)
+        except _Refused as e:
+            self._count(e.reason)
+            if e.cid is None:
+                self._journal_forged(e.reason)
+                return self._reply(None, "invalid", e.reason)
+            self._journal_refusal(e.cid, e.reason)
+            return self._reply(e.cid, "refused", e.reason)
+        except JournalError as e:
+            self._count("journal")
+            return self._reply(cid, "refused", str(e)[:60])
+        except Exception as e:  # noqa: BLE001 - a command must never stop the board
+            self.log("command failed:", repr(e))
+            return self._reply(cid, "error", repr(e)[:60])
+
+    def _verify(self, payload):
+        n = len(payload)
+        if n < _HEAD + _TAG or n > _MAX:
+            raise _Refused("malformed command")
+        m = struct.unpack_from(">H", payload, 30)[0]
+        if n != _HEAD + m + _TAG:
+            raise _Refused("malformed command")
+        if payload[17:21] != self._device:
+            raise _Refused("command for another device")
+        if not authentic(self._mac, payload, _HEAD + m, _TAG):
+            raise _Refused("bad tag")
+        cid = bytes(payload[1:9])
+        issued, expires = struct.unpack_from(">II", payload, 21)
+        action = payload[_ACTION_AT]
+        if action not in ACTIONS:
+            raise _Refused("unknown action %d" % action, cid)
+        return cid, action, memoryview(payload)[_HEAD : _HEAD + m], issued, expires
+
+    # ---- journal
+    def _journal_refusal(self, cid, reason):
+        try:
+            self.journal.append(R.COMMAND_REFUSED, source=bytes(cid),
+                                source_kind=R.SOURCE_COMMAND, reason=reason)
+        except JournalError as e:
+            self.log("command refusal not journaled:", e)
+
+    def _journal_forged(self, reason):
+        now = int(self.clock())
+        if now - self._forged_at < _FORGED_EVERY_S:
+            self._forged_quiet += 1
+            return
+        self._forged_at = now
+        n, self._forged_quiet = self._forged_quiet, 0
+        text = "forged: " + reason if not n else "forged x%d: %s" % (n + 1, reason)
+        try:
+            self.journal.append(R.COMMAND_REFUSED, source_kind=R.SOURCE_COMMAND, reason=text)
+        except JournalError as e:
+            self.log("forged command not journaled:", e)
+
+    # ---- actions
+    def _execute(self, action, body, issued):
+        if action == PRICE:
+            return self._prices(body)
+        if action in (BLACKLIST_ADD, BLACKLIST_REMOVE):
+            return self._blacklist(action, body)
+        if action == CLOCK:
+            return self._clock(body, issued)
+        st = self.status_fn() if self.status_fn else {}
+        return "status", {"status": st}
+
+    def _items(self, body, fixed_after):
+        """Parse n x (length, bytes, fixed_after bytes) from body -> list of (bytes, mv)."""
+        if not len(body):
+            raise _Refused("malformed body")
+        n = body[0]
+        pos = 1
+        out = []
+        for _ in range(n):
+            if pos >= len(body):
+                raise _Refused("malformed body")
+            k = body[pos]
+            end = pos + 1 + k + fixed_after
+            if not k or end > len(body):
+                raise _Refused("malformed body")
+            out.append((bytes(body[pos + 1 : pos + 1 + k]), body[pos + 1 + k : end]))
+            pos = end
+        if pos != len(body) or not n:
+            raise _Refused("malformed body")
+        return out
+
+    def _prices(self, body):
+        items = self._items(body, 3)
+        new = {}
+        for name, rest in items:
+            new[str(name, "utf-8")] = rest[0] << 16 | rest[1] << 8 | rest[2]
+        known = [p["name"] for p in self.engine.programs]
+        for name in new:
+            if name not in known:
+                raise _Refused("unknown program %s" % name[:10])
+        # the config on flash first (validated as at boot), then the running machine
+        from washpay import config
+
+        try:
+            with open(self.config_path) as f:
+                raw = json.load(f)
+        except (OSError, ValueError):
+            raw = {}
+        progs = raw.get("programs") or [dict(p) for p in self.engine.programs]
+        for p in progs:
+            if p.get("name") in new:
+                p["price"] = new[p["name"]]
+        raw["programs"] = progs
+        try:
+            config.validate(raw)
+        except config.ConfigError as e:
+            raise _Refused(str(e)[:60])
+        tmp = self.config_path + ".new"
+        with open(tmp, "w") as f:
+            json.dump(raw, f)
+        import os
+
+        os.rename(tmp, self.config_path)
+        for p in self.engine.programs:
+            if p["name"] in new:
+                p["price"] = new[p["name"]]
+        self.engine.show()
+        what = "price " + " ".join("%s=%d" % (k, v) for k, v in new.items())
+        return what, {"prices": new}
+
+    def _blacklist(self, action, body):
+        bl = self.blacklist
+        if bl is None:
+            raise _Refused("no card reader: no blacklist")
+        items = self._items(body, 5 if action == BLACKLIST_ADD else 0)
+        for uid, _ in items:
+            if len(uid) > 10:
+                raise _Refused("a UID has 1 to 10 bytes")
+        if action == BLACKLIST_ADD:
+            add = [(uid, rest[0], struct.unpack_from(">I", rest, 1)[0]) for uid, rest in items]
+            count = bl.update(add=add)
+            verb = "blacklist +"
+        else:
+            count = bl.update(remove=[uid for uid, _ in items])
+            verb = "blacklist -"
+        what = verb + ",".join(hexlify(u).decode() for u, _ in items)
+        return what, {"blacklist": count, "generation": bl.generation}
+
+    def _clock(self, body, issued):
+        if len(body) != 4:
+            raise _Refused("malformed body")
+        t = struct.unpack_from(">I", body, 0)[0]
+        if abs(t - issued) > 3600:
+            raise _Refused("clock %d far from the command's issue time" % t)
+        before = int(self.clock())
+        if self.board is not None:
+            try:
+                self.board.set_time(t)
+            except (OSError, AttributeError) as e:
+                self.log("clock not set:", e)
+        self.journal.clock_trusted = True
+        cache = self.cache
+        cache.floor = max(cache.floor, t)
+        return "clock %+d s" % (t - before), {"offset_s": t - before}
+
+
+# the replay cache's reasons (replay.py check_time) as replies say them
+_TIME_REASONS = {"window": "validity window refused", "future": "issued in the future",
+                 "expired": "expired"}

@@ -1,0 +1,215 @@
+"""Ingest: one board's batch in, the exactly-once ledger and an acknowledgement out.
+
+For each batch (docs/sync.md), in one database transaction that holds the board's row lock:
+
+- records at or below the board's high-water mark (every record 1..high is stored) are
+  compared with the stored copy: identical is a duplicate delivery (a resend after a lost
+  ack, or a replay) and is counted; different is a **fork** (the same sequence number with
+  other content: a journal rolled back or rewritten) and is kept as evidence;
+- the record at high + 1 is verified (format version, chained HMAC tag from the stored tag
+  before it), decrypted, decoded and stored under UNIQUE(device, seq); a record whose tag
+  does not verify is stored as unverified evidence and reported (**bad tag**), so that one
+  damaged record cannot block a board's journal forever, and its revenue is not counted;
+- a record above high + 1 cannot be verified yet: records before it are missing. With
+  several ingest processes that is normal (the batch before it is in another process's
+  hands); it is parked, and taken as soon as the records before it are stored, by
+  whichever process stores them. A record more than MAX_AHEAD beyond, or a gap that stays,
+  is reported (**gap**; `washpay server report` shows what is missing and what waits);
+- a board reporting a newest sequence number below what the server holds is a **rollback**
+  (a restored flash image);
+- card debits and top-ups feed the shadow balance of each card (counter and balance): a
+  counter spent twice (**card_counter_reuse**: a copied or restored card), a write whose
+  balance before is not the balance after the card's previous write (**card_balance_mismatch**, or
+  **card_balance_rise** when it went up without a top-up the server knows of), and a record
+  whose arithmetic does not add up (**card_arith**) are flagged as fraud.
+
+The acknowledgement is the new high-water mark: the board may delete everything up to it.
+This module is the host's independent reading of the journal format through
+host_tools/journal.py; it never imports the firmware.
+"""
+
+import struct
+import time
+from dataclasses import dataclass, field
+
+from host_tools import journal as J
+from host_tools.server import wire
+
+ZERO_TAG = bytes(J.TAG_SIZE)
+MAX_AHEAD = 4096  # records parked beyond a gap, per board
+# records of a card wallet write (docs/wallet-format.md): each is the card's next counter,
+# and moves its balance by -amount (a debit) or +amount (a top-up)
+CARD_WRITES = {"card_debit": -1, "card_topup": 1}
+FRAUD = ("fork", "rollback", "card_counter_reuse", "card_balance_mismatch",
+         "card_balance_rise", "card_arith")
+
+
+@dataclass
+class Outcome:
+    device: str
+    ack: int = 0
+    stored: int = 0
+    duplicates: int = 0
+    parked: int = 0  # records kept beyond a gap until the records before them arrive
+    problems: list = field(default_factory=list)  # (kind, seq, detail)
+    records: list = field(default_factory=list)  # decoded fields of what was stored
+
+
+class Ingest:
+    def __init__(self, store, site_key, clock=time.time):
+        self.store = store
+        self.site_key = site_key
+        self.clock = clock
+        self._keys = {}
+        self._ack_keys = {}
+
+    def keys(self, device):
+        k = self._keys.get(device)
+        if k is None:
+            k = self._keys[device] = J.Keys(self.site_key, device)
+        return k
+
+    def ack_key(self, device):
+        k = self._ack_keys.get(device)
+        if k is None:
+            k = self._ack_keys[device] = wire.ack_key(self.site_key, device)
+        return k
+
+    def ack_message(self, device, seq):
+        return wire.build_ack(self.ack_key(device), device, seq)
+
+    def high(self, device):
+        rows = self.store.query("SELECT high_seq FROM devices WHERE device = ?", (device,))
+        return rows[0][0] if rows else 0
+
+    def batch(self, device, payload):
+        """Ingest one batch message from `device`; return an Outcome (ack = new high)."""
+        now = self.clock()
+        out = Outcome(device)
+        try:
+            batch = wire.parse_batch(payload)
+        except wire.WireError as e:
+            with self.store.transaction() as tx:
+                dev = tx.lock_device(device, now)
+                tx.problem(device, 0, "malformed", str(e), bytes(payload[:256]), now)
+                out.ack = dev["high_seq"]
+            out.problems.append(("malformed", 0, str(e)))
+            return out
+        keys = self.keys(device)
+        with self.store.transaction() as tx:
+            dev = tx.lock_device(device, now)
+            high = dev["high_seq"]
+            last_tag = dev["last_tag"] or ZERO_TAG
+            pending = {}  # seq -> raw stored in this transaction
+
+            def problem(kind, seq, detail, evidence=None):
+                tx.problem(device, seq, kind, detail, evidence, now)
+                out.problems.append((kind, seq, detail))
+
+            if batch.device_last_seq < high:
+                problem("rollback", batch.device_last_seq,
+                        f"the board says its newest record is {batch.device_last_seq}, but the "
+                        f"server holds every record up to {high}: flash restored or replaced")
+            def records():
+                # the batch in sequence order, then whatever was parked beyond it
+                for r in sorted(batch.records, key=lambda r: struct.unpack_from(">I", r, 4)[0]):
+                    yield r, False
+                while True:
+                    r = tx.unpark(device, high + 1)
+                    if r is None:
+                        return
+                    yield r, True
+
+            for raw, parked in records():
+                seq = struct.unpack_from(">I", raw, 4)[0]
+                if seq == 0:
+                    problem("malformed", 0, "a record with sequence number 0", raw)
+                    continue
+                if seq <= high:
+                    have = pending.get(seq) or tx.record_raw(device, seq)
+                    if have == raw:
+                        if not parked:
+                            out.duplicates += 1
+                    else:
+                        problem("fork", seq,
+                                f"record {seq} arrived again with different content: the "
+                                "journal was rolled back or rewritten", raw)
+                    continue
+                if seq > high + 1:
+                    if seq - high > MAX_AHEAD:
+                        problem("gap", high + 1,
+                                f"records {high + 1}..{seq - 1} missing (received {seq}); "
+                                "too far ahead to keep: the board sends it again")
+                        break
+                    tx.park(device, seq, raw, now)
+                    out.parked += 1
+                    continue
+                ok = raw[0] == J.VERSION and keys.tag(last_tag, raw) == raw[J.MAC_END:]
+                fields = {}
+                if ok:  # an unauthenticated body means nothing: only its raw bytes are kept
+                    try:
+                        fields = J.decode_body(seq, keys.decrypt(raw))
+                    except (ValueError, OverflowError, OSError):
+                        fields = {}
+                if not ok:
+                    problem("bad_tag", seq,
+                            f"record {seq} does not verify: altered, or not sealed by this "
+                            "board after the record before it", raw)
+                elif fields.get("type") in CARD_WRITES:
+                    self._card(tx, device, seq, fields, problem, now)
+                tx.insert_records([(device, seq, raw, ok, fields, now)])
+                pending[seq] = raw
+                high = seq
+                last_tag = raw[J.MAC_END:]
+                out.stored += 1
+                if ok:
+                    out.records.append(fields)
+            tx.update_device(
+                device,
+                high_seq=high,
+                last_tag=last_tag if high else None,
+                reported_seq=max(dev["reported_seq"], batch.device_last_seq),
+                last_seen=now,
+                batches=dev["batches"] + 1,
+                duplicates=dev["duplicates"] + out.duplicates,
+            )
+        out.ack = high
+        return out
+
+    def _card(self, tx, device, seq, f, problem, now):
+        uid = f.get("source") or ""
+        counter = f.get("card_counter", 0)
+        before, after, amount = f.get("balance_before"), f.get("balance_after"), f.get("amount")
+        sign = CARD_WRITES[f["type"]]
+        if after != before + sign * amount:
+            problem("card_arith", seq, f"card {uid}: balance {before} {'+' if sign > 0 else '-'}"
+                    f" {amount} is not {after}")
+        spent = tx.card_debit_at(uid, counter)
+        if spent:
+            d, s = spent[0][0], spent[0][1]
+            problem("card_counter_reuse", seq,
+                    f"card {uid}: counter {counter} was already spent at {d} record {s}: "
+                    "a copied or restored card")
+        prev = tx.card_debit_at(uid, counter - 1) if counter else []
+        if prev:
+            prev_after = prev[0][4]
+            if before > prev_after:
+                problem("card_balance_rise", seq,
+                        f"card {uid}: balance rose from {prev_after} to {before} between "
+                        f"counter {counter - 1} and {counter} with no top-up on record")
+            elif before < prev_after:
+                problem("card_balance_mismatch", seq,
+                        f"card {uid}: balance before is {before}, but the previous debit "
+                        f"left {prev_after}")
+        shadow = tx.card(uid)
+        if shadow is None or counter > shadow["counter"]:
+            tx.put_card(uid, counter, after, device, seq, now)
+
+    # ---- other messages
+    def state(self, device, payload):
+        online = bytes(payload) == b"online"
+        now = self.clock()
+        with self.store.transaction() as tx:
+            tx.lock_device(device, now)
+            tx.update_device(device, online=int(online), state_at=now)
+        return online

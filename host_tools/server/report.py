@@ -1,0 +1,144 @@
+"""`washpay server report`: what the ledger says, for the operator.
+
+- revenue per device, day (UTC, from the board's clock; "clock not set" when the board had
+  no trusted time) and payment type (cash, card, qr, app), verified records only;
+- refunds, the same way;
+- offline backlog per device: records the board said it had that the server does not,
+  when it was last heard from, whether it is online;
+- faults: fault records on the boards (rejected coins, failed starts, faults) and what the
+  server found (gaps, forks, bad tags, rollbacks, card fraud), with counts.
+"""
+
+import json
+import time
+from collections import defaultdict
+from datetime import datetime, timezone
+
+PAYMENT_TYPES = {"coin": "cash", "card_debit": "card", "token_redeem": "qr",
+                 "remote_start": "app"}
+DEVICE_FAULTS = ("fault", "coin_rejected", "start_failed", "card_refused", "card_fraud",
+                 "card_unresolved")
+
+
+def _day(t, clock_ok):
+    if not clock_ok or not t:
+        return "clock not set"
+    return datetime.fromtimestamp(t, timezone.utc).strftime("%Y-%m-%d")
+
+
+def build(store, since=None):
+    """The report as a dict (what --format json prints)."""
+    types = tuple(PAYMENT_TYPES) + ("refund",) + DEVICE_FAULTS
+    marks = ", ".join("?" for _ in types)
+    rows = store.query(
+        f"SELECT device, type, t, clock_ok, currency, amount, verified FROM records "
+        f"WHERE type IN ({marks})",
+        types,
+    )
+    revenue = defaultdict(lambda: [0, 0])  # (device, day, kind, currency) -> [count, sum]
+    refunds = defaultdict(lambda: [0, 0])
+    faults = defaultdict(int)  # (device, type) -> count
+    for device, rtype, t, clock_ok, currency, amount, verified in rows:
+        if not verified:
+            continue  # bad tags are in problems, never in the money
+        day = _day(t, clock_ok)
+        if since and day != "clock not set" and day < since:
+            continue
+        if rtype in PAYMENT_TYPES:
+            r = revenue[(device, day, PAYMENT_TYPES[rtype], currency)]
+        elif rtype == "refund":
+            r = refunds[(device, day, "refund", currency)]
+        else:
+            faults[(device, rtype)] += 1
+            continue
+        r[0] += 1
+        r[1] += amount or 0
+    devices = store.query(
+        "SELECT device, high_seq, reported_seq, last_seen, online, batches, duplicates "
+        "FROM devices ORDER BY device"
+    )
+    waiting = {d: (n, lo) for d, n, lo in store.query(
+        "SELECT device, count(*), min(seq) FROM pending GROUP BY device")}
+    problems = store.query(
+        "SELECT device, kind, count(*), sum(count), max(last_at) FROM problems "
+        "GROUP BY device, kind ORDER BY device, kind"
+    )
+    latest = {}
+    for device, kind, seq, detail in store.query(
+        "SELECT device, kind, seq, detail FROM problems ORDER BY last_at"
+    ):
+        latest[(device, kind)] = (seq, detail)
+
+    def money(d):
+        return [{"device": k[0], "day": k[1], "type": k[2], "currency": k[3],
+                 "count": v[0], "amount": v[1]} for k, v in sorted(d.items())]
+
+    now = time.time()
+    return {
+        "revenue": money(revenue),
+        "refunds": money(refunds),
+        "devices": [
+            {"device": d, "stored": hi, "board_newest": rep, "backlog": max(0, rep - hi),
+             "last_seen": seen, "silent_s": round(now - seen) if seen else None,
+             "online": None if online is None else bool(online), "batches": b,
+             "duplicates": dup, "waiting": waiting.get(d, (0, None))[0],
+             "missing": (f"{hi + 1}..{waiting[d][1] - 1}" if d in waiting else None)}
+            for d, hi, rep, seen, online, b, dup in devices
+        ],
+        "faults": [{"device": k[0], "type": k[1], "count": v}
+                   for k, v in sorted(faults.items())],
+        "problems": [
+            {"device": d, "kind": k, "records": n, "times": int(total),
+             "last_seq": latest.get((d, k), (None, None))[0],
+             "last": latest.get((d, k), (None, ""))[1]}
+            for d, k, n, total, _ in problems
+        ],
+    }
+
+
+def _amount(v):
+    return f"{v / 100:.2f}"
+
+
+def format_text(rep, out):
+    def table(title, header, rows):
+        out.write(f"\n{title}\n")
+        if not rows:
+            out.write("  (none)\n")
+            return
+        cells = [header] + [[str(c) for c in r] for r in rows]
+        widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
+        for r in cells:
+            out.write("  " + "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True))
+                      .rstrip() + "\n")
+
+    table("Revenue (verified records; amounts in major units)",
+          ["device", "day", "type", "count", "amount", "currency"],
+          [[r["device"], r["day"], r["type"], r["count"], _amount(r["amount"]),
+            r["currency"]] for r in rep["revenue"]])
+    totals = defaultdict(int)
+    for r in rep["revenue"]:
+        totals[(r["device"], r["currency"])] += r["amount"]
+    table("Revenue per device", ["device", "amount", "currency"],
+          [[d, _amount(v), c] for (d, c), v in sorted(totals.items())])
+    if rep["refunds"]:
+        table("Refunds", ["device", "day", "count", "amount", "currency"],
+              [[r["device"], r["day"], r["count"], _amount(r["amount"]), r["currency"]]
+               for r in rep["refunds"]])
+    table("Boards: offline backlog", ["device", "stored", "board newest", "backlog",
+                                      "online", "last heard", "missing (waiting)"],
+          [[d["device"], d["stored"], d["board_newest"], d["backlog"],
+            {True: "yes", False: "no", None: "?"}[d["online"]],
+            f"{d['silent_s']} s ago" if d["silent_s"] is not None else "never",
+            f"{d['missing']} ({d['waiting']})" if d["missing"] else ""]
+           for d in rep["devices"]])
+    table("Faults on the boards", ["device", "record type", "count"],
+          [[f["device"], f["type"], f["count"]] for f in rep["faults"]])
+    table("Problems found by the server", ["device", "kind", "records", "times", "latest"],
+          [[p["device"], p["kind"], p["records"], p["times"], (p["last"] or "")[:70]]
+           for p in rep["problems"]])
+
+
+def format_json(rep, out):
+    json.dump(rep, out, indent=1)
+    out.write("\n")

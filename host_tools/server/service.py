@@ -1,0 +1,266 @@
+"""`washpay server run`: the ingest process on a real broker (paho-mqtt).
+
+    srv = Server(store_url, site_key, "mqtt://127.0.0.1:1883").start()
+    ...
+    srv.stop()
+
+It signs in as the server user (password from the site key, host_tools/broker.py) with a
+persistent session, so what boards send while it is down waits in the broker. Journal
+batches and command results come through MQTT shared subscriptions ($share/washpay/...):
+several ingest processes on one database split the fleet's traffic between them, and the
+database's row lock per board keeps each record exactly once whoever gets it. A batch is
+acknowledged to the board (retained, so a board that reconnects learns at once how far the
+server got) only after its transaction committed; the broker's copy is acknowledged only
+after that, so a server killed mid-batch gets the batch again.
+"""
+
+import contextlib
+import json
+import socket
+import ssl
+import threading
+import time
+from urllib.parse import urlparse
+
+from host_tools import broker as B
+from host_tools.server import wire
+from host_tools.server.ingest import Ingest
+from host_tools.server.store import open_store
+
+GROUP = "washpay"
+
+
+class ServiceError(Exception):
+    pass
+
+
+def parse_url(url):
+    u = urlparse(url)
+    if u.scheme not in ("mqtt", "mqtts") or not u.hostname:
+        raise ServiceError(f"broker {url!r}: give mqtt://host[:port] or mqtts://host[:port]")
+    tls = u.scheme == "mqtts"
+    return u.hostname, u.port or (8883 if tls else 1883), tls
+
+
+class Server:
+    def __init__(self, store_url, site_key, broker_url, ca=None, instance=0, log=print,
+                 shared=True):
+        import paho.mqtt.client as mqtt
+
+        self.store = open_store(store_url)
+        self.ingest = Ingest(self.store, site_key)
+        self.site_key = site_key
+        self.host, self.port, self.tls = parse_url(broker_url)
+        self.log = log
+        self.lock = threading.Lock()  # the store's connection is used from two threads
+        self.client_id = f"washpay-server-{instance}"
+        prefix = f"$share/{GROUP}/" if shared else ""
+        self.subscriptions = [
+            (prefix + "wp/+/" + wire.JOURNAL, 1),
+            (prefix + "wp/+/" + wire.RESULTS, 1),
+            ("wp/+/" + wire.STATE, 1),
+        ]
+        c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=self.client_id,
+                        clean_session=False)
+        c.username_pw_set(B.SERVER_USER, B.server_password(site_key))
+        if self.tls:
+            if not ca:
+                raise ServiceError("an mqtts:// broker needs --ca (the site CA, PEM)")
+            c.tls_set(ca_certs=str(ca), tls_version=ssl.PROTOCOL_TLS_CLIENT)
+        c.on_connect = self._connected
+        c.on_message = self._message
+        c.on_disconnect = self._disconnected
+        c.reconnect_delay_set(min_delay=1, max_delay=8)
+        c.max_inflight_messages_set(64)
+        self.client = c
+        self.connected = threading.Event()
+        self.batches = 0
+        self.errors = 0
+        self.results = []  # command results seen (for `server command --wait`)
+        self.on_result = None
+
+    # ---- lifecycle
+    def start(self, timeout=10.0):
+        try:
+            self.client.connect(self.host, self.port, keepalive=30)
+        except OSError as e:
+            self.store.close()
+            raise ServiceError(f"no connection to the broker at {self.host}:{self.port}: "
+                               f"{e.strerror or e}") from None
+        self.client.loop_start()
+        if not self.connected.wait(timeout):
+            self.stop()
+            raise ServiceError(f"no connection to the broker at {self.host}:{self.port} "
+                               f"within {timeout:.0f} s")
+        return self
+
+    def stop(self):
+        self.client.loop_stop()
+        try:
+            self.client.disconnect()
+        except Exception:  # noqa: BLE001, S110 - stopping anyway
+            pass
+        self.store.close()
+
+    def crash(self):
+        """Stop as if killed: no DISCONNECT, nothing flushed (for the fault tests)."""
+        self.client.loop_stop()
+        try:
+            self.client.socket().close()
+        except Exception:  # noqa: BLE001, S110
+            pass
+        self.store.close()
+
+    def _connected(self, client, userdata, flags, rc, props=None):
+        if rc != 0:
+            self.log(f"server: the broker refused the connection: {rc}")
+            return
+        sock = client.socket()
+        with contextlib.suppress(OSError, AttributeError):
+            # acks are small: without this each waits for the broker's delayed ACK (Nagle)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        client.subscribe(self.subscriptions)
+        self.connected.set()
+        self.log(f"server: connected to {self.host}:{self.port} as {self.client_id}")
+
+    def _disconnected(self, client, userdata, flags, rc, props=None):
+        self.connected.clear()
+        self.log(f"server: disconnected ({rc}); reconnecting")
+
+    # ---- messages
+    def _message(self, client, userdata, msg):
+        try:
+            device, kind = wire.parse_topic(msg.topic)
+            if kind == wire.JOURNAL:
+                self._batch(device, msg.payload)
+            elif kind == wire.STATE:
+                with self.lock:
+                    self.ingest.state(device, msg.payload)
+            elif kind == wire.RESULTS:
+                self._result(device, msg.payload)
+        except Exception as e:  # noqa: BLE001 - one bad message must not stop the server
+            # no ack went out: the board sends the batch again
+            self.errors += 1
+            self.log(f"server: {msg.topic}: {type(e).__name__}: {e}")
+
+    def _batch(self, device, payload):
+        with self.lock:
+            out = self.ingest.batch(device, payload)
+        self.batches += 1
+        for kind, seq, detail in out.problems:
+            self.log(f"server: {device}: {kind} at {seq}: {detail}")
+        self.client.publish(wire.topic(device, wire.ACKS),
+                            self.ingest.ack_message(device, out.ack), qos=1, retain=True)
+
+    def _result(self, device, payload):
+        try:
+            res = json.loads(bytes(payload))
+        except ValueError:
+            res = {"raw": bytes(payload).hex()}
+        res["device"] = device
+        res["at"] = time.time()
+        cid = res.get("cmd")
+        if cid:
+            # started / done / duplicate / refused / invalid / error (docs/sync.md)
+            with self.lock, self.store.transaction() as tx:
+                tx.execute(
+                    "UPDATE commands SET status = ?, result = ?, done_at = ? WHERE id = ?",
+                    (res.get("result", "?"), json.dumps(res), res["at"], cid),
+                )
+        self.results.append(res)
+        if self.on_result:
+            self.on_result(res)
+
+    def result_for(self, cid, after=0, timeout=10.0):
+        """Wait for the board's reply to command `cid` (hex) among the replies that came
+        after index `after` (what send_command returned); None if none came."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for r in self.results[after:]:
+                if cid is None or r.get("cmd") == cid:
+                    return r
+            time.sleep(0.02)
+        return None
+
+    # ---- commands
+    def send_command(self, device, cid, kind, body, args=None, expires=None):
+        """Publish a signed command (bytes) to a board and keep it in the commands table
+        (`cid` as hex). Sending the same id again (a retry) keeps one row."""
+        now = time.time()
+        with self.lock, self.store.transaction() as tx:
+            tx.execute(
+                "INSERT INTO commands (id, device, kind, args, body, created, expires, status) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, 'sent') ON CONFLICT (id) DO UPDATE SET "
+                "status = 'sent', body = excluded.body",
+                (cid, device, kind, json.dumps(args or {}), body, now, expires),
+            )
+        mark = len(self.results)
+        info = self.client.publish(wire.topic(device, wire.COMMANDS), body, qos=1)
+        info.wait_for_publish(timeout=10)
+        return mark  # for result_for(cid, after=mark)
+
+
+def send_command(store_url, site_key, broker_url, device, payload, cid, kind, args=None,
+                 ca=None, wait_s=10.0):
+    """`washpay server command`: publish one signed command, record it in the ledger's
+    commands table, and wait for the board's reply (None if none came in `wait_s`).
+
+    A short-lived client of its own (not the ingest group's): it takes no batches."""
+    import os
+    import queue
+
+    import paho.mqtt.client as mqtt
+
+    host, port, tls = parse_url(broker_url)
+    store = open_store(store_url)
+    replies = queue.SimpleQueue()
+    c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"washpay-cmd-{os.getpid()}",
+                    clean_session=True)
+    c.username_pw_set(B.SERVER_USER, B.server_password(site_key))
+    if tls:
+        if not ca:
+            raise ServiceError("an mqtts:// broker needs --ca (the site CA, PEM)")
+        c.tls_set(ca_certs=str(ca), tls_version=ssl.PROTOCOL_TLS_CLIENT)
+    subscribed = threading.Event()
+    c.on_message = lambda cl, u, m: replies.put(bytes(m.payload))
+    c.on_subscribe = lambda *a: subscribed.set()
+    try:
+        c.connect(host, port, keepalive=30)
+    except OSError as e:
+        store.close()
+        raise ServiceError(f"no connection to the broker at {host}:{port}: "
+                           f"{e.strerror or e}") from None
+    c.loop_start()
+    try:
+        c.subscribe(wire.topic(device, wire.RESULTS), qos=1)
+        subscribed.wait(5)
+        now = time.time()
+        with store.transaction() as tx:
+            tx.execute(
+                "INSERT INTO commands (id, device, kind, args, body, created, status) "
+                "VALUES (?, ?, ?, ?, ?, ?, 'sent') ON CONFLICT (id) DO UPDATE SET "
+                "status = 'sent', body = excluded.body",
+                (cid, device, kind, json.dumps(args or {}, default=str), payload, now),
+            )
+        c.publish(wire.topic(device, wire.COMMANDS), payload, qos=1).wait_for_publish(10)
+        deadline = time.monotonic() + wait_s
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return None
+            try:
+                res = json.loads(replies.get(timeout=left))
+            except queue.Empty:
+                return None
+            except ValueError:
+                continue
+            if res.get("cmd") in (cid, None):
+                with store.transaction() as tx:
+                    tx.execute("UPDATE commands SET status = ?, result = ?, done_at = ? "
+                               "WHERE id = ?",
+                               (res.get("result", "?"), json.dumps(res), time.time(), cid))
+                return res
+    finally:
+        c.loop_stop()
+        c.disconnect()
+        store.close()

@@ -1,0 +1,415 @@
+"""The firmware's MQTT 3.1.1 client (washpay/net/mqtt.py) and connectivity manager
+(washpay/net/link.py) under the real micropython, against a real Mosquitto on loopback,
+plain and TLS, directly and through the fault proxy."""
+
+import json
+
+import pytest
+from faultproxy import FaultProxy
+from sync_env import SITE_KEY, MicroPythonScript, Observer, make_broker
+
+from host_tools import broker as B
+
+pytestmark = pytest.mark.device
+
+PRELUDE = """
+import asyncio, json
+from washpay.net.mqtt import MQTTClient, MQTTError
+from washpay.net.link import Link, Backoff, tls_context
+CFG = json.loads(%r)
+def ev(**kw):
+    print(json.dumps(kw))
+def client(user="dev-1", password=None, keepalive=30, cid=None):
+    pw = CFG["passwords"].get(user, "") if password is None else password
+    return MQTTClient((cid or user).encode(), user=user.encode(), password=pw.encode(),
+                      keepalive=keepalive)
+async def open_plain(port=None):
+    return await asyncio.open_connection("127.0.0.1", port or CFG["port"])
+async def open_tls(ca=None, hostname="localhost", port=None):
+    ctx = tls_context(open(ca or CFG["ca"], "rb").read())
+    return await asyncio.open_connection("127.0.0.1", port or CFG["tls_port"], ssl=ctx,
+                                         server_hostname=hostname)
+"""
+
+
+@pytest.fixture(scope="module")
+def broker(tmp_path_factory):
+    d = tmp_path_factory.mktemp("broker")
+    b = make_broker(d).start()
+    yield b
+    b.stop()
+
+
+@pytest.fixture
+def observer(broker):
+    o = Observer(broker)
+    yield o
+    o.close()
+
+
+def cfg(broker, **extra):
+    c = {
+        "port": broker.port,
+        "tls_port": broker.tls_port,
+        "ca": str(broker.dir / "ca.der"),
+        "passwords": {d: B.device_password(SITE_KEY, d) for d in ("dev-1", "dev-2")},
+    }
+    c.update(extra)
+    return json.dumps(c)
+
+
+def script(broker, body, **extra):
+    return MicroPythonScript(PRELUDE % cfg(broker, **extra) + body)
+
+
+def run(broker, body, timeout=60, **extra):
+    s = script(broker, body, **extra)
+    try:
+        rc = s.wait(timeout)
+    finally:
+        s.close()
+    assert rc == 0, s.log
+    return s.events
+
+
+def test_publish_subscribe_both_ways_plain(broker, observer):
+    body = """
+async def main():
+    c = client()
+    got = []
+    c.on_message = lambda t, p, r: got.append((t.decode(), bytes(p).decode()))
+    ev(present=await c.connect(*(await open_plain()), clean=True))
+    ev(granted=await c.subscribe(b"wp/dev-1/cmd", qos=1))
+    ev(ready=1)
+    while not got:
+        await asyncio.sleep_ms(20)
+    ev(got=got)
+    await c.publish(b"wp/dev-1/j", b"q1-" + bytes(range(256)) * 12, qos=1)
+    await c.publish(b"wp/dev-1/res", b"q0", qos=0)
+    await c.publish(b"wp/dev-1/state", b"online", qos=1, retain=True)
+    await c.disconnect()
+    ev(done=c.error, sent=c.sent, received=c.received)
+asyncio.run(main())
+"""
+    s = script(broker, body)
+    try:
+        assert s.expect({"granted": 1})["granted"] == 1
+        s.expect({"ready": 1})
+        observer.publish("wp/dev-1/cmd", b"remote start", qos=1)
+        assert s.expect(lambda e: "got" in e)["got"] == [["wp/dev-1/cmd", "remote start"]]
+        t, p, _ = observer.get("wp/dev-1/j")
+        assert p == b"q1-" + bytes(range(256)) * 12  # 3 KiB: a multi-byte remaining length
+        assert observer.get("wp/dev-1/res")[1] == b"q0"
+        t, p, retained = observer.get("wp/dev-1/state")
+        assert p == b"online"
+        done = s.expect(lambda e: "done" in e)
+        assert done["done"] == "disconnected"
+        assert done["sent"] > 3072
+    finally:
+        s.close()
+
+
+def test_tls_with_the_site_ca(broker, observer):
+    events = run(broker, """
+async def main():
+    c = client()
+    ev(present=await c.connect(*(await open_tls()), clean=True))
+    await c.publish(b"wp/dev-1/j", b"over tls", qos=1)
+    await c.disconnect()
+    ev(done=1)
+asyncio.run(main())
+""")
+    assert {"done": 1} in events
+    assert observer.get("wp/dev-1/j")[1] == b"over tls"
+
+
+def test_tls_refuses_a_broker_the_ca_did_not_sign(broker, tmp_path):
+    other = tmp_path / "other"
+    other.mkdir()
+    B.make_certificates(other)
+    events = run(broker, """
+async def main():
+    for name, kw in (("foreign CA", {"ca": CFG["other_ca"]}),
+                     ("wrong host name", {"hostname": "broker.example"})):
+        c = client()
+        try:
+            await c.connect(*(await open_tls(**kw)), clean=True)
+            ev(case=name, connected=True)
+        except MQTTError as e:
+            ev(case=name, connected=False, error=str(e))
+        c.close()
+asyncio.run(main())
+""", other_ca=str(other / "ca.der"))
+    by_case = {e["case"]: e for e in events}
+    assert by_case["foreign CA"]["connected"] is False
+    assert "not correctly signed by the trusted CA" in by_case["foreign CA"]["error"]
+    assert by_case["wrong host name"]["connected"] is False
+    assert "CN" in by_case["wrong host name"]["error"]
+
+
+def test_bad_password_is_refused_with_a_reason(broker):
+    events = run(broker, """
+async def main():
+    c = client(password="0" * 32)
+    try:
+        await c.connect(*(await open_plain()), clean=True)
+        ev(connected=True)
+    except MQTTError as e:
+        ev(connected=False, error=str(e))
+asyncio.run(main())
+""")
+    (e,) = events
+    assert e["connected"] is False
+    assert "not authorised" in e["error"] or "bad user name or password" in e["error"]
+
+
+def test_a_device_reaches_only_its_own_topics(broker, observer):
+    body = """
+async def main():
+    c = client("dev-1")
+    got = []
+    c.on_message = lambda t, p, r: got.append(t.decode())
+    await c.connect(*(await open_plain()), clean=True)
+    try:
+        g = await c.subscribe(b"wp/dev-2/cmd", qos=1)
+    except MQTTError as e:
+        g = str(e)
+    ev(foreign_sub=g)
+    await c.publish(b"wp/dev-2/j", b"forged", qos=1)   # another board's journal topic
+    await c.publish(b"wp/dev-1/cmd", b"self-made command", qos=1)  # only the server sends these
+    await c.publish(b"wp/dev-1/j", b"mine", qos=1)
+    ev(ready=1)
+    await asyncio.sleep_ms(1000)
+    ev(got=got)
+    await c.disconnect()
+asyncio.run(main())
+"""
+    s = script(broker, body)
+    try:
+        s.expect({"ready": 1})
+        observer.publish("wp/dev-2/cmd", b"for dev-2 only")
+        got = s.expect(lambda e: "got" in e)["got"]
+        assert got == []  # dev-1 never sees dev-2's commands
+        # the server sees dev-1's own journal, and neither forgery
+        seen = []
+        while True:
+            try:
+                seen.append(observer.get(timeout=1.0)[:2])
+            except AssertionError:
+                break
+        assert ("wp/dev-1/j", b"mine") in seen
+        assert all(p not in (b"forged", b"self-made command") for _, p in seen)
+    finally:
+        s.close()
+
+
+def test_qos1_message_is_redelivered_if_the_board_dies_in_the_handler(broker, observer):
+    # The handler never returns (the board loses power inside it): no PUBACK went out, so
+    # the broker delivers the message again to the board's persistent session.
+    body = """
+import time
+async def main():
+    c = client("dev-2")
+    def handler(t, p, r):
+        ev(handled=bytes(p).decode(), mode=CFG["mode"])
+        if CFG["mode"] == "die":
+            time.sleep(30)   # killed here by the test
+    c.on_message = handler
+    await c.connect(*(await open_plain()), clean=False)
+    await c.subscribe(b"wp/dev-2/cmd", qos=1)
+    ev(ready=1)
+    await asyncio.sleep_ms(3000)
+    await c.disconnect()
+asyncio.run(main())
+"""
+    s = script(broker, body, mode="die")
+    try:
+        s.expect({"ready": 1})
+        observer.publish("wp/dev-2/cmd", b"start quick", qos=1)
+        assert s.expect(lambda e: "handled" in e)["handled"] == "start quick"
+        s.kill()  # power cut inside the handler
+    finally:
+        s.close()
+    s = script(broker, body, mode="live")
+    try:
+        assert s.expect(lambda e: "handled" in e)["handled"] == "start quick"
+        assert s.wait(20) == 0
+    finally:
+        s.close()
+    # acknowledged this time: a third session gets nothing
+    s = script(broker, body, mode="live")
+    try:
+        s.expect({"ready": 1})
+        assert s.wait(20) == 0
+        assert not any("handled" in e for e in s.events)
+    finally:
+        s.close()
+
+
+def test_keepalive_catches_a_half_open_connection(broker):
+    with FaultProxy("127.0.0.1", broker.port) as proxy:
+        s = script(broker, """
+async def main():
+    c = client(keepalive=1)
+    await c.connect(*(await open_plain(CFG["proxy"])), clean=True)
+    ev(up=1)
+    await c.lost.wait()
+    ev(lost=c.error)
+asyncio.run(main())
+""", proxy=proxy.port)
+        try:
+            s.expect({"up": 1})
+            proxy.blackhole()  # the path dies silently: no FIN, no RST, nothing
+            lost = s.expect(lambda e: "lost" in e, timeout=20)
+            assert "half-open" in lost["lost"]
+        finally:
+            s.close()
+
+
+def test_reset_mid_publish_is_an_error_not_a_hang(broker):
+    with FaultProxy("127.0.0.1", broker.port) as proxy:
+        s = script(broker, """
+async def main():
+    c = client(keepalive=5)
+    await c.connect(*(await open_plain(CFG["proxy"])), clean=True)
+    ev(up=1)
+    n = 0
+    try:
+        while True:
+            await c.publish(b"wp/dev-1/j", bytes(1024), qos=1)
+            n += 1
+    except (OSError, MQTTError) as e:
+        ev(failed=str(e) or type(e).__name__, published=n, lost=c.lost.is_set())
+asyncio.run(main())
+""", proxy=proxy.port)
+        try:
+            s.expect({"up": 1})
+            proxy.reset_after(20_000)
+            failed = s.expect(lambda e: "failed" in e, timeout=20)
+            assert failed["lost"] is True
+            assert failed["published"] < 40
+        finally:
+            s.close()
+
+
+LINK = """
+class FakeWLAN:
+    up = True
+    def isconnected(self):
+        return self.up
+wlan = FakeWLAN()
+async def session(c, present):
+    ev(session=1, present=present)
+    await c.subscribe(b"wp/dev-1/cmd")
+    while True:
+        await asyncio.sleep_ms(100)
+"""
+
+
+def test_link_drops_the_socket_when_wifi_goes_and_comes_back(broker, observer):
+    body = LINK + """
+async def main():
+    c = client(keepalive=30)
+    link = Link(wlan, {"host": "127.0.0.1", "port": CFG["port"], "backoff_min_ms": 100,
+                       "backoff_max_ms": 400}, c, session,
+                will=(b"wp/dev-1/state", b"offline", True), log=lambda *a: None)
+    t = asyncio.create_task(link.run())
+    while link.connects < 1:
+        await asyncio.sleep_ms(20)
+    ev(phase="up", state=link.state)
+    await asyncio.sleep_ms(300)
+    wlan.up = False
+    while link.state != "down":
+        await asyncio.sleep_ms(20)
+    ev(phase="down", error=link.last_error, connected=c.connected)
+    await asyncio.sleep_ms(500)
+    wlan.up = True
+    while link.connects < 2:
+        await asyncio.sleep_ms(20)
+    ev(phase="back", state=link.state, connects=link.connects)
+    t.cancel()
+asyncio.run(main())
+"""
+    s = script(broker, body)
+    try:
+        s.expect({"phase": "up"})
+        down = s.expect({"phase": "down"})
+        assert down["error"] == "network down" and down["connected"] is False
+        # the socket was closed without DISCONNECT: the broker publishes the will
+        _, state, retained = observer.get("wp/dev-1/state")
+        while retained:  # what an earlier test left there
+            _, state, retained = observer.get("wp/dev-1/state")
+        assert state == b"offline"
+        back = s.expect({"phase": "back"})
+        assert back["state"] == "up" and back["connects"] == 2
+        assert sum(1 for e in s.events if e.get("session")) == 2
+        # a persistent session: the broker kept the subscription across the outage
+        assert [e["present"] for e in s.events if e.get("session")] == [False, True]
+    finally:
+        s.close()
+
+
+def test_link_backs_off_while_the_broker_refuses_then_connects(broker):
+    with FaultProxy("127.0.0.1", broker.port) as proxy:
+        proxy.refuse()
+        s = script(broker, LINK + """
+async def main():
+    c = client()
+    link = Link(wlan, {"host": "127.0.0.1", "port": CFG["proxy"], "backoff_min_ms": 50,
+                       "backoff_max_ms": 800, "connect_timeout_ms": 2000}, c, session)
+    t = asyncio.create_task(link.run())
+    limits = []
+    while link.failures < 8:
+        limits.append(link.backoff.limit())
+        await asyncio.sleep_ms(10)
+    ev(refused=link.failures, limits=sorted(set(limits)), error=link.last_error)
+    while link.connects < 1:
+        await asyncio.sleep_ms(20)
+    ev(connected=1, state=link.state)
+    t.cancel()
+asyncio.run(main())
+""", proxy=proxy.port)
+        try:
+            refused = s.expect(lambda e: "refused" in e, timeout=30)
+            assert refused["limits"][0] == 50
+            assert refused["limits"][-1] == 800  # doubled up to the cap, not beyond
+            proxy.heal()
+            assert s.expect(lambda e: "connected" in e, timeout=30)["state"] == "up"
+        finally:
+            s.close()
+
+
+def test_backoff_jitter_stays_within_its_limits(broker):
+    events = run(broker, """
+b = Backoff(100, 3000)
+out = []
+for i in range(400):
+    lim = b.limit()
+    v = b.next_ms()
+    out.append((lim, v))
+ev(ok=all(lim // 4 <= v <= lim for lim, v in out), spread=len(set(v for _, v in out)),
+   cap=max(lim for lim, _ in out))
+b.reset()
+ev(after_reset=b.limit())
+""")
+    assert events[0]["ok"] is True and events[0]["cap"] == 3000
+    assert events[0]["spread"] > 50  # jittered, not a fixed schedule
+    assert events[1]["after_reset"] == 100
+
+
+def test_timeouts_are_bounded(broker):
+    # a broker that accepts TCP but never answers CONNACK: the sign-in times out
+    with FaultProxy("127.0.0.1", broker.port) as proxy:
+        proxy.blackhole()
+        events = run(broker, """
+async def main():
+    c = client()
+    try:
+        await c.connect(*(await open_plain(CFG["proxy"])), clean=True, timeout_ms=700)
+        ev(connected=True)
+    except MQTTError as e:
+        ev(connected=False, error=str(e), lost=c.lost.is_set())
+asyncio.run(main())
+""", proxy=proxy.port)
+        assert events == [{"connected": False, "error": "no CONNACK from the broker within "
+                           "700 ms", "lost": True}]

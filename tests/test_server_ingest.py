@@ -1,0 +1,268 @@
+"""The server's ingest (host_tools/server/ingest.py) on records sealed by the firmware's own
+Journal under micropython: exactly once, verified, gaps, forks, replays, rollbacks, bad
+tags, malformed batches and card fraud, on SQLite and on PostgreSQL."""
+
+import threading
+
+import pytest
+from sync_env import SITE_KEY, coin_day, firmware_records, postgres_cluster
+
+from host_tools.server import wire
+from host_tools.server.ingest import Ingest
+from host_tools.server.store import StoreError, open_store
+
+
+@pytest.fixture(scope="module")
+def pg_url():
+    with postgres_cluster() as url:
+        yield url
+
+
+_db_counter = iter(range(10**6))
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store_url(request, tmp_path):
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path}/ledger.db"
+    base = request.getfixturevalue("pg_url")
+    import psycopg
+
+    name = f"ledger_{next(_db_counter)}"
+    with psycopg.connect(base, autocommit=True) as c:
+        c.execute(f"DROP DATABASE IF EXISTS {name}")
+        c.execute(f"CREATE DATABASE {name}")
+    return base.rsplit("/", 1)[0] + "/" + name
+
+
+@pytest.fixture
+def ingest(store_url):
+    store = open_store(store_url)
+    yield Ingest(store, SITE_KEY)
+    store.close()
+
+
+@pytest.fixture(scope="module")
+def day(tmp_path_factory):
+    """101 genuine records of sim-0001: a boot and 100 steps of trade."""
+    return firmware_records(tmp_path_factory.mktemp("j") / "journal",
+                            [("boot", {})] + coin_day(100))
+
+
+def batch(recs, last=None):
+    return wire.build_batch(recs, last if last is not None else _seq(recs[-1]))
+
+
+def _seq(raw):
+    return int.from_bytes(raw[4:8], "big")
+
+
+def stored(ingest, device="sim-0001"):
+    return ingest.store.query(
+        "SELECT seq, raw, verified, type, amount FROM records WHERE device = ? ORDER BY seq",
+        (device,))
+
+
+def kinds(out):
+    return [k for k, _, _ in out.problems]
+
+
+def test_batches_are_stored_once_verified_and_acknowledged(ingest, day):
+    acks = []
+    for i in range(0, len(day), 16):
+        out = ingest.batch("sim-0001", batch(day[i : i + 16], last=len(day)))
+        assert out.problems == []
+        acks.append(out.ack)
+    assert acks[-1] == len(day) and acks == sorted(acks)
+    rows = stored(ingest)
+    assert [r[0] for r in rows] == list(range(1, len(day) + 1))
+    assert [bytes(r[1]) for r in rows] == day  # the sealed bytes, as the board stored them
+    assert all(r[2] == 1 for r in rows)
+    assert rows[0][3] == "boot" and rows[1][3] == "coin" and rows[1][4] == 100
+    assert ingest.high("sim-0001") == len(day)
+
+
+def test_duplicate_deliveries_change_nothing(ingest, day):
+    ingest.batch("sim-0001", batch(day[:40]))
+    out = ingest.batch("sim-0001", batch(day[:40]))  # the same batch again
+    assert out.stored == 0 and out.duplicates == 40 and out.ack == 40 and out.problems == []
+    out = ingest.batch("sim-0001", batch(day[30:60]))  # overlapping resend after a lost ack
+    assert out.stored == 20 and out.duplicates == 10 and out.ack == 60
+    out = ingest.batch("sim-0001", batch(list(reversed(day[55:70]))))  # out of order
+    assert out.ack == 70 and out.stored == 10
+    assert [r[0] for r in stored(ingest)] == list(range(1, 71))
+    dup = ingest.store.query("SELECT duplicates FROM devices WHERE device = 'sim-0001'")
+    assert dup[0][0] == 40 + 10 + 5
+
+
+def test_records_beyond_a_gap_wait_for_the_records_before_them(ingest, day):
+    # batches overtaking each other (two ingest processes) or a lost batch
+    ingest.batch("sim-0001", batch(day[:10]))
+    out = ingest.batch("sim-0001", batch(day[14:20]))
+    assert out.ack == 10 and out.stored == 0 and out.parked == 6 and out.problems == []
+    out = ingest.batch("sim-0001", batch(day[10:14]))  # the missing batch arrives
+    assert out.ack == 20 and out.stored == 10 and out.problems == []
+    assert [r[0] for r in stored(ingest)] == list(range(1, 21))
+    assert ingest.store.query("SELECT count(*) FROM pending") == [(0,)]
+    # the board's resend of what was parked is a duplicate, nothing more
+    out = ingest.batch("sim-0001", batch(day[14:20]))
+    assert out.duplicates == 6 and out.ack == 20
+
+
+def test_a_gap_too_wide_to_park_is_reported(ingest, day, monkeypatch):
+    from host_tools.server import ingest as ingest_mod
+
+    monkeypatch.setattr(ingest_mod, "MAX_AHEAD", 5)
+    ingest.batch("sim-0001", batch(day[:10]))
+    out = ingest.batch("sim-0001", batch(day[20:30]))
+    assert out.ack == 10 and kinds(out) == ["gap"] and out.problems[0][1] == 11
+    assert "11..20 missing" in out.problems[0][2]
+    out = ingest.batch("sim-0001", batch(day[10:30]))
+    assert out.ack == 30 and out.stored == 20
+
+
+def test_a_fork_is_kept_as_evidence_and_changes_nothing(ingest, day, tmp_path):
+    ingest.batch("sim-0001", batch(day[:30]))
+    # the same board's journal written again from scratch (flash wiped, or forged history)
+    other = firmware_records(tmp_path / "again", [("boot", {})] + coin_day(40, first=7))
+    out = ingest.batch("sim-0001", batch(other[:30]))
+    assert out.stored == 0 and set(kinds(out)) == {"fork"}
+    assert len(out.problems) == 30
+    assert [bytes(r[1]) for r in stored(ingest)] == day[:30]  # the first copy stands
+    ev = ingest.store.query("SELECT evidence FROM problems WHERE kind = 'fork' AND seq = 5")
+    assert bytes(ev[0][0]) == other[4]
+    # and the board's real journal carries on
+    assert ingest.batch("sim-0001", batch(day[30:50])).ack == 50
+
+
+def test_a_board_reporting_fewer_records_is_a_rollback(ingest, day):
+    ingest.batch("sim-0001", batch(day[:50]))
+    out = ingest.batch("sim-0001", wire.build_batch(day[20:30], 30))
+    assert "rollback" in kinds(out)
+    assert out.ack == 50
+
+
+def test_an_altered_record_is_flagged_and_not_counted(ingest, day):
+    bad = bytearray(day[5])
+    bad[40] ^= 0x01  # one bit of the encrypted body
+    recs = day[:5] + [bytes(bad)] + day[6:12]
+    out = ingest.batch("sim-0001", batch(recs))
+    assert kinds(out) == ["bad_tag"] and out.problems[0][1] == 6
+    assert out.ack == 12  # the chain goes on from the stored tag: record 7 verifies
+    rows = stored(ingest)
+    assert [r[2] for r in rows] == [1] * 5 + [0] + [1] * 6
+
+
+def test_records_of_another_board_do_not_verify(ingest, day):
+    out = ingest.batch("dev-2", batch(day[:3]))
+    assert kinds(out) == ["bad_tag"] * 3
+
+
+@pytest.mark.parametrize(
+    ("payload", "why"),
+    [
+        (b"\x01", "shorter than its header"),
+        (b"\x02\x00\x00\x00\x00\x00\x00\x01", "format version 2"),
+        (b"\x01\x02\x00\x00\x00\x00\x00\x02" + bytes(128), "says 2 records but carries 128"),
+    ],
+)
+def test_malformed_batches_are_reported_and_lose_nothing(ingest, day, payload, why):
+    ingest.batch("sim-0001", batch(day[:5]))
+    out = ingest.batch("sim-0001", payload)
+    assert kinds(out) == ["malformed"] and why in out.problems[0][2]
+    assert out.ack == 5
+    assert len(stored(ingest)) == 5
+
+
+def test_card_fraud_is_flagged(ingest, tmp_path):
+    uid = "04a1b2c3d4e5f6"
+    t = 1_780_000_000
+
+    def debit(counter, before, amount, after=None):
+        return ("card_debit", {"amount": amount, "source": uid, "card_counter": counter,
+                               "balance_before": before,
+                               "balance_after": before - amount if after is None else after,
+                               "state": "credit", "credit": amount, "t": t + counter})
+
+    steps = [
+        ("boot", {}),
+        debit(1, 1000, 250),  # 750 left
+        debit(2, 750, 250),  # 500 left
+        debit(3, 750, 250),  # balance went back up: a restored dump
+        debit(2, 500, 100),  # counter 2 spent again (and 500 is not what counter 1 left)
+        debit(5, 300, 100, after=250),  # 300 - 100 is not 250
+    ]
+    recs = firmware_records(tmp_path / "j", steps)
+    out = ingest.batch("sim-0001", batch(recs))
+    assert out.ack == 6
+    got = sorted((k, s) for k, s, _ in out.problems)
+    assert got == [("card_arith", 6), ("card_balance_mismatch", 5), ("card_balance_rise", 4),
+                   ("card_counter_reuse", 5)]
+    shadow = ingest.store.query("SELECT counter, balance FROM cards WHERE uid = ?", (uid,))
+    assert shadow == [(5, 250)]
+
+
+def test_top_ups_keep_the_shadow_balance_honest(ingest, tmp_path):
+    uid = "04a1b2c3"
+
+    def write(rtype, counter, before, after, amount):
+        return (rtype, {"amount": amount, "source": uid, "card_counter": counter,
+                        "balance_before": before, "balance_after": after, "state": "idle",
+                        "credit": 0, "t": 1_780_000_000 + counter})
+
+    recs = firmware_records(tmp_path / "j", [
+        ("boot", {}),
+        write("card_debit", 1, 1000, 750, 250),
+        write("card_topup", 2, 750, 1750, 1000),  # the operator's top-up, journaled
+        write("card_debit", 3, 1750, 1500, 250),
+    ])
+    out = ingest.batch("sim-0001", batch(recs))
+    assert out.problems == [] and out.ack == 4
+    assert ingest.store.query("SELECT counter, balance FROM cards") == [(3, 1500)]
+
+
+def test_two_ingest_processes_share_one_database(store_url, day):
+    # Shared subscriptions give each batch to one of several ingest processes; resends land
+    # anywhere. Hammer one board's records from four connections at once.
+    stores = [open_store(store_url) for _ in range(4)]
+    errors = []
+
+    def work(i):
+        ing = Ingest(stores[i], SITE_KEY)
+        try:
+            for start in range(0, len(day), 7):
+                lo = max(0, start - 3 * i)
+                ing.batch("sim-0001", batch(day[lo : start + 7], last=len(day)))
+        except Exception as e:  # noqa: BLE001
+            errors.append(e)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    rows = stores[0].query("SELECT seq, verified FROM records WHERE device = 'sim-0001' "
+                           "ORDER BY seq")
+    assert rows == [(s, 1) for s in range(1, len(day) + 1)]
+    for s in stores:
+        s.close()
+
+
+def test_store_urls_say_what_is_wrong(tmp_path):
+    with pytest.raises(StoreError, match="sqlite:///relative.db"):
+        open_store("sqlite:/x.db")
+    with pytest.raises(StoreError, match="cannot connect"):
+        open_store("postgresql://nobody@127.0.0.1:1/none")
+
+
+def test_ack_messages_round_trip_and_refuse_forgery():
+    key = wire.ack_key(SITE_KEY, "sim-0001")
+    msg = wire.build_ack(key, "sim-0001", 1234)
+    assert wire.parse_ack(key, "sim-0001", msg) == 1234
+    with pytest.raises(wire.WireError, match="does not verify"):
+        wire.parse_ack(key, "sim-0002", msg)  # another board's ack
+    forged = bytearray(msg)
+    forged[7] ^= 1
+    with pytest.raises(wire.WireError, match="does not verify"):
+        wire.parse_ack(key, "sim-0001", bytes(forged))
