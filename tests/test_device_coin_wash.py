@@ -207,3 +207,24 @@ def test_ctl_without_running_board_says_what_to_do(tmp_path):
     assert "washpay sim run --state" in r.stderr
     with pytest.raises(SimError):
         SimBoard(tmp_path).client.status()
+
+
+def test_journal_full_refuses_coins_but_vends_paid_credit(tmp_path):
+    cfg = '{"journal": {"capacity": 100, "warn": 97, "reserve": 95}}'
+    with factory_board(tmp_path, cfg) as board:
+        st = board.wait_ready()  # boot record: 99 free
+        assert st["journal"]["level"] == "ok"
+        insert(board, 200)  # 98 free
+        st = insert(board, 200)  # 97 free: warn
+        assert st["journal"]["level"] == "low"
+        assert "sync required" in st["journal"]["message"]
+        st = insert(board, 100)  # 96
+        st = insert(board, 50)  # 95: only the reserve is left
+        assert st["journal"]["level"] == "full"
+        assert st["inhibit"] is True
+        assert "START" in st["display"]  # the customer's credit still buys a wash
+        assert board.call("coin", value=100).get("returned") is True
+        # the credit already taken is still sold: the reserve records the vend
+        board.call("button", name="start")
+        st = board.wait_for(lambda s: s["state"] == "running", what="running")
+        assert st["credit"] == 300

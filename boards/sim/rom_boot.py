@@ -17,6 +17,9 @@ import vfs
 
 _state, _mode, _firmware, _simdir, _reason = sys.argv[1:6]
 sys.path.insert(0, _simdir)
+# FIRMWARE_DIR "-": a bare board, as MicroPython is after `washpay flash`: no /rom, no
+# factory files; a blank flash becomes an empty volume and main.py runs only if one is there
+_bare = _firmware == "-"
 
 import sim_flash  # noqa: E402
 import simhw  # noqa: E402
@@ -31,6 +34,8 @@ try:
 except OSError:
     pass
 
+if _bare:
+    _factory = {}
 _flashfile = open(_state + "/flash.bin", "r+b")
 _link = _state + "/hw.sock"
 _bench = None
@@ -46,6 +51,15 @@ _bdev = sim_flash.SimFlash(
 _bench = simhw.Bench(_board, _link, _bdev, int(_reason))
 simhw.bench = _bench
 import machine  # noqa: E402,F401  (the sim's, found on SIM_DIR before the root moves)
+import network  # noqa: E402,F401  (likewise: the sim's WLAN follows the bench's net flag)
+
+# A ROMFS image (mpremote romfs build) stands for a board's romfs partition: its .mpy
+# bytecode runs in place. Here the image itself sits in the GC heap, so it is read before
+# the root moves and counted in the simulator's baseline below.
+_romfs = None
+if _firmware.endswith(".romfs"):
+    with open(_firmware, "rb") as _f:
+        _romfs = _f.read()
 
 vfs.umount("/")
 try:
@@ -57,10 +71,21 @@ except OSError:
     for _name, _data in _factory.items():
         with open("/" + _name, "wb") as _f:
             _f.write(_data)
-vfs.mount(vfs.VfsPosix(_firmware), "/rom")
+if not _bare:
+    if _romfs is not None:
+        vfs.mount(vfs.VfsRom(_romfs), "/rom")
+    else:
+        vfs.mount(vfs.VfsPosix(_firmware), "/rom")
 os.chdir("/")
 sys.path[:] = ["", ".frozen", "/rom", "/lib"]
 _factory = None
 
-if _mode == "run":
+# What the simulator itself keeps on the GC heap (its peripheral models share the heap
+# with the firmware, unlike on a board): `sim ctl heap` reports the firmware's part apart.
+import gc  # noqa: E402
+
+gc.collect()
+simhw.heap_baseline = gc.mem_alloc()
+
+if _mode == "run" and (not _bare or "main.py" in os.listdir("/")):
     import main  # noqa: E402,F401

@@ -220,6 +220,25 @@ class Bench:
             self.i2c_devices[disp["addr"]] = self.lcd.i2c_write
         else:
             self.lcd = None
+        self.card_reader = None
+        if "card_cs" in self.pins:
+            # the MFRC522 and the cards held to it (sim_mfrc522.py); card memory changes go
+            # to the host, which keeps the cards through power cuts
+            from sim_mfrc522 import SimMFRC522
+
+            self.card_reader = SimMFRC522(rst="card_rst", on_event=self.link.send)
+            self.spi_devices["card_cs"] = self.card_reader
+            self.op_handlers["card"] = self.card_reader.handle
+        # UART devices by the board's name of the TX pin wired to them; machine.UART
+        # connects to the one on its tx pin (attach, receive; it calls uart._deliver)
+        self.uart_devices = {}
+        self.scanner = None
+        if "qr_tx" in self.pins:
+            # the GM65 QR scanner (sim_gm65.py); its saved settings live in its own flash,
+            # a file next to the board's state
+            from sim_gm65 import SimGM65
+
+            self.scanner = SimGM65(self, sim.get("gm65"), link_path)
 
     # ---- pins, as the sim machine module sees them
     def _level(self, active, active_word):
@@ -282,6 +301,7 @@ class Bench:
 
     def spi_xfer(self, data):
         """Clock `data` out on the SPI bus; returns what MISO carried back."""
+        self.poll()  # code at the REPL reads no pins: the host's requests come in here too
         for cs, dev in self.spi_devices.items():
             if self.outputs.get(cs, 1) == 0:
                 return dev.xfer(bytes(data))
@@ -335,6 +355,7 @@ class Bench:
             "net": "up" if self.net_up else "down",
             "display": self.lcd.text() if self.lcd else "",
             "flash": self.flash.counters() if self.flash else {},
+            "scanner": self.scanner.status() if self.scanner else {},
         }
         if self.status_hook:
             st["firmware"] = self.status_hook()
@@ -342,6 +363,12 @@ class Bench:
 
     def handle(self, msg):
         op = msg.get("op")
+        if op == "heap":
+            import gc
+
+            gc.collect()
+            return {"alloc": gc.mem_alloc(), "free": gc.mem_free(),
+                    "sim_baseline": heap_baseline}
         if op == "status":
             return self.status()
         if op == "coin":
@@ -396,3 +423,4 @@ class Bench:
 
 
 bench = None  # the one Bench of this process, set by the boot ROM
+heap_baseline = 0  # GC heap in use before main.py: the simulator's own share

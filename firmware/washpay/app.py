@@ -1,6 +1,7 @@
 # The application: wires board, drivers, payment sources, vend engine and journal together
 # on asyncio, recovers after a reset, and feeds the watchdog only while its tasks are alive.
 import asyncio
+import json
 import sys
 import time
 
@@ -50,7 +51,19 @@ class App:
         self.device_id = device_id(self.cfg, self.board)
         b = self.board
         self.screen = Screen(_display(b), self.cfg["decimals"])
-        self.journal = Journal()
+        # the journal is sealed with keys derived from this board's provisioned secret
+        from washpay.keys import journal_keys, load_device_secret
+
+        secret = load_device_secret(config.load_secrets())
+        if secret is None:
+            raise boardmod.BoardError(
+                "%s has no device_secret: provision the board (washpay provision)"
+                % config.SECRETS_PATH
+            )
+        jcfg = self.cfg.get("journal") or {}
+        self.journal = Journal(keys=journal_keys(secret), currency=self.cfg["currency"],
+                               capacity=jcfg.get("capacity", 6200), warn=jcfg.get("warn"),
+                               reserve=jcfg.get("reserve"))
         self.washer = Washer(b.pin_out("relay"), b.pin_in("washer_busy"), b.pin_in("door"),
                              b.washer)
         coins = self.cfg["coins"]
@@ -66,6 +79,103 @@ class App:
         )
         self.keypad = Keypad({"start": b.button("btn_start"), "select": b.button("btn_select")})
         self.engine = VendEngine(self.cfg, self.journal, self.washer, self.acceptor, self.screen)
+        self.sync = self._sync(secret)
+        self.card = self._card()  # before recover(): it settles card payments cut short
+        self.qr = None
+        self.tokens, self.remote = self._signed_payments(secret)
+
+    def _card(self):
+        # card payments (payments/card.py) when the board has a reader and the site's card
+        # key is provisioned; a reader that does not answer is logged, and coins go on
+        b = self.board
+        if not b.has_pin("card_cs"):
+            return None
+        from washpay.payments.wallet import CardKeys, load_card_key
+
+        key = load_card_key(config.load_secrets())
+        if key is None:
+            log("card payments off: /secrets.json has no card_key (washpay provision)")
+            return None
+        from washpay.blacklist import Blacklist
+        from washpay.drivers.mfrc522 import MFRC522, CardError
+        from washpay.payments.card import CardPayment
+
+        reader = MFRC522(b.spi("card_spi"), b.pin_out("card_cs", 1), b.pin_out("card_rst", 1))
+        try:
+            reader.init()
+        except CardError as e:
+            log("card payments off:", e)
+            return None
+        return CardPayment(reader, CardKeys(key), self.engine, self.journal, Blacklist(),
+                           self.cfg["card"])
+
+    def _signed_payments(self, secret):
+        # QR tokens on the board's scanner (payments/token.py) and remote starts from the
+        # server (payments/remote.py): both checked offline, under keys derived from the
+        # device secret, each once only (replay.py keeps the used ids in flash)
+        from washpay.keys import command_key, token_key
+        from washpay.payments.remote import RemoteStart
+        from washpay.payments.token import TokenPayments, TokenVerifier
+        from washpay.replay import ReplayCache
+
+        def trusted():
+            return self.journal.clock_trusted
+
+        tokens = None
+        if self.board.has_pin("qr_tx"):
+            from washpay.drivers.gm65 import GM65
+
+            try:
+                self.qr = GM65(self.board.uart("qr"), log=log)
+            except (OSError, ValueError, boardmod.BoardError) as e:
+                log("QR payments off:", e)
+        if self.qr is not None:
+            cache = ReplayCache("/used_tokens", 64, trusted=trusted)
+            tokens = TokenPayments(self.engine, self.journal,
+                                   TokenVerifier(token_key(secret), self.device_id, cache),
+                                   log=log)
+        cache = ReplayCache("/used_commands", 32, trusted=trusted)
+        remote = RemoteStart(self.engine, self.journal, command_key(secret), self.device_id,
+                             cache, log=log)
+        if self.sync is not None and self.sync.commands is None:
+            # the command topic's dispatcher: remote start is `remote`'s; prices, blacklist,
+            # clock and status are the operator's commands (docs/sync.md)
+            from washpay.blacklist import Blacklist
+            from washpay.net.commands import Commands
+
+            bl = self.card.blacklist if self.card is not None else Blacklist()
+            self.sync.commands = Commands(remote, self.engine, self.journal,
+                                          command_key(secret), self.device_id, blacklist=bl,
+                                          board=self.board, status=self.status, log=log)
+        return tokens, remote
+
+    async def _scanner(self):
+        # probe and configure the scanner, then read codes; a scanner that does not answer
+        # is tried again now and then (plugged in late, or powered after the board), and
+        # whatever goes wrong in here restarts the scanner, never the board
+        while True:
+            try:
+                if await self.qr.configure():
+                    await self.qr.run(self.tokens.on_line, self.tokens.on_error)
+            except Exception as e:  # noqa: BLE001
+                log("QR scanner:", repr(e))
+                await asyncio.sleep_ms(5000)
+                continue
+            await asyncio.sleep_ms(60000)
+
+    def _sync(self, secret):
+        # the journal's way to the operator's server (docs/sync.md), when a broker is set;
+        # a sync that cannot start is logged, and the machine takes payments regardless
+        if not self.cfg.get("broker"):
+            return None
+        from washpay.net import Sync
+
+        try:
+            return Sync(self.board.wlan(), self.cfg, secret, self.journal, self.device_id,
+                        wifi_password=config.load_secrets().get("wifi_password"), log=log)
+        except (OSError, ValueError, ImportError) as e:
+            log("sync disabled:", e)
+            return None
 
     def status(self):
         st = self.engine.status()
@@ -73,6 +183,12 @@ class App:
         st["version"] = VERSION
         st["board"] = self.board.id
         st["config_error"] = self.config_error
+        st["sync"] = self.sync.status() if self.sync else None
+        st["card"] = self.card.status() if self.card else None
+        if self.tokens:
+            st["qr"] = self.tokens.status()
+            st["qr"]["scanner"] = self.qr.status()
+        st["remote"] = self.remote.status()
         return st
 
     async def watchdog(self):
@@ -89,7 +205,18 @@ class App:
     async def main(self):
         log("version", VERSION, "board", self.board.id, "device", self.device_id,
             "reset:", self.board.reset_cause())
+        # a token or remote start journaled just before a power cut, whose id did not reach
+        # its replay cache, is put there before boot recovery journals anything
+        last = self.journal.last()
+        for src in (self.tokens, self.remote):
+            if src is not None:
+                src.recover(last)
         await self.engine.recover(self.board.reset_cause())
+        for src in (self.tokens, self.remote):
+            if src is not None and src.cache.damaged:
+                from washpay.journal import records as R
+
+                self.journal.append(R.FAULT, reason="replay cache damaged: " + src.cache.path)
         if self.config_error:
             log("config refused:", self.config_error)
             self.engine.out_of_order("config: " + self.config_error)
@@ -99,9 +226,34 @@ class App:
         await asyncio.sleep_ms(self.cfg["coins"]["end_ms"] + 50)
         self.engine.update_inhibit()
         asyncio.create_task(self.keypad.run(self.engine.on_button))
+        if self.card:
+            asyncio.create_task(self.card.run())
+        if self.tokens:
+            asyncio.create_task(self._scanner())
+        port = self.board.command_port()
+        if port is not None:
+            asyncio.create_task(self.remote.serve(port))
+        if self.sync:
+            self.sync.start()  # its own task: nothing on the payment path awaits it
         self.board.attach_status(self.status)
         log("ready; journal", self.journal.count, "records, credit", self.engine.credit)
+        # one machine-readable line: `washpay provision` reads it to see the board came up
+        log("boot", json.dumps(self.boot_report()))
         await self.watchdog()
+
+    def boot_report(self):
+        j = self.journal
+        return {
+            "device_id": self.device_id, "version": VERSION, "board": self.board.id,
+            "reset": self.board.reset_cause(), "state": self.engine.state,
+            "config_error": self.config_error,
+            "journal": {"count": j.count, "last_seq": j.last_seq, "unsynced": j.unsynced,
+                        "level": j.level},
+            # a display that failed at start-up is dropped (None); a coin line held active
+            # with no coin in it is a wiring fault (short, or a missing pull-up)
+            "peripherals": {"display": self.screen.lcd is not None and not self.screen.errors,
+                            "coin_line": "active" if self.acceptor.level else "idle"},
+        }
 
 
 def run():

@@ -59,8 +59,62 @@ class Board:
             freq=bus.get("freq", 100000),
         )
 
+    def spi(self, name="card_spi"):
+        """The SPI bus `name` of board.json "buses" on the spi_sck/mosi/miso pins (mode 0,
+        MSB first: what the MFRC522 wants; it takes up to 10 MHz)."""
+        bus = self.buses.get(name)
+        if bus is None:
+            raise BoardError("board %s has no bus %r" % (self.id, name))
+        return machine.SPI(
+            bus.get("id", 1),
+            baudrate=bus.get("baudrate", 1000000),
+            polarity=0,
+            phase=0,
+            sck=machine.Pin(self._gpio("spi_sck")),
+            mosi=machine.Pin(self._gpio("spi_mosi")),
+            miso=machine.Pin(self._gpio("spi_miso")),
+        )
+
+    def has_pin(self, name):
+        return name in self.pins
+
+    def uart(self, name):
+        """The UART of board.json "buses" "<name>_uart" on pins <name>_tx / <name>_rx, given
+        explicitly (UART1's default pins on an ESP32 are the flash's)."""
+        bus = self.buses.get(name + "_uart")
+        if bus is None:
+            raise BoardError("board %s has no bus %r" % (self.id, name + "_uart"))
+        return machine.UART(
+            bus.get("id", 1),
+            baudrate=bus.get("baudrate", 9600),
+            tx=machine.Pin(self._gpio(name + "_tx")),
+            rx=machine.Pin(self._gpio(name + "_rx")),
+            rxbuf=bus.get("rxbuf", 512),
+        )
+
+    def command_port(self):
+        """Server commands from the simulator's control channel; None on a real board (the
+        sync link carries them there)."""
+        port = getattr(machine, "command_port", None)
+        return port() if port else None
+
     def watchdog(self, timeout_ms):
         return machine.WDT(timeout=timeout_ms)
+
+    def wlan(self):
+        """The Wi-Fi station interface, switched on (on the sim, it follows the net flag)."""
+        import network
+
+        w = network.WLAN(network.STA_IF)
+        w.active(True)
+        return w
+
+    def set_time(self, unix_time):
+        """Set the RTC from the server's authenticated time (docs/sync.md, clock command)."""
+        import time
+
+        t = time.gmtime(unix_time)
+        machine.RTC().datetime((t[0], t[1], t[2], t[6], t[3], t[4], t[5], 0))
 
     def unique_id(self):
         return machine.unique_id()

@@ -27,6 +27,34 @@ DEFAULTS = {
     "start_confirm_ms": 5000,  # the washer must report busy within this after a start
     "start_retries": 1,
     "watchdog_ms": 8000,
+    "wifi": "",  # SSID; its password lives in /secrets.json ("wifi_password")
+    "broker": "",  # MQTT broker: mqtt://host[:port] or mqtts://host[:port]
+    "sync": {},  # uplink tuning (docs/sync.md: keepalive, backoff, batches); {} = defaults
+    "card": {},  # card payments: CARD_DEFAULTS below; {} = defaults
+    # journal size in records, and the free levels that warn and that keep a reserve for
+    # money already taken (docs/journal-format.md, "Capacity")
+    "journal": {"capacity": 6200, "warn": 620, "reserve": 62},
+}
+
+# the "sync" object's fields and their ranges (defaults in washpay/net/__init__.py)
+SYNC_LIMITS = {
+    "keepalive_s": (2, 600),
+    "connect_timeout_ms": (500, 120000),
+    "backoff_min_ms": (50, 60000),
+    "backoff_max_ms": (100, 3600000),
+    "stable_ms": (0, 3600000),
+    "batch": (1, 32),
+    "max_batch": (1, 32),
+    "window": (1, 4),
+    "ack_timeout_ms": (500, 600000),
+}
+
+# the "card" object's fields: (default, lowest, highest)
+CARD_DEFAULTS = {
+    "poll_ms": (150, 50, 2000),  # how often the reader looks for a card
+    "repeat_ms": (5000, 0, 600000),  # the same card again this soon after paying: no charge
+    "retap_ms": (30000, 1000, 600000),  # a torn card payment waits this long for the card
+    "low_balance": (500, 0, 10000000),  # below this after paying, the display says so
 }
 
 
@@ -103,6 +131,39 @@ def validate(raw):
     _int(cfg["start_confirm_ms"], "start_confirm_ms", 200, 120000)
     _int(cfg["start_retries"], "start_retries", 0, 3)
     _int(cfg["watchdog_ms"], "watchdog_ms", 1000, 60000)
+    _str(cfg["wifi"], "wifi")  # 802.11 SSIDs are at most 32 bytes
+    broker = _str(cfg["broker"], "broker", 128)
+    scheme, _, host = broker.partition("://")
+    if broker and (scheme not in ("mqtt", "mqtts") or not host):
+        raise ConfigError("broker must be an mqtt:// or mqtts:// URL, not %r" % broker)
+    sync = cfg["sync"]
+    if not isinstance(sync, dict):
+        raise ConfigError("sync must be an object")
+    for k, v in sync.items():
+        if k not in SYNC_LIMITS:
+            raise ConfigError("unknown sync setting %r" % k)
+        _int(v, "sync." + k, SYNC_LIMITS[k][0], SYNC_LIMITS[k][1])
+    journal = cfg["journal"]
+    if not isinstance(journal, dict):
+        raise ConfigError("journal must be an object")
+    jmerged = dict(DEFAULTS["journal"])
+    for k, v in journal.items():
+        if k not in jmerged:
+            raise ConfigError("unknown journal setting %r" % k)
+        jmerged[k] = v
+    _int(jmerged["capacity"], "journal.capacity", 100, 100000)
+    _int(jmerged["reserve"], "journal.reserve", 8, jmerged["capacity"] - 1)
+    _int(jmerged["warn"], "journal.warn", jmerged["reserve"], jmerged["capacity"])
+    cfg["journal"] = jmerged
+    card = cfg["card"]
+    if not isinstance(card, dict):
+        raise ConfigError("card must be an object")
+    merged = {k: v[0] for k, v in CARD_DEFAULTS.items()}
+    for k, v in card.items():
+        if k not in CARD_DEFAULTS:
+            raise ConfigError("unknown card setting %r" % k)
+        merged[k] = _int(v, "card." + k, CARD_DEFAULTS[k][1], CARD_DEFAULTS[k][2])
+    cfg["card"] = merged
     return cfg
 
 

@@ -10,6 +10,7 @@
 import asyncio
 import time
 
+from washpay.journal import JournalError
 from washpay.journal import records as R
 
 _POLL_MS = 50
@@ -39,13 +40,27 @@ class VendEngine:
         # START pressed -> relay driven (journal append included); for make bench
         self.timings = {"coin_to_credit_us": None, "start_to_relay_us": None}
         self._t_start = 0
+        # Payments whose collection may not have completed when the power went (a card
+        # write not yet read back): record type -> handler(last record). At boot the
+        # handler settles it (cancel_vend) instead of the price becoming credit: a start
+        # needs the money collected, and a card may not have been charged.
+        self.unconfirmed = {}
 
     # ---- journal
     def _record(self, rtype, **fields):
         fields["credit"] = self.credit
         fields["state"] = self.state
         fields["t"] = int(self.clock())
-        return self.journal.append(rtype, **fields)
+        try:
+            return self.journal.append(rtype, **fields)
+        except JournalError as e:
+            # Nothing may happen that the journal does not hold: stop taking money. The
+            # reserve makes this unreachable for coins in flight and vends already paid.
+            self.fault = str(e)
+            self.state = R.OUT_OF_ORDER
+            self.acceptor.inhibit(True)
+            self.screen.show("Out of order", "sync required")
+            raise
 
     # ---- boot recovery
     async def recover(self, boot_reason="power on"):
@@ -61,6 +76,8 @@ class VendEngine:
                     self.state = R.RUNNING
                     self._record(R.VEND_RUNNING, program=self.program["name"],
                                  price=self.vend_price, recovered=True)
+                elif last.get("type") in self.unconfirmed:
+                    self.unconfirmed[last["type"]](last)
                 else:
                     self.credit += self.vend_price
                     self.state = R.CREDIT
@@ -101,6 +118,10 @@ class VendEngine:
         elif self.credit:
             self.screen.show("Credit " + m(self.credit),
                              "%s +%s" % (p["name"], m(p["price"] - self.credit)))
+        elif not self.journal.accepts_payments:
+            self.screen.show("Journal full", "sync required")
+        elif self.journal.level != "ok":
+            self.screen.show("Insert coins", "sync required")
         else:
             self.screen.show("Insert coins", "%s %s" % (p["name"], m(p["price"])))
 
@@ -120,6 +141,7 @@ class VendEngine:
         refuse = (
             self.state in (R.STARTING, R.RUNNING, R.OUT_OF_ORDER)
             or self.credit >= self.cfg["max_credit"]
+            or not self.journal.accepts_payments  # the reserve is for money already taken
         )
         self.acceptor.inhibit(refuse)
 
@@ -132,6 +154,12 @@ class VendEngine:
 
     # ---- coins
     async def on_coin(self, result):
+        try:
+            await self._on_coin(result)
+        except JournalError:
+            pass  # out of order now: _record said so on the display and in status
+
+    async def _on_coin(self, result):
         kind = result[0]
         if kind == "coin":
             t0 = time.ticks_us()
@@ -154,6 +182,12 @@ class VendEngine:
 
     # ---- buttons
     async def on_button(self, name):
+        try:
+            await self._on_button(name)
+        except JournalError:
+            pass
+
+    async def _on_button(self, name):
         if self.busy or self.state in (R.STARTING, R.RUNNING, R.OUT_OF_ORDER):
             return
         if name == "select":
@@ -209,6 +243,30 @@ class VendEngine:
         seq = self._record(rtype, program=p["name"], price=price, **fields)
         self.timings["start_to_relay_us"] = time.ticks_diff(time.ticks_us(), self._t_start)
         self.show()
+        return seq
+
+    def cancel_vend(self, rtype=None, **fields):
+        """The committed vend will not run and its price was not collected (a card write
+        that never landed), or is settled later by its payment source (a card write not
+        confirmed): back to idle/credit, with one record saying why (none if rtype is None:
+        the commit itself failed). Nothing becomes credit. The caller updates the coin
+        inhibit and the display (boot recovery must not release the inhibit early)."""
+        price = self.vend_price
+        self.state = R.CREDIT if self.credit else R.IDLE
+        self.vend_price = 0
+        if rtype is None:
+            return None
+        fields.setdefault("price", price)
+        return self._record(rtype, program=self.program["name"], **fields)
+
+    def add_credit(self, rtype, amount, **fields):
+        """Money collected earlier becomes machine credit now (an unresolved card payment
+        that turned out to have landed): one record, then the customer presses START."""
+        self.credit += amount
+        if self.state in (R.IDLE, R.DONE):
+            self.state = R.CREDIT
+        seq = self._record(rtype, amount=amount, program=self.program["name"], **fields)
+        self.update_inhibit()
         return seq
 
     async def drive(self):
@@ -272,11 +330,6 @@ class VendEngine:
             "coin_noise": self.noise,
             "timings": self.timings,
             "inhibit": self.acceptor.inhibited,
-            "journal": {
-                "count": j.count,
-                "last_seq": j.last_seq,
-                "unsynced": j.unsynced,
-                "last_type": (j.last() or {}).get("type"),
-            },
+            "journal": dict(j.status(), last_type=(j.last() or {}).get("type")),
             "lines": list(self.screen.lines),
         }

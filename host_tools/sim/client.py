@@ -90,9 +90,12 @@ class SimClient:
 class SimBoard:
     """Starts `washpay sim run` in the background; a context manager for tests and the demo."""
 
-    def __init__(self, state_dir, heap="512k", device_id=None, log=None, firmware=None):
+    def __init__(self, state_dir, heap="512k", device_id=None, log=None, firmware=None,
+                 bare=False, flash_image=None):
         self.state = Path(state_dir)
         self.firmware = firmware
+        self.bare = bare  # a freshly flashed MicroPython board (washpay sim run --bare)
+        self.flash_image = flash_image
         self.heap = heap
         self.device_id = device_id
         self.log = log
@@ -106,6 +109,10 @@ class SimBoard:
             cmd += ["--device-id", self.device_id]
         if self.firmware:
             cmd += ["--firmware", str(self.firmware)]
+        if self.bare:
+            cmd += ["--bare"]
+        if self.flash_image:
+            cmd += ["--flash-image", str(self.flash_image)]
         out = open(self.log, "ab") if self.log else subprocess.DEVNULL
         root = Path(__file__).resolve().parents[2]
         env = {**os.environ, "PYTHONPATH": str(root)}

@@ -31,7 +31,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 FIRMWARE_DIR = ROOT / "firmware"
-SIM_DIR = ROOT / "boards" / "sim"
+# the simulated board's own modules; the bench points this at a copy compiled to .mpy
+SIM_DIR = Path(os.environ.get("WASHPAY_SIM_DIR") or ROOT / "boards" / "sim")
 
 RAW_PROMPT = b"raw REPL; CTRL-B to exit\r\n>"
 FRIENDLY_PROMPT = b">>> "
@@ -56,8 +57,12 @@ def _nonblock(fd):
 
 class SimRunner:
     def __init__(self, state_dir, heap="512k", device_id="sim-0001", quiet=False,
-                 firmware_dir=None):
+                 firmware_dir=None, site_key=None, bare=False, flash_image=None):
         self.state = Path(state_dir).resolve()
+        # bare: a freshly flashed MicroPython: no /rom, no factory files, an empty LittleFS
+        self.bare = bare
+        self.flash_image = Path(flash_image).resolve() if flash_image else None
+        self.site_key = Path(site_key).resolve() if site_key else None
         self.firmware_dir = Path(firmware_dir).resolve() if firmware_dir else FIRMWARE_DIR
         self.heap = heap
         self.device_id = device_id
@@ -85,12 +90,23 @@ class SimRunner:
         # The machine, its door and the network do not lose their state when our board loses
         # power: the last such request is replayed to every new firmware process.
         self.environment = {}
+        # Nor do the cards: their images live here, the one on the reader is put back.
+        from host_tools.sim.card_field import CardField
+
+        self.cards = CardField(self.state)
 
     # ---- set-up
     def prepare(self):
         self.state.mkdir(parents=True, exist_ok=True)
         board = json.loads((SIM_DIR / "board.json").read_text())
         flash = self.state / "flash.bin"
+        if self.flash_image is not None:  # a volume made elsewhere, e.g. by `washpay image`
+            from host_tools.image import install_sim_flash
+
+            install_sim_flash(self.flash_image, flash, board)
+        if self.bare and not flash.exists():  # erased flash: MicroPython formats it at boot
+            with open(flash, "wb") as f:
+                f.write(b"\xff" * (board.get("sim", {}).get("flash_blocks", 512) * 4096))
         if not flash.exists():
             blocks = board.get("sim", {}).get("flash_blocks", 512)
             with open(flash, "wb") as f:
@@ -102,6 +118,20 @@ class SimRunner:
             for name, content in factory.items():
                 if not (prov / name).exists():
                     (prov / name).write_text(json.dumps(content, indent=1))
+            # the board's identity, as provisioning gives a real one: its device secret,
+            # derived from the site key (created here unless the operator names one)
+            from host_tools import keys
+
+            secrets = prov / "secrets.json"
+            if not secrets.exists():
+                site_key = keys.ensure_site_key(self.site_key or self.state / "site.key")
+                doc = keys.secrets_json(site_key, self.device_id)
+                if "card_key" not in doc:  # the site's card key material (docs/keys.md)
+                    from host_tools.wallet import site_card_key
+
+                    doc["card_key"] = site_card_key(site_key).hex()
+                secrets.write_text(json.dumps(doc))
+                secrets.chmod(0o600)
         for name in ("ctl.sock", "hw.sock"):
             try:
                 (self.state / name).unlink()
@@ -156,7 +186,7 @@ class SimRunner:
             str(SIM_DIR / "rom_boot.py"),
             str(self.state),
             mode,
-            str(self.firmware_dir),
+            "-" if self.bare else str(self.firmware_dir),  # "-": no /rom, no factory files
             str(SIM_DIR),
             str(BOOT_REASON[reason]),
         ]
@@ -172,6 +202,7 @@ class SimRunner:
         self.boot_mode = mode
         self.boots += 1
         self.in_repl = False
+        self.last_sigint = 0.0  # a new firmware process: its first Ctrl-C stops it
         self.tail = b""
         self.wdt_timeout_ms = 0
         self.relay_on = False
@@ -254,7 +285,11 @@ class SimRunner:
                 self.reboot("raw" if raw else "run", "soft")
                 continue
             if b == 0x03 and self.child is not None and not self.in_repl:
-                os.killpg(self.child.pid, signal.SIGINT)
+                # one SIGINT per stop: a second one while the unix port unwinds the first
+                # can kill it, where a real board just shows its prompt (`\r\x03\x03`)
+                if time.monotonic() - getattr(self, "last_sigint", 0.0) > 1.0:
+                    self.last_sigint = time.monotonic()
+                    os.killpg(self.child.pid, signal.SIGINT)
             out.append(b)
             if self._at_prompt():
                 self.tail += b"."  # the prompt is no longer empty
@@ -292,6 +327,8 @@ class SimRunner:
             self.last_feed = time.monotonic()
         elif ev == "reset":
             self.reboot("run", "hard", banner=b"")
+        elif ev in ("card", "card_left"):
+            self.cards.on_event(msg)
 
     def _status(self, child):
         fw = child.pop("firmware", None) or {}
@@ -355,6 +392,13 @@ class SimRunner:
         if op == "stop":
             self.stopping = True
             return self._reply(sock, {"ok": True})
+        if op == "card":  # cards outlive the board's power: card_field.py keeps them
+            req, reply = self.cards.request(req, board_on=self.hw is not None,
+                                            at_repl=self.in_repl)
+            if reply is not None:
+                if req is not None and self.hw is not None:  # delivered, answered here
+                    self.hw.sendall((json.dumps(req) + "\n").encode())
+                return self._reply(sock, reply)
         if self.hw is None:
             if op == "status":
                 return self._reply(sock, self._offline_status())
@@ -443,6 +487,9 @@ class SimRunner:
             self.sel.register(conn, selectors.EVENT_READ, "hw")
             for req in self.environment.values():
                 conn.sendall((json.dumps(req) + "\n").encode())
+            card = self.cards.replay()
+            if card is not None:
+                conn.sendall((json.dumps(card) + "\n").encode())
         elif what == "hw":
             try:
                 data = self.hw.recv(65536)
