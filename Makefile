@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test test-fast bench lint clean
+.PHONY: setup system-packages demo test bench lint clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -15,10 +15,14 @@ $(STAMP): pyproject.toml
 
 setup: $(STAMP)
 
+# Mosquitto and PostgreSQL for the sync and ledger tests (installed when root with apt)
+system-packages:
+	@bash scripts/system-packages.sh
+
 demo: $(STAMP)
 	$(BIN)/washpay demo
 
-test: $(STAMP)
+test: $(STAMP) system-packages
 	$(BIN)/pytest -q
 
 bench: $(STAMP)

@@ -53,3 +53,17 @@ def mpy():
         return run_micropython(code, **kw)[1]
 
     return run
+
+
+@pytest.fixture
+def sim(tmp_path):
+    """A simulated board running the firmware from the repository, ready for coins."""
+    from host_tools.sim.client import SimBoard
+
+    board = SimBoard(tmp_path / "st", log=tmp_path / "sim.log")
+    board.start()
+    try:
+        board.wait_ready()
+        yield board
+    finally:
+        board.stop()

@@ -12,17 +12,6 @@ from host_tools.sim.client import SimBoard, SimError
 pytestmark = pytest.mark.device
 
 
-@pytest.fixture
-def sim(tmp_path):
-    board = SimBoard(tmp_path / "st", log=tmp_path / "sim.log")
-    board.start()
-    try:
-        board.wait_ready()
-        yield board
-    finally:
-        board.stop()
-
-
 def insert(sim, value):
     before = sim.status()["credit"]
     reply = sim.call("coin", value=value)

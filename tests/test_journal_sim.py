@@ -12,20 +12,8 @@ from conftest import ROOT
 
 from host_tools import journal as J
 from host_tools import keys as K
-from host_tools.sim.client import SimBoard
 
 pytestmark = pytest.mark.device
-
-
-@pytest.fixture
-def sim(tmp_path):
-    board = SimBoard(tmp_path / "st", log=tmp_path / "sim.log")
-    board.start()
-    try:
-        board.wait_ready()
-        yield board
-    finally:
-        board.stop()
 
 
 def washpay(*args, timeout=120):

@@ -15,7 +15,6 @@ from washpay.replay import ReplayCache
 
 from host_tools import cli
 from host_tools import token as T
-from host_tools.sim.client import SimBoard
 
 T0 = 1767225600
 
@@ -97,17 +96,6 @@ def test_token_command_cli(tmp_path, capsys):
 
 
 # ---- on the simulated board
-@pytest.fixture
-def sim(tmp_path):
-    board = SimBoard(tmp_path / "st", log=tmp_path / "sim.log")
-    board.start()
-    try:
-        board.wait_ready()
-        yield board
-    finally:
-        board.stop()
-
-
 def send(sim, cmd):
     """Hand `cmd` to the board's command port; return the board's reply (a dict)."""
     before = len(sim.status()["firmware"]["remote"]["replies"])
