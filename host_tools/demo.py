@@ -52,6 +52,15 @@ def run_demo(state=None, keep=False):
             j = st["journal"]
             _say(f"Journal: {j['count']} records, last seq {j['last_seq']}, "
                  f"{j['unsynced']} not yet uploaded; flash {st['flash']}")
+        _say("\nThe board's flash, read back on the host with the site key (washpay journal "
+             f"decode {state / 'flash.bin'} --site-key {state / 'site.key'} --device "
+             f"{fw['device_id']}):\n")
+        from host_tools.journal import decode_command
+
+        rc = decode_command([state / "flash.bin"], state / "site.key", fw["device_id"])
+        if rc != 0:
+            _say("demo failed: the journal did not verify")
+            return 1
         _say("Demo finished.")
         return 0
     except SimError as e:
