@@ -76,6 +76,8 @@ class App:
             self.decoder,
             active_low=b.coin["pulse_active"] == "low",
             inhibit_active_high=b.coin["inhibit_active"] == "high",
+            stuck_ms=self.cfg["risk"]["stuck_ms"],
+            inhibit_grace_ms=self.cfg["risk"]["inhibit_grace_ms"],
         )
         self.keypad = Keypad({"start": b.button("btn_start"), "select": b.button("btn_select")})
         self.engine = VendEngine(self.cfg, self.journal, self.washer, self.acceptor, self.screen)
@@ -181,6 +183,7 @@ class App:
         st = self.engine.status()
         st["device_id"] = self.device_id
         st["version"] = VERSION
+        st["currency"] = self.cfg["currency"]
         st["board"] = self.board.id
         st["config_error"] = self.config_error
         st["sync"] = self.sync.status() if self.sync else None

@@ -26,11 +26,18 @@ DEFAULTS = {
     },
     "start_confirm_ms": 5000,  # the washer must report busy within this after a start
     "start_retries": 1,
+    # after a cycle, the door must open within this or the laundry is journaled as not
+    # collected against the payer (not_collected); 0 = not watched
+    "collect_ms": 600000,
+    "risk": {},  # offline risk control: RISK_DEFAULTS below; {} = defaults
     "watchdog_ms": 8000,
     "wifi": "",  # SSID; its password lives in /secrets.json ("wifi_password")
     "broker": "",  # MQTT broker: mqtt://host[:port] or mqtts://host[:port]
     "sync": {},  # uplink tuning (docs/sync.md: keepalive, backoff, batches); {} = defaults
     "card": {},  # card payments: CARD_DEFAULTS below; {} = defaults
+    # the price table: time-of-day rules and card tiers over the programs' base prices
+    # (docs/pricing.md); {} = the base prices, always
+    "pricing": {},
     # journal size in records, and the free levels that warn and that keep a reserve for
     # money already taken (docs/journal-format.md, "Capacity")
     "journal": {"capacity": 6200, "warn": 620, "reserve": 62},
@@ -55,6 +62,27 @@ CARD_DEFAULTS = {
     "repeat_ms": (5000, 0, 600000),  # the same card again this soon after paying: no charge
     "retap_ms": (30000, 1000, 600000),  # a torn card payment waits this long for the card
     "low_balance": (500, 0, 10000000),  # below this after paying, the display says so
+}
+
+# the "risk" object's fields: (default, lowest, highest)
+RISK_DEFAULTS = {
+    # this many coins rejected within reject_window_ms (a probe, a jammed or tampered
+    # acceptor) inhibit the acceptor for coin_lockout_ms and journal a fault; 0 = off
+    "reject_burst": (5, 0, 100),
+    "reject_window_ms": (60000, 1000, 3600000),
+    "coin_lockout_ms": (300000, 1000, 86400000),
+    # the coin line active this long is stuck (no pulse is): inhibit and a fault; pulses
+    # counted once the inhibit line has been asserted for inhibit_grace_ms: a fault
+    "stuck_ms": (1000, 200, 60000),
+    "inhibit_grace_ms": (500, 100, 10000),
+    # this many failed card payments (card_fraud: bad MAC, rollback, foreign site) from one
+    # card within fail_window_ms lock that card out for card_lockout_ms; 0 = off
+    "fail_limit": (5, 0, 100),
+    "fail_window_ms": (600000, 1000, 86400000),
+    "card_lockout_ms": (600000, 1000, 86400000),
+    # at most this many payments by one card within velocity_window_ms; 0 = no limit
+    "velocity": (0, 0, 1000),
+    "velocity_window_ms": (3600000, 1000, 86400000),
 }
 
 
@@ -130,6 +158,7 @@ def validate(raw):
     cfg["coins"] = merged
     _int(cfg["start_confirm_ms"], "start_confirm_ms", 200, 120000)
     _int(cfg["start_retries"], "start_retries", 0, 3)
+    _int(cfg["collect_ms"], "collect_ms", 0, 86400000)
     _int(cfg["watchdog_ms"], "watchdog_ms", 1000, 60000)
     _str(cfg["wifi"], "wifi")  # 802.11 SSIDs are at most 32 bytes
     broker = _str(cfg["broker"], "broker", 128)
@@ -164,6 +193,27 @@ def validate(raw):
             raise ConfigError("unknown card setting %r" % k)
         merged[k] = _int(v, "card." + k, CARD_DEFAULTS[k][1], CARD_DEFAULTS[k][2])
     cfg["card"] = merged
+    risk = cfg["risk"]
+    if not isinstance(risk, dict):
+        raise ConfigError("risk must be an object")
+    merged = {k: v[0] for k, v in RISK_DEFAULTS.items()}
+    for k, v in risk.items():
+        if k not in RISK_DEFAULTS:
+            raise ConfigError("unknown risk setting %r" % k)
+        merged[k] = _int(v, "risk." + k, RISK_DEFAULTS[k][1], RISK_DEFAULTS[k][2])
+    cfg["risk"] = merged
+    if cfg["pricing"] != {}:  # {}: base prices, and pricing.py's RAM is not spent
+        from washpay.pricing import PriceTable, PricingError
+
+        try:
+            PriceTable(progs, cfg["pricing"])
+        except PricingError as e:
+            raise ConfigError(str(e))
+        except (KeyError, TypeError, AttributeError) as e:  # a wrong type deep in the table
+            raise ConfigError("pricing is malformed: %r" % (e,))
+    for p in progs:
+        if p.get("mode", "cycle") != "cycle":  # the vend engine sells whole cycles only
+            raise ConfigError("program %s: timed programs are not supported yet" % p["name"])
     return cfg
 
 

@@ -1,24 +1,8 @@
 # Prices: what a program costs now, for this customer. Pure logic (no machine, no journal),
 # so it runs under CPython for property tests as well as on the board.
 #
-# One price table format (docs/pricing.md is its definition), pushed by provisioning inside
-# config.json ("pricing") and later by the server, versioned in the journal:
-#
-#   {"version": 7, "max_price": 2000, "utc_offset_min": 60,
-#    "rules": [{"days": "sat,sun", "from": "00:00", "to": "24:00", "percent": 10},
-#              {"days": "mon-fri", "from": "22:00", "to": "06:00", "percent": -20}],
-#    "tiers": {"staff": {"percent": -50},
-#              "student": {"percent": -10, "programs": ["quick", "standard"],
-#                          "min_balance": 500, "overdraft": 0}}}
-#
-# Programs stay in config "programs": per cycle {"name", "price", "minutes"} or timed
-# {"name", "mode": "timed", "price": <per step>, "step_minutes": 10, "max_minutes": 60}:
-# a dryer sells time in steps, the relay is held for the paid time and more money adds steps.
-#
-# The price of a cycle = base * (100 + rule% + tier%) / 100, rounded half up to the minor
-# unit, clamped to 0..max_price. Only the first matching rule applies (table order), so an
-# operator reads the table top-down. A rule's window is local time [from, to); a window with
-# from > to runs over midnight and belongs to the day it starts on.
+# One price table format, pushed by provisioning inside config.json ("pricing"), versioned
+# in the journal: docs/pricing.md is its definition (fields, defaults, how a price is made).
 
 _DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 

@@ -10,10 +10,15 @@
 import asyncio
 import time
 
+from washpay import vend_watch as W
 from washpay.journal import JournalError
 from washpay.journal import records as R
+from washpay.prices import price_table
 
 _POLL_MS = 50
+# the payer's kind for the not_collected record, by the record that paid
+_SOURCE_OF = {R.CARD_DEBIT: R.SOURCE_CARD, R.TOKEN_REDEEM: R.SOURCE_TOKEN,
+              R.REMOTE_START: R.SOURCE_COMMAND}
 
 
 class VendEngine:
@@ -25,6 +30,7 @@ class VendEngine:
         self.screen = screen
         self.clock = clock
         self.programs = cfg["programs"]
+        self.prices = price_table(self.programs, cfg.get("pricing"))
         self.program = self.programs[0]
         self.state = R.IDLE
         self.credit = 0
@@ -45,6 +51,25 @@ class VendEngine:
         # handler settles it (cancel_vend) instead of the price becoming credit: a start
         # needs the money collected, and a card may not have been charged.
         self.unconfirmed = {}
+        self.vend_source = None  # (source kind, id) of who paid the vend in progress
+        self.laundry = None  # None, "waiting", "collected" or "not collected" (after a cycle)
+        self._rejects = []  # ticks_ms of the recent rejected coin trains (risk.reject_burst)
+        self.coin_lockout = False  # too many rejects: the acceptor is inhibited for a while
+        self.coin_stuck = False  # the coin line is stuck active: inhibited until it is idle
+
+    # ---- prices (washpay/pricing.py, docs/pricing.md)
+    def price_of(self, program=None, tier=None):
+        """What `program` (the selected one by default) costs now, for a card `tier`
+        (None: coins, tokens, an untiered card)."""
+        p = program or self.program
+        return self.prices.price(p["name"], self.clock(), tier)
+
+    def set_prices(self, raw):
+        """A new price table (already validated through config.validate) takes effect."""
+        self.prices = price_table(self.programs, raw)
+        self.cfg["pricing"] = raw
+        if self.state in (R.IDLE, R.CREDIT, R.DONE):
+            self.show()
 
     # ---- journal
     def _record(self, rtype, **fields):
@@ -89,6 +114,8 @@ class VendEngine:
                 self.state = R.RUNNING
             else:
                 self.state = R.CREDIT if self.credit else R.IDLE
+        if self.prices.version:  # which price table this boot sells at, for the server
+            boot_reason = "%s; prices v%d" % (boot_reason, self.prices.version)
         self._record(R.BOOT, reason=boot_reason, program=self.program["name"])
         if self.state == R.RUNNING:
             asyncio.create_task(self._watch_cycle())
@@ -107,23 +134,28 @@ class VendEngine:
             self.screen.show(line1, line2 or "")
             return
         p = self.program
+        price = self.price_of(p)
         if self.state == R.OUT_OF_ORDER:
             self.screen.show("Out of order", (self.fault or "")[:16])
         elif self.state == R.RUNNING:
             self.screen.show("Running", p["name"])
         elif self.state == R.STARTING:
             self.screen.show("Starting...", p["name"])
-        elif self.credit >= p["price"]:
+        elif self.laundry == "not collected" and not self.credit:
+            self.screen.show("Laundry waiting", "please collect")
+        elif self.credit >= price:
             self.screen.show("Credit " + m(self.credit), "%s  START" % p["name"])
         elif self.credit:
             self.screen.show("Credit " + m(self.credit),
-                             "%s +%s" % (p["name"], m(p["price"] - self.credit)))
+                             "%s +%s" % (p["name"], m(price - self.credit)))
+        elif self.coin_lockout or self.coin_stuck:
+            self.screen.show("Coins blocked", "%s %s" % (p["name"], m(price)))
         elif not self.journal.accepts_payments:
             self.screen.show("Journal full", "sync required")
         elif self.journal.level != "ok":
             self.screen.show("Insert coins", "sync required")
         else:
-            self.screen.show("Insert coins", "%s %s" % (p["name"], m(p["price"])))
+            self.screen.show("Insert coins", "%s %s" % (p["name"], m(price)))
 
     def notice(self, line1, line2, ms):
         """Show a message for `ms`, then the normal screen, without holding up the caller:
@@ -140,6 +172,8 @@ class VendEngine:
     def update_inhibit(self):
         refuse = (
             self.state in (R.STARTING, R.RUNNING, R.OUT_OF_ORDER)
+            or self.coin_lockout
+            or self.coin_stuck
             or self.credit >= self.cfg["max_credit"]
             or not self.journal.accepts_payments  # the reserve is for money already taken
         )
@@ -176,7 +210,14 @@ class VendEngine:
             self.faults += 1
             self.last_fault = result[1]
             self._record(R.COIN_REJECTED, reason=result[1], pulses=result[2])
-            self.notice("Coin not taken", "ask staff", 1500)
+            if not W.reject_burst(self):
+                self.notice("Coin not taken", "ask staff", 1500)
+        elif kind == "stuck":  # the driver saw the line active far longer than any pulse
+            W.coin_fault(self, "coin line stuck active")
+        elif kind == "released":
+            W.coin_fault(self, "coin line released", False)
+        elif kind == "inhibited":  # the acceptor ignores its inhibit line, or is tampered
+            W.coin_fault(self, "pulses while inhibited", None)
         else:  # line noise: no coin, nothing to record per glitch
             self.noise += result[1] if len(result) > 1 else 1
 
@@ -201,8 +242,9 @@ class VendEngine:
     async def start(self):
         """START pressed: vend the selected program from the machine's credit."""
         p = self.program
-        if self.credit < p["price"]:
-            self.show("Insert " + self.screen.money(p["price"] - self.credit), "for " + p["name"])
+        price = self.price_of(p)
+        if self.credit < price:
+            self.show("Insert " + self.screen.money(price - self.credit), "for " + p["name"])
             return False
         why = self.refuse_reason()
         if why:
@@ -210,8 +252,8 @@ class VendEngine:
             return False
         self.busy = True
         try:
-            self.credit -= p["price"]
-            self.commit_vend(R.VEND_START, p["price"], amount=p["price"])
+            self.credit -= price
+            self.commit_vend(R.VEND_START, price, amount=price)
             return await self.drive()
         finally:
             self.busy = False
@@ -239,6 +281,9 @@ class VendEngine:
         p = self.program
         self.state = R.STARTING
         self.vend_price = price
+        src = fields.get("source")
+        self.vend_source = (_SOURCE_OF.get(rtype, 0), src) if src is not None else None
+        self.laundry = None
         self.acceptor.inhibit(True)
         seq = self._record(rtype, program=p["name"], price=price, **fields)
         self.timings["start_to_relay_us"] = time.ticks_diff(time.ticks_us(), self._t_start)
@@ -314,6 +359,8 @@ class VendEngine:
         self._record(R.VEND_DONE, program=p["name"], price=self.vend_price)
         self.update_inhibit()
         self.notice("Done", "thank you", 2000)
+        if self.cfg.get("collect_ms"):
+            asyncio.create_task(W.watch_collect(self, p["name"], self.vend_source))
 
     # ---- status for the console, the simulator and (later) the network
     def status(self):
@@ -322,11 +369,15 @@ class VendEngine:
             "state": self.state,
             "credit": self.credit,
             "program": self.program["name"],
-            "programs": [{"name": p["name"], "price": p["price"]} for p in self.programs],
+            "programs": [{"name": p["name"], "price": self.price_of(p)} for p in self.programs],
+            "prices_version": self.prices.version,
             "fault": self.fault,
             "faults": self.faults,
             "last_fault": self.last_fault,
             "starts_failed": self.starts_failed,
+            "laundry": self.laundry,
+            "coin_lockout": self.coin_lockout,
+            "coin_stuck": self.coin_stuck,
             "coin_noise": self.noise,
             "timings": self.timings,
             "inhibit": self.acceptor.inhibited,

@@ -25,7 +25,7 @@ _LONG_PAUSE_MS = const(1 << 20)
 
 class CoinAcceptor:
     def __init__(self, counter, pulse_pin, inhibit_pin, decoder, active_low=True,
-                 inhibit_active_high=True, sample_ms=5):
+                 inhibit_active_high=True, sample_ms=5, stuck_ms=0, inhibit_grace_ms=0):
         self.counter = counter
         self.pulse_pin = pulse_pin
         self.inhibit_pin = inhibit_pin
@@ -37,6 +37,19 @@ class CoinAcceptor:
         self._task = None
         self.count = 0  # last sample, for status
         self.level = 0
+        # anomalies, reported to on_result beside the decoder's results (0 ms: not watched):
+        #   ("stuck", ms)      the line has been active for stuck_ms: no coin pulse is that long
+        #   ("released", 0)    a stuck line went idle again
+        #   ("inhibited", n)   n pulses counted while the inhibit line had been asserted for
+        #                      inhibit_grace_ms (a coin already in flight may finish): once
+        #                      per inhibit period
+        self.stuck_ms = stuck_ms
+        self.inhibit_grace_ms = inhibit_grace_ms
+        self.stuck = False
+        self._active_t = None
+        self._inhibit_t = 0
+        self._inhibit_flagged = False
+        self._seen_count = 0
         # The decoder's clock runs from construction, across any pause of the task: time that
         # passed must never look shorter than it was.
         self._now = 0
@@ -46,6 +59,10 @@ class CoinAcceptor:
 
     def inhibit(self, on):
         """Assert (True: the acceptor refuses coins) or release the inhibit line."""
+        if on and not getattr(self, "_inhibited", False):
+            self._inhibit_t = time.ticks_ms()
+        if not on:
+            self._inhibit_flagged = False
         self._inhibited = bool(on)
         self.inhibit_pin.value(self._inhibit_on if on else 1 - self._inhibit_on)
 
@@ -87,7 +104,29 @@ class CoinAcceptor:
             res = decoder.feed(self._now, self.count, self.level)
             if res is not None:
                 await on_result(res)
+            if self.stuck_ms or self.inhibit_grace_ms:
+                await self._anomalies(t, on_result)
             await asyncio.sleep_ms(self.sample_ms)
+
+    async def _anomalies(self, t, on_result):
+        n = self.count - self._seen_count
+        self._seen_count = self.count
+        if n and self.inhibit_grace_ms and self._inhibited and not self._inhibit_flagged and \
+                time.ticks_diff(t, self._inhibit_t) >= self.inhibit_grace_ms:
+            self._inhibit_flagged = True
+            await on_result(("inhibited", n))
+        if not self.stuck_ms:
+            return
+        if not self.level:
+            self._active_t = None
+            if self.stuck:
+                self.stuck = False
+                await on_result(("released", 0))
+        elif self._active_t is None:
+            self._active_t = t
+        elif not self.stuck and time.ticks_diff(t, self._active_t) >= self.stuck_ms:
+            self.stuck = True
+            await on_result(("stuck", self.stuck_ms))
 
     def deinit(self):
         """Stop sampling and refuse coins: nobody would decode them."""

@@ -33,13 +33,17 @@ COMMAND_REFUSED = "command_refused"
 # an operator's command from the server executed (docs/sync.md: prices, blacklist, clock,
 # status); source = command id, reason = what it changed
 COMMAND_DONE = "command_done"
+# the cycle ended and the door was not opened within config "collect_ms": laundry left in the
+# machine; source = who paid for the cycle (card UID, token / command id; none for coins).
+# The server turns these into a credit score and pushes card tiers back (docs/pricing.md)
+NOT_COLLECTED = "not_collected"
 
 # The type code stored in a record is its index here plus one.
 RECORD_TYPES = (
     BOOT, COIN, COIN_REJECTED, VEND_START, VEND_RUNNING, VEND_DONE, START_FAILED, FAULT,
     CARD_DEBIT, TOKEN_REDEEM, REMOTE_START, REFUND,
     CARD_TOPUP, CARD_REFUSED, CARD_FRAUD, CARD_CANCEL, CARD_UNRESOLVED, CARD_SETTLED,
-    TOKEN_REFUSED, COMMAND_REFUSED, COMMAND_DONE,
+    TOKEN_REFUSED, COMMAND_REFUSED, COMMAND_DONE, NOT_COLLECTED,
 )
 # New money that does not come from a coin already in the machine: refused when the journal
 # runs low on space, so that the reserve is left for coins and vends already paid.

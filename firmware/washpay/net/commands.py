@@ -237,7 +237,8 @@ class Commands:
                 p["price"] = new[p["name"]]
         raw["programs"] = progs
         try:
-            config.validate(raw)
+            # also checks the stored price table (docs/pricing.md) against the new bases
+            cfg = config.validate(raw)
         except config.ConfigError as e:
             raise _Refused(str(e)[:60])
         tmp = self.config_path + ".new"
@@ -249,8 +250,11 @@ class Commands:
         for p in self.engine.programs:
             if p["name"] in new:
                 p["price"] = new[p["name"]]
+        self.engine.set_prices(cfg["pricing"])
         self.engine.show()
-        what = "price " + " ".join("%s=%d" % (k, v) for k, v in new.items())
+        # the table version first: the journal's reason text is cut at 27 bytes
+        what = "price v%d " % cfg["pricing"].get("version", 0) + \
+            " ".join("%s=%d" % (k, v) for k, v in new.items())
         return what, {"prices": new}
 
     def _blacklist(self, action, body):

@@ -29,6 +29,7 @@ from washpay.payments.card_state import PendingPayments, SeenCounters
 _READ_TRIES = const(2)  # a read-back hit by noise (CRC error) is tried once more
 _NOTICE_MS = const(3000)
 _FAULT_RETRY_MS = const(5000)
+_RISK_CARDS = const(16)  # cards whose failures / payments are remembered (RAM: bounded)
 
 
 class CardPayment:
@@ -61,6 +62,12 @@ class CardPayment:
         # card detected -> relay command (µs) and RF exchanges of the last paid tap
         self.timings = {"card_to_relay_us": None, "exchanges": None}
         engine.unconfirmed[R.CARD_DEBIT] = self.recover_unconfirmed
+        # offline risk control (config "risk"): uid -> ticks_ms of recent failed payments,
+        # of recent payments, and the end of a lockout
+        self.risk = engine.cfg.get("risk") or {}
+        self._fails = {}
+        self._pays = {}
+        self._locked = {}
 
     # ---- the polling task
     async def run(self):
@@ -138,6 +145,12 @@ class CardPayment:
         if uid == self._recent_uid and time.ticks_diff(time.ticks_ms(), self._recent_ms) < \
                 self.repeat_ms:
             return  # the same card again right after paying: it is not charged twice
+        until = self._locked.get(uid)
+        if until is not None:
+            if time.ticks_diff(until, time.ticks_ms()) > 0:
+                self._refuse(uid, R.CARD_REFUSED, "locked out", "Card locked", "try later")
+                return
+            del self._locked[uid]
         slot = self.pending.find(uid)
         if slot >= 0 and not self._settle(uid, slot):
             return
@@ -151,8 +164,7 @@ class CardPayment:
             self._say("Cards not taken", "sync required")
             return
         program = e.program
-        price = program["price"]
-        if e.credit >= price:
+        if e.credit >= e.price_of(program):
             self._say("Credit covers it", "press START")
             return
         try:
@@ -182,14 +194,29 @@ class CardPayment:
             self._refuse(uid, R.CARD_REFUSED, "blacklist: " + text, "Card blocked", text)
             return
         self.seen.note(uid, counter)
+        # the card's tier (its header, under the MAC) may restrict programs, discount the
+        # price, ask for a higher balance or allow an overdraft (docs/pricing.md)
+        tier = W.parse_header(head)[2] or None
+        if e.prices.allowed(program["name"], tier):  # a reason too long for 16 columns
+            self._refuse(uid, R.CARD_REFUSED, "tier %s: not %s" % (tier, program["name"]),
+                         "Not for card", "choose another")
+            return
+        price = e.price_of(program, tier)
         m = self.engine.screen.money
-        if balance < price:
+        # an overdraft tier may go below zero, down to its limit; the next top-up settles it
+        if balance - price < e.prices.floor_balance(tier) or \
+                balance < e.prices.min_balance(tier):
             self.last = {"uid": uid.hex(), "balance": balance, "counter": counter,
                          "result": "low balance"}
             self._say("Low balance " + m(balance), "%s costs %s" % (program["name"], m(price)))
             return
         if counter >= W.COUNTER_MAX:
             self._say("Card worn out", "reissue card")
+            return
+        limit = self.risk.get("velocity", 0)
+        if limit and self._recent(self._pays, uid, self.risk["velocity_window_ms"]) >= limit:
+            self._refuse(uid, R.CARD_REFUSED, "velocity: %d in %ds" % (
+                limit, self.risk["velocity_window_ms"] // 1000), "Too many uses", "try later")
             return
         # -- the payment
         target = W.COPY_B if i == 0 else W.COPY_A
@@ -264,6 +291,7 @@ class CardPayment:
         self.seen.note(w["uid"], w["counter"])
         self._recent_uid = w["uid"]
         self._recent_ms = time.ticks_ms()
+        self._note(self._pays, w["uid"])
         self.counts["paid"] += 1
         self.last = {"uid": w["uid"].hex(), "balance": w["after"], "counter": w["counter"],
                      "result": "paid %d" % w["price"]}
@@ -413,6 +441,40 @@ class CardPayment:
             self.fault = str(err)
             return None
 
+    # ---- risk control: per-card counts over a sliding window, in RAM (a reset forgets them)
+    def _recent(self, table, uid, window_ms):
+        """How many events `table` holds for `uid` within the last window_ms."""
+        now = time.ticks_ms()
+        times = [t for t in table.get(uid, ()) if time.ticks_diff(now, t) < window_ms]
+        if times:
+            table[uid] = times
+        else:
+            table.pop(uid, None)
+        return len(times)
+
+    def _note(self, table, uid):
+        if uid not in table and len(table) >= _RISK_CARDS:
+            table.pop(next(iter(table)))  # the board forgets a card rather than the heap
+        table.setdefault(uid, []).append(time.ticks_ms())
+
+    def _failed(self, uid):
+        """One failed payment by `uid`; the fail_limit-th in the window locks it out."""
+        limit = self.risk.get("fail_limit", 0)
+        if not limit:
+            return False
+        window = self.risk["fail_window_ms"]
+        self._recent(self._fails, uid, window)
+        self._note(self._fails, uid)
+        if len(self._fails[uid]) < limit:
+            return False
+        del self._fails[uid]
+        if len(self._locked) >= _RISK_CARDS:
+            self._locked.pop(next(iter(self._locked)))
+        self._locked[uid] = time.ticks_add(time.ticks_ms(), self.risk["card_lockout_ms"])
+        self._journal(R.CARD_REFUSED, uid, reason="lockout: %d fails in %ds" % (
+            limit, window // 1000))
+        return True
+
     def _refuse(self, uid, rtype, reason, line1, line2, **fields):
         self.counts["refused"] += 1
         self.last = {"uid": uid.hex(), "result": reason}
@@ -422,6 +484,8 @@ class CardPayment:
                 time.ticks_diff(now, q[2]) >= self.repeat_ms:
             self._journal(rtype, uid, reason=reason, **fields)
             self._quiet = (uid, reason, now)
+        if rtype == R.CARD_FRAUD and self._failed(uid):  # journaled after the failure itself
+            line1, line2 = "Card locked", "try later"
         self._say(line1, line2)
 
     def _say(self, line1, line2, hold=False):
@@ -441,4 +505,5 @@ class CardPayment:
             "exchanges": self.reader.exchanges,
             "blacklist": self.blacklist.status(),
             "fault": self.fault,
+            "locked": [u.hex() for u in self._locked],
         }

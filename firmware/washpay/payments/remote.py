@@ -175,7 +175,7 @@ class RemoteStart:
                 p = prog
         if p is None:
             raise Refused("program", cmd)
-        if cmd.amount and cmd.amount < p["price"]:
+        if cmd.amount and cmd.amount < eng.price_of(p):
             raise Refused("amount", cmd)
         why = eng.refuse_reason()
         if why:
@@ -188,7 +188,7 @@ class RemoteStart:
             raise Refused("journal", cmd)
         if not self.cache.room():
             raise Refused("full", cmd)
-        price = cmd.amount or p["price"]
+        price = cmd.amount or eng.price_of(p)
         try:
             seq = eng.commit_vend(R.REMOTE_START, price, program=p, amount=price,
                                   source=cmd.cid)

@@ -258,7 +258,7 @@ class TokenPayments:
                 p = prog
         if p is None:
             raise Refused("program", tok)
-        if tok.amount and tok.amount < p["price"]:
+        if tok.amount and tok.amount < eng.price_of(p):
             raise Refused("amount", tok)
         why = eng.refuse_reason()
         if why:  # nothing happened to the token: the customer scans it again
@@ -269,7 +269,7 @@ class TokenPayments:
             raise Refused("journal")
         if not self.cache.room():
             raise Refused("full", tok)
-        price = tok.amount or p["price"]
+        price = tok.amount or eng.price_of(p)
         try:
             # durable first: from this record on, the money is the customer's credit if
             # the washer does not start (boot recovery or the engine gives it back)
