@@ -35,9 +35,15 @@ def command_key(device_secret):
 
 def load_device_secret(secrets):
     """The device secret from the parsed /secrets.json, or None if the board has none."""
+    return load_secret(secrets, "device_secret")
+
+
+def load_secret(secrets, name):
+    """A 32-byte key stored as 64 hex digits under `name` in the parsed /secrets.json, or
+    None when it is missing or malformed."""
     from binascii import unhexlify
 
-    value = secrets.get("device_secret") if isinstance(secrets, dict) else None
+    value = secrets.get(name) if isinstance(secrets, dict) else None
     if not isinstance(value, str) or len(value) != 64:
         return None
     try:

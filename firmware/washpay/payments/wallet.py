@@ -63,15 +63,9 @@ def key_a(uid):
 
 def load_card_key(secrets):
     """The site card key from the parsed /secrets.json ("card_key", 64 hex), or None."""
-    from binascii import unhexlify
+    from washpay.keys import load_secret
 
-    value = secrets.get("card_key") if isinstance(secrets, dict) else None
-    if not isinstance(value, str) or len(value) != 64:
-        return None
-    try:
-        return unhexlify(value)
-    except ValueError:
-        return None
+    return load_secret(secrets, "card_key")
 
 
 def parse_header(head):
