@@ -343,28 +343,28 @@ class CardPayment:
             self._cancel(w, "card changed meanwhile")
             return
         # paid elsewhere since, more than once: the card cannot tell; the server settles
-        self.counts["unresolved"] += 1
-        e = self.engine
-        e.cancel_vend(R.CARD_UNRESOLVED, amount=w["price"], source=w["uid"],
-                      balance_before=w["before"], balance_after=w["after"],
-                      card_counter=w["counter"], reason="card moved on: server")
-        e.update_inhibit()
-        self.last = {"uid": w["uid"].hex(), "result": "unresolved: the server settles"}
-        self._say("Not started", "ask staff")
+        self._unresolved(w, "card moved on: server", "unresolved: the server settles",
+                         "ask staff")
 
     def _give_up(self, w):
         """The card did not come back: no vend; its next tap settles the payment."""
         self.waiting = None
-        self.counts["unresolved"] += 1
         self.pending.put(w["uid"], w["counter"], w["tag"], w["before"], w["after"], w["price"],
                          w["seq"])
+        self._unresolved(w, "card gone during the write", "unresolved: settled at next tap",
+                         "tap card to check")
+
+    def _unresolved(self, w, reason, result, hint):
+        """No vend for a card payment whose write was not confirmed: one card_unresolved
+        record, nothing charged as machine credit."""
+        self.counts["unresolved"] += 1
         e = self.engine
         e.cancel_vend(R.CARD_UNRESOLVED, amount=w["price"], source=w["uid"],
                       balance_before=w["before"], balance_after=w["after"],
-                      card_counter=w["counter"], reason="card gone during the write")
+                      card_counter=w["counter"], reason=reason)
         e.update_inhibit()
-        self.last = {"uid": w["uid"].hex(), "result": "unresolved: settled at next tap"}
-        self._say("Not started", "tap card to check")
+        self.last = {"uid": w["uid"].hex(), "result": result}
+        self._say("Not started", hint)
 
     def recover_unconfirmed(self, last):
         """Boot recovery found a card_debit in STARTING: the card write was never confirmed
