@@ -31,7 +31,7 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from host_tools import keys as K
 
 # ---- the format (docs/journal-format.md)
-VERSION = 1
+VERSION = 2
 RECORD_SIZE = 128
 HEADER_SIZE = 16
 BODY_SIZE = 96
@@ -44,7 +44,7 @@ SEGMENT_SIZE = SEGMENT_HEADER_SIZE + SEGMENT_RECORDS * RECORD_SIZE
 STAGE_SLOTS = SEGMENT_RECORDS - 1
 HEAD_MAGIC = b"WPJH"
 KEY_CHECK_TEXT = b"washpay/v1/journal key check"
-BODY = struct.Struct(">BBBBIIiiiiiI3sBBBB16s10s27s")
+BODY = struct.Struct(">BBBBIIiiiiiI3sBBBB16s10sH25s")
 assert BODY.size == BODY_SIZE
 
 TYPES = {
@@ -171,7 +171,7 @@ def _text(b):
 
 def decode_body(seq, body):
     (code, flags, scode, rcode, t, boot, amount, credit, price, bal_before, bal_after, counter,
-     currency, pulses, attempt, kind, slen, source, program, text) = BODY.unpack(body)
+     currency, pulses, attempt, kind, slen, source, program, left, text) = BODY.unpack(body)
     return {
         "seq": seq,
         "type": TYPES.get(code, f"type{code}"),
@@ -194,6 +194,7 @@ def decode_body(seq, body):
         "balance_before": bal_before,
         "balance_after": bal_after,
         "card_counter": counter,
+        "left_s": left,
     }
 
 

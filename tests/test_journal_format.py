@@ -75,7 +75,7 @@ def test_host_reads_what_the_firmware_wrote(sample):
         for name in ("seq", "type", "boot", "t", "clock_ok", "credit", "state", "amount",
                      "price", "currency", "program", "pulses", "attempt", "reason",
                      "recovered", "source_kind", "source", "balance_before", "balance_after",
-                     "card_counter"):
+                     "card_counter", "left_s"):
             assert host[name] == fw[name], (fw["seq"], name)
 
 
@@ -88,10 +88,11 @@ def test_every_field_survives(full):
     assert (card["balance_before"], card["balance_after"]) == (1000, 700)
     assert card["card_counter"] >= 42
     assert by_type["refund"]["amount"] == -300
+    assert by_type["vend_running"]["left_s"] >= 1800 and by_type["coin"]["left_s"] == 0
     assert by_type["remote_start"]["program"] == "Wäsche60"
-    # a source id longer than 16 bytes is cut; reason text to 27 bytes, on a char boundary
+    # a source id longer than 16 bytes is cut; reason text to 25 bytes, on a char boundary
     assert bytes.fromhex(by_type["remote_start"]["source"]) == b"cmd-0123456789ab"
-    assert by_type["fault"]["reason"] == "config: programs must be a "
+    assert by_type["fault"]["reason"] == "config: programs must be "
     assert by_type["start_failed"]["reason"] == "washer did not confirm start"
     assert by_type["boot"]["recovered"] is True
     assert [r["clock_ok"] for r in fw_records[:6]] == [True] * 4 + [False, True]
@@ -178,9 +179,9 @@ def test_host_and_firmware_agree_on_the_documented_tables():
     assert (rsize, nrec, ssize, hsize) == (J.RECORD_SIZE, J.SEGMENT_RECORDS, J.SEGMENT_SIZE,
                                            J.SEGMENT_HEADER_SIZE)
     # the body table's offsets add up to the struct layout
-    offsets = [int(m[1]) for m in re.finditer(r"^\| (\d+) \| \d+ \| (?:u8|u32|i32|ASCII|"
+    offsets = [int(m[1]) for m in re.finditer(r"^\| (\d+) \| \d+ \| (?:u8|u16|u32|i32|ASCII|"
                                               r"bytes|UTF-8) \|", doc, re.M)]
-    assert offsets[0] == 0 and offsets[-1] == 69 and len(offsets) == 20
+    assert offsets[0] == 0 and offsets[-1] == 71 and len(offsets) == 21
 
 
 def test_host_code_never_imports_firmware():

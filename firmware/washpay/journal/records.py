@@ -83,18 +83,19 @@ FLAG_CLOCK_UNTRUSTED = const(1)  # the wall clock had not been set from a truste
 FLAG_RECOVERED = const(2)  # written by boot recovery about an event before the power cut
 
 # ---- binary layout (all integers big-endian)
-VERSION = const(1)
+VERSION = const(2)  # 2: paid time left (timed programs) took 2 bytes of the reason text
 RECORD_SIZE = const(128)  # exactly LittleFS's inline-file limit: a staged record costs no erase
 HEADER_SIZE = const(16)  # version, 3 reserved, seq u32, nonce 8: in clear, authenticated
 BODY_SIZE = const(96)  # encrypted with AES-256-CTR
 TAG_SIZE = const(16)  # HMAC-SHA256 truncated to 128 bits
 # body: type, flags, state, reason code, t, boot, amount, credit, price, balance before,
 # balance after, card counter, currency, pulses, attempt, source kind, source length,
-# source, program, reason text
-BODY_FORMAT = ">BBBBIIiiiiiI3sBBBB16s10s27s"
+# source, program, paid time left (seconds, timed programs), reason text
+BODY_FORMAT = ">BBBBIIiiiiiI3sBBBB16s10sH25s"
 SOURCE_LEN = const(16)
 PROGRAM_LEN = const(10)
-REASON_TEXT_LEN = const(27)
+REASON_TEXT_LEN = const(25)
+LEFT_MAX = const(0xFFFF)  # the most paid time (seconds) a record can carry: 18 h
 
 # A segment file is a 32-byte header and SEGMENT_RECORDS records; the first 30 records of a
 # segment are staged one per file (stage/NN) until the 31st completes the segment.

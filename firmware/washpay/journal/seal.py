@@ -20,7 +20,7 @@ _MAC_END = R.HEADER_SIZE + R.BODY_SIZE  # 112: the tag covers everything before 
 FIELDS = (
     "credit", "state", "t", "amount", "price", "program", "pulses", "attempt", "reason",
     "recovered", "currency", "source", "source_kind", "balance_before", "balance_after",
-    "card_counter",
+    "card_counter", "left_s",
 )
 
 
@@ -87,7 +87,8 @@ def pack_body(buf, off, code, flags, boot, fields, currency):
         int(get("card_counter") or 0) & 0xFFFFFFFF,
         _text(get("currency") or currency, 3),
         _u8(get("pulses")), _u8(get("attempt")), kind, len(source), source,
-        _text(get("program"), R.PROGRAM_LEN), text,
+        _text(get("program"), R.PROGRAM_LEN),
+        max(0, min(R.LEFT_MAX, int(get("left_s") or 0))), text,
     )
 
 
@@ -102,7 +103,7 @@ def _str(b):
 def unpack(seq, body):
     """The record as a dict, from its sequence number and 96-byte plaintext body."""
     (code, flags, scode, rcode, t, boot, amount, credit, price, bal_before, bal_after, counter,
-     currency, pulses, attempt, kind, slen, source, program, text) = struct.unpack_from(
+     currency, pulses, attempt, kind, slen, source, program, left, text) = struct.unpack_from(
         R.BODY_FORMAT, body, 0)
     return {
         "seq": seq,
@@ -125,6 +126,7 @@ def unpack(seq, body):
         "balance_before": bal_before,
         "balance_after": bal_after,
         "card_counter": counter,
+        "left_s": left,
     }
 
 

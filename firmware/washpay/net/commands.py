@@ -252,7 +252,7 @@ class Commands:
                 p["price"] = new[p["name"]]
         self.engine.set_prices(cfg["pricing"])
         self.engine.show()
-        # the table version first: the journal's reason text is cut at 27 bytes
+        # the table version first: the journal's reason text is cut at 25 bytes
         what = "price v%d " % cfg["pricing"].get("version", 0) + \
             " ".join("%s=%d" % (k, v) for k, v in new.items())
         return what, {"prices": new}

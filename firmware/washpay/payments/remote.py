@@ -41,7 +41,7 @@ COMMAND_MIN = const(51)
 COMMAND_MAX = const(60)
 _REPLIES = const(8)
 
-# reason code -> text for the reply and the journal (at most 27 bytes)
+# reason code -> text for the reply and the journal (the journal keeps 25 bytes)
 REASONS = {
     "malformed": "malformed command",
     "other_device": "command for another device",

@@ -51,7 +51,7 @@ MESSAGES = {
     "journal": ("Journal full", "sync required"),
 }
 # refusals of an authentic token: the customer paid for it, so the journal says why it
-# did not start a wash (reason text, at most 27 bytes)
+# did not start a wash (reason text: the journal keeps 25 bytes)
 JOURNAL_REASONS = {
     "program": "unknown program",
     "window": "validity window refused",
