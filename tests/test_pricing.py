@@ -79,22 +79,26 @@ tab = PriceTable(json.loads({json.dumps(json.dumps(PROGRAMS))}),
                  json.loads({json.dumps(json.dumps(TABLE))}))
 for prog, when, tier, _ in json.loads({json.dumps(json.dumps(CASES))}):
     print(tab.price(prog, when, tier))
-print(tab.minutes_for("dry", 250, {t(0, 12, 0)}), tab.cost_of("dry", 25, {t(0, 12, 0)}))
+print(tab.seconds_for("dry", 250, {t(0, 12, 0)}), tab.cost_of("dry", 25 * 60, {t(0, 12, 0)}))
 print(tab.allowed("standard", "student"), tab.allowed("quick", "student"))
 print(tab.floor_balance("student"), tab.floor_balance(None))
 """
     out = run_micropython(code)[1].split()
     assert [int(x) for x in out[: len(CASES)]] == [c[3] for c in CASES]
-    assert out[len(CASES):] == ["20", "300", "Not", "for", "this", "card", "None", "-300", "0"]
+    assert out[len(CASES):] == ["1200", "300", "Not", "for", "this", "card", "None", "-300", "0"]
 
 
 def test_timed_minutes_and_cost(table):
     noon = t(0, 12, 0)
-    assert table.minutes_for("dry", 99, noon) == 0
-    assert table.minutes_for("dry", 100, noon) == 10
-    assert table.minutes_for("dry", 10_000, noon) == 60  # capped at max_minutes
+    assert table.seconds_for("dry", 99, noon) == 0
+    assert table.seconds_for("dry", 100, noon) == 600
+    assert table.seconds_for("dry", 10_000, noon) == 3600  # capped at max_minutes
     assert table.cost_of("dry", 1, noon) == 100  # whole steps
-    assert table.cost_of("dry", 20, noon) == 200
+    assert table.cost_of("dry", 20 * 60, noon) == 200
+    assert table.cost_of("dry", 20 * 60 + 1, noon) == 300
+    # at night (-20 %) the same money buys more time; a tier discount too
+    assert table.seconds_for("dry", 160, t(0, 23, 0)) == 1200
+    assert table.seconds_for("dry", 180, noon, "student") == 1200
 
 
 @pytest.mark.parametrize(
@@ -146,10 +150,26 @@ def test_price_never_negative_nor_above_max(rs, ts, when, tier, offset):
 
 @settings(max_examples=300, deadline=None)
 @given(rules, st.integers(0, 2**32), st.integers(0, 5000), st.integers(0, 5000))
-def test_timed_minutes_monotonic_in_money(rs, when, a, b):
+def test_timed_time_monotonic_in_money(rs, when, a, b):
     tab = PriceTable(PROGRAMS, {"rules": rs})
     lo, hi = min(a, b), max(a, b)
-    assert tab.minutes_for("dry", lo, when) <= tab.minutes_for("dry", hi, when)
-    # and paying the cost of the minutes bought never costs more than the money given
-    m = tab.minutes_for("dry", hi, when)
-    assert tab.cost_of("dry", m, when) <= hi or tab.price("dry", when) == 0
+    assert tab.seconds_for("dry", lo, when) <= tab.seconds_for("dry", hi, when)
+    # and paying the cost of the time bought never costs more than the money given
+    secs = tab.seconds_for("dry", hi, when)
+    assert 0 <= secs <= 3600 and secs % 600 == 0
+    assert tab.cost_of("dry", secs, when) <= hi or tab.price("dry", when) == 0
+
+
+@settings(max_examples=300, deadline=None)
+@given(rules, st.integers(0, 2**32), st.integers(0, 7200), st.integers(0, 7200),
+       st.sampled_from([None, "staff", "student"]))
+def test_timed_cost_monotonic_in_time_and_bounded(rs, when, a, b, tier):
+    tab = PriceTable(PROGRAMS, dict(TABLE, rules=rs))
+    lo, hi = min(a, b), max(a, b)
+    c_lo, c_hi = tab.cost_of("dry", lo, when, tier), tab.cost_of("dry", hi, when, tier)
+    assert 0 <= c_lo <= c_hi
+    # never above the table's maximum per step, and what the cost buys covers the time
+    step = tab.price("dry", when, tier)
+    assert 0 <= step <= TABLE["max_price"]
+    if step and hi <= 3600:
+        assert tab.seconds_for("dry", c_hi, when, tier) >= hi

@@ -33,6 +33,13 @@ try:
             _factory[_name] = _f.read()
 except OSError:
     pass
+# the machine on the relay is the one the provisioned board file describes (a dryer is
+# switched by its supply: start_mode power); the pins stay the simulated board's
+if "board.json" in _factory:
+    try:
+        _board["washer"] = json.loads(_factory["board.json"])["washer"]
+    except (ValueError, KeyError):
+        pass  # the firmware reports a broken board file itself
 
 if _bare:
     _factory = {}

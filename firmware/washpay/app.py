@@ -66,6 +66,10 @@ class App:
                                reserve=jcfg.get("reserve"))
         self.washer = Washer(b.pin_out("relay"), b.pin_in("washer_busy"), b.pin_in("door"),
                              b.washer)
+        if self.washer.mode != "power" and not self.config_error and any(
+                p.get("mode") == "timed" for p in self.cfg["programs"]):
+            # selling time means holding the machine's supply: only a power-switched washer
+            self.config_error = "timed program needs washer start_mode power"
         coins = self.cfg["coins"]
         self.decoder = PulseTrainDecoder(coins["table"], coins["pulse_ms"], coins["gap_ms"],
                                          coins["end_ms"], coins["tolerance_pct"])

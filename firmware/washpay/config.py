@@ -102,6 +102,18 @@ def _str(value, where, maxlen=32):
     return value
 
 
+def _span(p, where, what, least):
+    """A timed program's step or cap, in seconds: `what`_minutes or `what`_seconds, one of
+    them. A record carries the time left in 16 bits of seconds: 18 h at most."""
+    mins, secs = p.get(what + "_minutes"), p.get(what + "_seconds")
+    if (mins is None) == (secs is None):
+        raise ConfigError("%s: a timed program needs %s_minutes or %s_seconds (one of them)"
+                          % (where, what, what))
+    if secs is None:
+        return _int(mins, "%s.%s_minutes" % (where, what), -(-least // 60), 1092) * 60
+    return _int(secs, "%s.%s_seconds" % (where, what), least, 65535)
+
+
 def validate(raw):
     """Return a complete config from `raw` (a dict) or raise ConfigError saying what is wrong."""
     if not isinstance(raw, dict):
@@ -132,6 +144,12 @@ def validate(raw):
         names.append(name)
         _int(p.get("price"), where + ".price", 1, 1000000)
         _int(p.get("minutes", 0), where + ".minutes", 0, 600)
+        mode = p.get("mode", "cycle")
+        if mode == "timed":  # a dryer selling time: price per step (docs/pricing.md)
+            step = _span(p, where, "step", 1)
+            _span(p, where, "max", step)
+        elif mode != "cycle":
+            raise ConfigError(where + ".mode must be cycle or timed, not %r" % (mode,))
     _int(cfg["max_credit"], "max_credit", 1, 10000000)
     if cfg["max_credit"] < max(p["price"] for p in progs):
         raise ConfigError("max_credit must cover the dearest program")
@@ -211,9 +229,6 @@ def validate(raw):
             raise ConfigError(str(e))
         except (KeyError, TypeError, AttributeError) as e:  # a wrong type deep in the table
             raise ConfigError("pricing is malformed: %r" % (e,))
-    for p in progs:
-        if p.get("mode", "cycle") != "cycle":  # the vend engine sells whole cycles only
-            raise ConfigError("program %s: timed programs are not supported yet" % p["name"])
     return cfg
 
 

@@ -25,6 +25,36 @@ class BasePrices:
         return 0
 
 
+# ---- timed programs (dryers): a price per step of time (step_minutes or step_seconds), at
+# most max_minutes (max_seconds) bought or held at a time; one definition of the arithmetic,
+# whatever the price source; config.py has validated the fields
+
+
+def is_timed(program):
+    return program.get("mode") == "timed"
+
+
+def step_s(program):
+    return program.get("step_seconds") or program["step_minutes"] * 60
+
+
+def max_s(program):
+    return program.get("max_seconds") or program["max_minutes"] * 60
+
+
+def seconds_for(program, step_price, amount):
+    """Seconds that `amount` buys at `step_price` a step: whole steps, capped."""
+    top = max_s(program)
+    if step_price <= 0:
+        return top
+    return min(amount // step_price * step_s(program), top)
+
+
+def cost_of(program, step_price, seconds):
+    """What `seconds` (rounded up to whole steps) cost at `step_price` a step."""
+    return -(-seconds // step_s(program)) * max(step_price, 0)
+
+
 def price_table(programs, raw):
     if not raw:
         return BasePrices(programs)

@@ -4,6 +4,8 @@
 # One price table format, pushed by provisioning inside config.json ("pricing"), versioned
 # in the journal: docs/pricing.md is its definition (fields, defaults, how a price is made).
 
+from washpay.prices import cost_of, seconds_for
+
 _DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 
 
@@ -59,20 +61,8 @@ class PriceTable:
         self.version = raw.get("version", 0)
         if not isinstance(self.version, int) or self.version < 0:
             raise PricingError("pricing.version must be a non-negative integer")
-        self.programs = {}
-        for p in programs:
-            mode = p.get("mode", "cycle")
-            if mode not in ("cycle", "timed"):
-                raise PricingError("program %s: mode must be cycle or timed" % p["name"])
-            if mode == "timed":
-                step = p.get("step_minutes")
-                top = p.get("max_minutes")
-                if not isinstance(step, int) or step < 1:
-                    raise PricingError("program %s: step_minutes must be >= 1" % p["name"])
-                if not isinstance(top, int) or top < step:
-                    raise PricingError("program %s: max_minutes must be >= step_minutes"
-                                       % p["name"])
-            self.programs[p["name"]] = p
+        # the programs (cycle or timed) were validated by config.py with the rest of config
+        self.programs = {p["name"]: p for p in programs}
         base_max = max(p["price"] for p in programs)
         self.max_price = raw.get("max_price", base_max * 2)
         if not isinstance(self.max_price, int) or self.max_price < base_max:
@@ -157,20 +147,13 @@ class PriceTable:
         """What one cycle (or one step of a timed program) costs now."""
         return self._apply(self.programs[program]["price"], unix_time, tier)
 
-    def minutes_for(self, program, amount, unix_time, tier=None):
-        """Minutes that `amount` buys on a timed program now: whole steps, capped."""
-        p = self.programs[program]
-        step_price = self.price(program, unix_time, tier)
-        if step_price == 0:
-            return p["max_minutes"]
-        steps = amount // step_price
-        return min(steps * p["step_minutes"], p["max_minutes"])
+    def seconds_for(self, program, amount, unix_time, tier=None):
+        """Seconds that `amount` buys on a timed program now (prices.seconds_for)."""
+        return seconds_for(self.programs[program], self.price(program, unix_time, tier), amount)
 
-    def cost_of(self, program, minutes, unix_time, tier=None):
-        """What `minutes` (rounded up to whole steps) cost on a timed program now."""
-        p = self.programs[program]
-        steps = -(-minutes // p["step_minutes"])
-        return steps * self.price(program, unix_time, tier)
+    def cost_of(self, program, seconds, unix_time, tier=None):
+        """What `seconds` cost on a timed program now (prices.cost_of)."""
+        return cost_of(self.programs[program], self.price(program, unix_time, tier), seconds)
 
     def floor_balance(self, tier):
         """The lowest balance a card of `tier` may reach: -overdraft (0 without one)."""

@@ -6,19 +6,26 @@
 #   idle/credit  -> that credit is still the customer's
 #   starting     -> the washer was maybe started: if it reports busy, it runs; if not, the
 #                   price goes back to credit (start_failed, "power lost during start")
-#   running      -> if it still reports busy it runs, else the cycle is over
+#   running      -> if it still reports busy it runs, else the cycle is over; a timed program
+#                   (a dryer selling time) runs on for the paid time the record had left,
+#                   less the time since it was written when the clock allows
 import asyncio
 import time
 
 from washpay import vend_watch as W
 from washpay.journal import JournalError
 from washpay.journal import records as R
-from washpay.prices import price_table
+from washpay.prices import cost_of, is_timed, max_s, price_table, seconds_for, step_s
 
 _POLL_MS = 50
 # the payer's kind for the not_collected record, by the record that paid
 _SOURCE_OF = {R.CARD_DEBIT: R.SOURCE_CARD, R.TOKEN_REDEEM: R.SOURCE_TOKEN,
               R.REMOTE_START: R.SOURCE_COMMAND}
+
+
+def _clock(seconds):
+    """Paid time for the display: m:ss."""
+    return "%d:%02d" % (seconds // 60, seconds % 60)
 
 
 class VendEngine:
@@ -35,6 +42,10 @@ class VendEngine:
         self.state = R.IDLE
         self.credit = 0
         self.vend_price = 0  # price of the vend in progress
+        # a timed program (vend_timed.py): seconds bought and not yet started, and the
+        # ticks_ms at which the paid time of the one running runs out (None: none runs)
+        self.bought_s = 0
+        self.ends_ms = None
         self.fault = None  # why the machine is out of order, if it is
         self.faults = 0
         self.last_fault = None
@@ -76,6 +87,8 @@ class VendEngine:
         fields["credit"] = self.credit
         fields["state"] = self.state
         fields["t"] = int(self.clock())
+        if "left_s" not in fields:
+            fields["left_s"] = self.left_s()
         try:
             return self.journal.append(rtype, **fields)
         except JournalError as e:
@@ -87,6 +100,12 @@ class VendEngine:
             self.screen.show("Out of order", "sync required")
             raise
 
+    def left_s(self):
+        """Paid time left (seconds, rounded up) of a timed vend bought or running, else 0."""
+        if self.ends_ms is not None:
+            return (max(0, time.ticks_diff(self.ends_ms, time.ticks_ms())) + 999) // 1000
+        return self.bought_s if self.state == R.STARTING else 0
+
     # ---- boot recovery
     async def recover(self, boot_reason="power on"):
         last = self.journal.last()
@@ -95,9 +114,12 @@ class VendEngine:
             self.program = self._program(last.get("program")) or self.program
             state = last.get("state", R.IDLE)
             self.vend_price = last.get("price", 0)
+            self.bought_s = last.get("left_s", 0)
             if state == R.STARTING:
                 await asyncio.sleep_ms(self.cfg["start_confirm_ms"] // 4)
                 if self.washer.busy():
+                    if is_timed(self.program):  # the paid time runs from now
+                        self.ends_ms = time.ticks_add(time.ticks_ms(), self.bought_s * 1000)
                     self.state = R.RUNNING
                     self._record(R.VEND_RUNNING, program=self.program["name"],
                                  price=self.vend_price, recovered=True)
@@ -112,6 +134,10 @@ class VendEngine:
                     self.starts_failed += 1
             elif state == R.RUNNING:
                 self.state = R.RUNNING
+                if is_timed(self.program):
+                    from washpay import vend_timed
+
+                    await vend_timed.resume(self, last)
             else:
                 self.state = R.CREDIT if self.credit else R.IDLE
         if self.prices.version:  # which price table this boot sells at, for the server
@@ -119,6 +145,8 @@ class VendEngine:
         self._record(R.BOOT, reason=boot_reason, program=self.program["name"])
         if self.state == R.RUNNING:
             asyncio.create_task(self._watch_cycle())
+            if self.credit and self.ends_ms is not None:  # a coin was not yet turned into time
+                self._extend()
         self.show()  # the app releases the coin inhibit once the sampler is warm
 
     def _program(self, name):
@@ -137,12 +165,19 @@ class VendEngine:
         price = self.price_of(p)
         if self.state == R.OUT_OF_ORDER:
             self.screen.show("Out of order", (self.fault or "")[:16])
+        elif self.state == R.RUNNING and self.ends_ms is not None:
+            left = _clock(self.left_s())
+            self.screen.show("Running " + p["name"], left + " left" if not self.credit
+                             else "%s cr %s" % (left, m(self.credit)))
         elif self.state == R.RUNNING:
             self.screen.show("Running", p["name"])
         elif self.state == R.STARTING:
             self.screen.show("Starting...", p["name"])
         elif self.laundry == "not collected" and not self.credit:
             self.screen.show("Laundry waiting", "please collect")
+        elif self.credit >= price and is_timed(p):
+            self.screen.show("Credit " + m(self.credit), "%s %s START" % (
+                p["name"], _clock(seconds_for(p, price, self.credit))))
         elif self.credit >= price:
             self.screen.show("Credit " + m(self.credit), "%s  START" % p["name"])
         elif self.credit:
@@ -154,6 +189,10 @@ class VendEngine:
             self.screen.show("Journal full", "sync required")
         elif self.journal.level != "ok":
             self.screen.show("Insert coins", "sync required")
+        elif is_timed(p):
+            step = step_s(p)
+            self.screen.show("Insert coins", "%s %s/%s" % (
+                p["name"], m(price), "%dm" % (step // 60) if step % 60 == 0 else "%ds" % step))
         else:
             self.screen.show("Insert coins", "%s %s" % (p["name"], m(price)))
 
@@ -171,7 +210,8 @@ class VendEngine:
 
     def update_inhibit(self):
         refuse = (
-            self.state in (R.STARTING, R.RUNNING, R.OUT_OF_ORDER)
+            self.state in (R.STARTING, R.OUT_OF_ORDER)
+            or self.state == R.RUNNING and not self._room_s()
             or self.coin_lockout
             or self.coin_stuck
             or self.credit >= self.cfg["max_credit"]
@@ -203,6 +243,8 @@ class VendEngine:
                 self.state = R.CREDIT
             # durable before the customer sees the credit
             self._record(R.COIN, amount=value, pulses=pulses, program=self.program["name"])
+            if self.ends_ms is not None:  # a timed program runs: the coin buys more time
+                self._extend()
             self.update_inhibit()
             self.show()
             self.timings["coin_to_credit_us"] = time.ticks_diff(time.ticks_us(), t0)
@@ -250,10 +292,14 @@ class VendEngine:
         if why:
             self.show(why, "then press START")
             return False
+        secs = None
+        if is_timed(p):  # as much time as the credit buys, in whole steps, up to the cap
+            secs = seconds_for(p, price, self.credit)
+            price = cost_of(p, price, secs)
         self.busy = True
         try:
             self.credit -= price
-            self.commit_vend(R.VEND_START, price, amount=price)
+            self.commit_vend(R.VEND_START, price, seconds=secs, amount=price)
             return await self.drive()
         finally:
             self.busy = False
@@ -269,16 +315,29 @@ class VendEngine:
             return "Close the door"
         return None
 
-    def commit_vend(self, rtype, price, program=None, **fields):
+    def commit_vend(self, rtype, price, program=None, tier=None, seconds=None, **fields):
         """Make the payment durable: one record in state STARTING, before the relay moves.
 
         The caller has already taken `price` from wherever it came from (machine credit,
         a card, a token); from this record on, boot recovery either confirms the vend or
         returns `price` as machine credit.
+
+        A timed program buys `seconds`, or by default what `price` buys at the step price
+        now for `tier` (at least one step: the price was taken at that step price a moment
+        ago); money above the cost of that time (a token worth more than the cap) becomes
+        machine credit in the same record.
         """
         if program is not None:
             self.program = program
         p = self.program
+        if is_timed(p):
+            if seconds is None:
+                step = self.price_of(p, tier)
+                seconds = seconds_for(p, step, price) or step_s(p)
+                cost = min(price, cost_of(p, step, seconds))
+                self.credit += price - cost
+                price = cost
+            self.bought_s = seconds
         self.state = R.STARTING
         self.vend_price = price
         src = fields.get("source")
@@ -321,6 +380,8 @@ class VendEngine:
         for attempt in range(1 + self.cfg["start_retries"]):
             await self.washer.start(price)
             if await self._await_busy(self.cfg["start_confirm_ms"]):
+                if is_timed(p):  # the paid time runs from the confirmed start
+                    self.ends_ms = time.ticks_add(time.ticks_ms(), self.bought_s * 1000)
                 self.state = R.RUNNING
                 self._record(R.VEND_RUNNING, program=p["name"], price=price, attempt=attempt + 1)
                 self.show()
@@ -329,6 +390,7 @@ class VendEngine:
         self.washer.stop()
         self.credit += price
         self.state = R.CREDIT
+        self.bought_s = 0
         self.starts_failed += 1
         self._record(R.START_FAILED, program=p["name"], amount=price,
                      reason="washer did not confirm start")
@@ -346,6 +408,11 @@ class VendEngine:
 
     async def _watch_cycle(self):
         p = self.program
+        if self.ends_ms is not None:
+            from washpay import vend_timed
+
+            await vend_timed.watch(self)
+            return self._cycle_over(p)
         t0 = time.ticks_ms()
         limit_ms = p.get("minutes", 0) * 60000
         while self.washer.busy():
@@ -354,13 +421,33 @@ class VendEngine:
             ):
                 break  # a power-gated machine gets exactly the paid time
             await asyncio.sleep_ms(4 * _POLL_MS)
+        self._cycle_over(p)
+
+    def _cycle_over(self, p):
         self.washer.stop()
+        self.ends_ms = None
+        self.bought_s = 0
         self.state = R.CREDIT if self.credit else R.IDLE
         self._record(R.VEND_DONE, program=p["name"], price=self.vend_price)
         self.update_inhibit()
         self.notice("Done", "thank you", 2000)
         if self.cfg.get("collect_ms"):
             asyncio.create_task(W.watch_collect(self, p["name"], self.vend_source))
+
+    # ---- timed programs: coins while one runs buy more time (vend_timed.py)
+    def _room_s(self):
+        """Seconds more that may be bought now for the timed vend running, in whole steps
+        (0: none fits, or no timed vend runs)."""
+        if self.ends_ms is None:
+            return 0
+        p = self.program
+        step = step_s(p)
+        return max(0, max_s(p) - self.left_s()) // step * step
+
+    def _extend(self):
+        from washpay import vend_timed
+
+        vend_timed.extend(self)
 
     # ---- status for the console, the simulator and (later) the network
     def status(self):
@@ -376,6 +463,7 @@ class VendEngine:
             "last_fault": self.last_fault,
             "starts_failed": self.starts_failed,
             "laundry": self.laundry,
+            "left_s": self.left_s(),
             "coin_lockout": self.coin_lockout,
             "coin_stuck": self.coin_stuck,
             "coin_noise": self.noise,

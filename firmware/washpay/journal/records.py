@@ -37,13 +37,16 @@ COMMAND_DONE = "command_done"
 # machine; source = who paid for the cycle (card UID, token / command id; none for coins).
 # The server turns these into a credit score and pushes card tiers back (docs/pricing.md)
 NOT_COLLECTED = "not_collected"
+# a timed program (dryer) running bought more time from the machine's credit: amount = what
+# the added time cost, price = the vend's total so far, left_s = the paid time left now
+VEND_EXTEND = "vend_extend"
 
 # The type code stored in a record is its index here plus one.
 RECORD_TYPES = (
     BOOT, COIN, COIN_REJECTED, VEND_START, VEND_RUNNING, VEND_DONE, START_FAILED, FAULT,
     CARD_DEBIT, TOKEN_REDEEM, REMOTE_START, REFUND,
     CARD_TOPUP, CARD_REFUSED, CARD_FRAUD, CARD_CANCEL, CARD_UNRESOLVED, CARD_SETTLED,
-    TOKEN_REFUSED, COMMAND_REFUSED, COMMAND_DONE, NOT_COLLECTED,
+    TOKEN_REFUSED, COMMAND_REFUSED, COMMAND_DONE, NOT_COLLECTED, VEND_EXTEND,
 )
 # New money that does not come from a coin already in the machine: refused when the journal
 # runs low on space, so that the reserve is left for coins and vends already paid.

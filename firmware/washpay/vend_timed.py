@@ -1,0 +1,72 @@
+# Timed programs (docs/pricing.md): a dryer, or any machine switched by its supply, sells
+# time in steps. The relay is held for the paid time; coins inserted while it runs buy
+# more steps, up to the program's cap (max_minutes) at a time. Functions of the vend engine,
+# loaded only on a board that sells time, so that a washer's firmware does not compile them.
+#
+# The paid time lives in the engine as ends_ms (ticks_ms) and in every record as left_s
+# (seconds left after the event), so that boot recovery needs only the last record.
+import asyncio
+import time
+
+from washpay.journal import records as R
+from washpay.prices import step_s
+
+_TICK_MS = 250  # how often the running vend looks at its clock, the credit and the display
+
+
+def extend(e):
+    """Turn the machine's credit into more paid time for the timed vend running: whole
+    steps at the price of the moment, within the program's cap; one record."""
+    p = e.program
+    step = e.price_of(p)
+    if step <= 0:
+        return False  # a free program runs at its cap already
+    span = step_s(p)
+    steps = min(e.credit // step, e._room_s() // span)
+    if steps <= 0:
+        return False
+    cost = steps * step
+    e.credit -= cost
+    e.vend_price += cost
+    e.ends_ms = time.ticks_add(e.ends_ms, steps * span * 1000)
+    e._record(R.VEND_EXTEND, program=p["name"], amount=cost, price=e.vend_price)
+    e.update_inhibit()
+    e.show()
+    return True
+
+
+async def watch(e):
+    """Hold the relay until the paid time runs out; the caller ends the vend. The machine's
+    own busy signal does not end it: a customer who opens the door to check the laundry
+    keeps the time bought (and the supply, so that the machine's start button works)."""
+    shown = None
+    while True:
+        left_ms = time.ticks_diff(e.ends_ms, time.ticks_ms())
+        if left_ms <= 0:
+            return
+        if e.credit and e.state == R.RUNNING:  # coins that found no room before
+            extend(e)
+        e.update_inhibit()
+        left = e.left_s()
+        if left != shown and e.state == R.RUNNING:  # the display counts down m:ss
+            shown = left
+            e.show()
+        await asyncio.sleep_ms(min(left_ms, _TICK_MS))
+
+
+async def resume(e, last):
+    """Boot recovery of a timed vend that was running at the power cut. The cut dropped
+    the relay; the time left is the last record's, less the time since it was written
+    when the clock can tell (a clock that went back, e.g. an RTC reset, counts nothing
+    as elapsed: the customer keeps the doubt). Nothing left: the vend is over."""
+    left = last.get("left_s", 0)
+    written = last.get("t", 0)
+    now = int(e.clock())
+    if now >= written:
+        left = max(0, written + left - now)
+    e.ends_ms = time.ticks_add(time.ticks_ms(), left * 1000)
+    if not left:
+        return  # the engine's watch ends it at once, with its record and display
+    await e.washer.start(e.vend_price)  # a power-switched machine: its supply again
+    e._record(R.VEND_RUNNING, program=e.program["name"], price=e.vend_price, recovered=True)
+

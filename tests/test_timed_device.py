@@ -1,0 +1,232 @@
+"""Timed programs (a dryer selling time) on the simulated board, under the real micropython:
+the relay is held for the paid time and released when it runs out, coins inserted while it
+runs buy more steps up to the cap, the paid time survives a power cut, and every step is in
+the journal with the time left. The machine on the relay is switched by its supply
+(washer start_mode "power"), as dryers are wired."""
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+from test_card_device import journal
+
+from host_tools.sim.client import SimBoard
+
+pytestmark = pytest.mark.device
+
+ROOT = Path(__file__).resolve().parent.parent
+DEVICE = "sim-0001"
+# 1.00 buys 4 s, at most 12 s at a time: seconds so that a test runs in seconds; a dryer
+# in the field sells minutes (step_minutes / max_minutes), the same code
+DRY = {"name": "dry", "mode": "timed", "price": 100, "step_seconds": 4, "max_seconds": 12}
+
+
+def make_board(tmp_path, programs=(DRY,), start_mode="power", extra=None):
+    st_dir = tmp_path / "st"
+    (st_dir / "provision").mkdir(parents=True)
+    board = json.loads((ROOT / "boards" / "sim" / "board.json").read_text())
+    board["washer"]["start_mode"] = start_mode
+    (st_dir / "provision" / "board.json").write_text(json.dumps(board))
+    cfg = {"device_id": DEVICE, "programs": list(programs), "collect_ms": 0, **(extra or {})}
+    (st_dir / "provision" / "config.json").write_text(json.dumps(cfg))
+    return SimBoard(st_dir, log=tmp_path / "sim.log")
+
+
+@pytest.fixture
+def dryer(tmp_path):
+    b = make_board(tmp_path)
+    b.start()
+    try:
+        b.wait_ready()
+        yield b
+    finally:
+        b.stop()
+
+
+def insert(sim, value):
+    before = sim.status()["credit"]
+    sim.call("coin", value=value)
+    return sim.wait_for(lambda s: s["credit"] == before + value, what=f"credit +{value}")
+
+
+def left(st):
+    return st["firmware"]["left_s"]
+
+
+def test_coins_buy_whole_steps_and_the_relay_is_held_for_them(dryer, tmp_path):
+    st = dryer.status()
+    assert "dry 1.00/4s" in st["display"]
+    insert(dryer, 200)
+    st = insert(dryer, 50)  # 2.50: two steps (8 s); 0.50 stays credit
+    assert "dry 0:08 START" in st["display"]
+    dryer.call("button", name="start")
+    st = dryer.wait_for(lambda s: s["state"] == "running", what="running")
+    t_running = time.monotonic()
+    assert st["relay"] == "on" and st["credit"] == 50
+    assert 6 <= left(st) <= 8
+    assert st["display"].startswith("Running dry\n0:0")  # the time counts down, m:ss
+    assert st["display"].endswith("cr 0.50")  # and the credit left over is shown
+    # the machine's own busy signal does not end paid time: a customer opening the door
+    # to look at the laundry keeps the time
+    st = dryer.wait_for(lambda s: s["state"] != "running", timeout=20, what="time to run out")
+    ran = time.monotonic() - t_running
+    assert st["relay"] == "off" and st["state"] == "credit" and st["credit"] == 50
+    assert 6.5 <= ran <= 12  # 8 s paid, seen through the control channel's polling
+    recs = [r for r in journal(dryer, tmp_path) if r["type"].startswith("vend")]
+    start, running, done = recs[-3:]
+    assert (start["type"], start["price"], start["amount"], start["left_s"]) == (
+        "vend_start", 200, 200, 8)
+    assert running["type"] == "vend_running" and running["left_s"] == 8
+    assert done["type"] == "vend_done" and done["left_s"] == 0 and done["price"] == 200
+
+
+def test_credit_below_one_step_does_not_start(dryer):
+    insert(dryer, 50)
+    dryer.call("button", name="start")
+    st = dryer.wait_for(lambda s: "Insert 0.50" in s["display"], what="the shortfall")
+    assert st["state"] == "credit" and st["relay"] == "off"
+
+
+def coin_to_time(sim, value):
+    """A coin while the dryer runs: journaled, then turned into time at once."""
+    seq = sim.status()["journal"]["last_seq"]
+    sim.call("coin", value=value)
+    return sim.wait_for(lambda s: s["journal"]["last_seq"] >= seq + 2, what="coin and time")
+
+
+def test_coins_while_running_extend_up_to_the_cap(tmp_path):
+    # 1.00 buys 5 s, at most 12 s at a time: room for a step opens when 7 s are left
+    sim = make_board(tmp_path, programs=(dict(DRY, step_seconds=5, max_seconds=12),))
+    sim.start()
+    try:
+        sim.wait_ready()
+        insert(sim, 100)
+        sim.call("button", name="start")
+        st = sim.wait_for(lambda s: s["state"] == "running", what="running")
+        assert st["inhibit"] is False  # a dryer takes coins while it runs: they buy time
+        assert left(st) <= 5
+        st = coin_to_time(sim, 100)  # one more step
+        assert st["credit"] == 0 and 6 <= left(st) <= 10
+        assert st["journal"]["last_type"] == "vend_extend"
+        # no whole step fits under the cap: the acceptor is closed and gives a coin back
+        assert st["inhibit"] is True
+        returned = st["coins_returned"]
+        sim.call("coin", value=100)
+        st = sim.wait_for(lambda s: s["coins_returned"] == returned + 1, what="coin returned")
+        assert st["credit"] == 0
+        # as time runs, room for a step opens (7 s left) and the acceptor takes coins again
+        st = sim.wait_for(lambda s: s["inhibit"] is False, timeout=10, what="room for a step")
+        assert left(st) <= 7
+        sim.call("coin", value=200)  # two steps: one fits now, the other waits as credit
+        st = sim.wait_for(lambda s: s["credit"] == 100, what="one step bought")
+        assert 9 <= left(st) <= 12 and st["inhibit"] is True
+        # the waiting credit buys its step as soon as it fits
+        st = sim.wait_for(lambda s: s["credit"] == 0, timeout=10, what="the waiting step")
+        assert 9 <= left(st) <= 12
+        st = sim.wait_for(lambda s: s["state"] != "running", timeout=30, what="the end")
+        assert st["relay"] == "off" and st["credit"] == 0 and st["state"] == "idle"
+        recs = journal(sim, tmp_path)
+    finally:
+        sim.stop()
+    ext = [r for r in recs if r["type"] == "vend_extend"]
+    assert [r["amount"] for r in ext] == [100, 100, 100]
+    assert [r["price"] for r in ext] == [200, 300, 400]  # the vend's total so far
+    assert all(0 < r["left_s"] <= 12 for r in ext)
+    assert [r for r in recs if r["type"] == "vend_done"][-1]["price"] == 400
+    # every coin is in the journal and every one became paid time: nothing lost
+    coins = [r for r in recs if r["type"] == "coin"]
+    assert sum(r["amount"] for r in coins) == 400
+    assert [r["type"] for r in recs].count("vend_start") == 1
+
+
+def test_paid_time_survives_a_power_cut(dryer, tmp_path):
+    insert(dryer, 200)
+    insert(dryer, 100)  # 12 s: the cap
+    dryer.call("button", name="start")
+    dryer.wait_for(lambda s: s["state"] == "running", what="running")
+    time.sleep(3)
+    dryer.call("power", state="cut")
+    time.sleep(2)  # the outage: the dryer stands still, but the clock runs
+    dryer.call("power", state="on")
+    st = dryer.wait_for(lambda s: s["state"] == "running" and s["relay"] == "on",
+                        timeout=20, what="the paid time to resume")
+    # 12 s paid, about 3 s run and 2 s of outage: the wall clock says what is left
+    assert 3 <= left(st) <= 8
+    st = dryer.wait_for(lambda s: s["state"] == "idle", timeout=20, what="the end")
+    assert st["relay"] == "off"
+    recs = journal(dryer, tmp_path)
+    resumed = [r for r in recs if r["type"] == "vend_running" and r["recovered"]]
+    assert len(resumed) == 1 and 3 <= resumed[0]["left_s"] <= 8
+    assert recs[-1]["type"] == "vend_done" or any(r["type"] == "vend_done" for r in recs)
+
+
+def test_time_run_out_during_the_outage_ends_the_vend(dryer, tmp_path):
+    insert(dryer, 100)  # 4 s
+    dryer.call("button", name="start")
+    dryer.wait_for(lambda s: s["state"] == "running", what="running")
+    dryer.call("power", state="cut")
+    time.sleep(5)
+    dryer.call("power", state="on")
+    st = dryer.wait_for(lambda s: s["state"] == "idle", timeout=20, what="the vend over")
+    assert st["relay"] == "off"
+    recs = journal(dryer, tmp_path)
+    assert not [r for r in recs if r["type"] == "vend_running" and r["recovered"]]
+    assert [r["type"] for r in recs].count("vend_done") == 1
+
+
+def test_timed_program_on_a_contact_washer_is_a_config_error(tmp_path):
+    b = make_board(tmp_path, start_mode="contact")
+    b.start()
+    try:
+        st = b.wait_for(lambda s: s["state"] == "out_of_order", timeout=20,
+                        what="out of order")
+        assert "timed program needs washer" in st["firmware"]["fault"]
+        assert st["inhibit"] is True
+    finally:
+        b.stop()
+
+
+@pytest.mark.parametrize("bad,why", [
+    ({"step_seconds": 4}, "max_minutes or max_seconds"),
+    ({"step_seconds": 4, "step_minutes": 1, "max_seconds": 12}, "step_minutes or step_seconds"),
+    ({"step_seconds": 10, "max_seconds": 5}, "max_seconds"),
+    ({"step_minutes": 1, "max_minutes": 2000}, "max_minutes"),
+    ({"step_seconds": 0, "max_seconds": 5}, "step_seconds"),
+])
+def test_bad_timed_program_is_refused_with_the_field_named(tmp_path, bad, why):
+    prog = {"name": "dry", "mode": "timed", "price": 100, **bad}
+    b = make_board(tmp_path, programs=(prog,))
+    b.start()
+    try:
+        st = b.wait_for(lambda s: s["state"] == "out_of_order", timeout=20,
+                        what="out of order")
+        assert why in st["firmware"]["fault"]
+    finally:
+        b.stop()
+
+
+def test_token_worth_more_than_the_cap_buys_all_its_time(tmp_path):
+    import token_env as E
+
+    sim = make_board(tmp_path)
+    sim.start()
+    try:
+        sim.wait_ready()
+        E.wait_scanner(sim)
+        # 5.00 on a 1.00-a-step dryer capped at 3 steps: 12 s now, and 2.00 as credit
+        # that buys its steps as the cap allows, while the dryer runs
+        E.scan(sim, E.issue(sim.state, "dry", amount=500))
+        st = sim.wait_for(lambda s: s["state"] == "running", what="the token's time")
+        assert st["credit"] == 200 and 10 <= left(st) <= 12
+        st = sim.wait_for(lambda s: s["state"] != "running", timeout=40, what="the end")
+        assert st["state"] == "idle" and st["credit"] == 0 and st["relay"] == "off"
+        recs = journal(sim, tmp_path)
+    finally:
+        sim.stop()
+    (redeem,) = [r for r in recs if r["type"] == "token_redeem"]
+    # amount = what the token paid, price = what the time cost, credit = the difference
+    assert (redeem["amount"], redeem["price"], redeem["credit"], redeem["left_s"]) == (
+        500, 300, 200, 12)
+    assert [r["amount"] for r in recs if r["type"] == "vend_extend"] == [100, 100]
+    assert [r for r in recs if r["type"] == "vend_done"][-1]["price"] == 500
