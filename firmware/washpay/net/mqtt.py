@@ -7,7 +7,8 @@
 #
 #   c = MQTTClient(b"dev-1", user=b"dev-1", password=b"...", keepalive=30)
 #   c.on_message = fn          # fn(topic: bytes, payload: memoryview, retained: bool);
-#                              # the payload is valid only during the call: copy to keep
+#                              # the payload is valid only during the call: copy to keep;
+#                              # None: a message longer than the buffer (read and dropped)
 #   present = await c.connect(reader, writer, clean=False, will=(topic, msg, retain))
 #   await c.subscribe(b"wp/dev-1/cmd", qos=1)
 #   await c.publish(b"wp/dev-1/j", data, qos=1)   # returns once the broker's PUBACK is in
@@ -322,13 +323,13 @@ class MQTTClient:
                     shift += 7
                     if shift > 21:
                         raise MQTTError("malformed remaining length from the broker")
-                if n > len(buf):
+                kind = first & 0xF0
+                if n > len(buf) and kind != _PUBLISH:
                     raise MQTTError("a %d-byte packet does not fit the %d-byte buffer"
                                     % (n, len(buf)))
                 if n:
-                    await self._read_into(mv[:n])
+                    await self._read_into(mv[: min(n, len(buf))])  # a longer PUBLISH: its start
                 self._last_rx = ticks_ms()
-                kind = first & 0xF0
                 if kind == _PUBLISH:
                     await self._incoming(first, n)
                 elif kind == _PUBACK:
@@ -353,12 +354,27 @@ class MQTTClient:
         pos = 2 + tl
         pid = 0
         if qos:
+            if pos + 2 > len(buf):
+                raise MQTTError("a %d-byte topic does not fit the buffer" % tl)
             pid = buf[pos] << 8 | buf[pos + 1]
             pos += 2
+        topic = bytes(self._mv[2 : 2 + tl])
+        payload = self._mv[pos:n]
+        if n > len(buf):
+            # longer than the buffer (a command over its size limit): read the rest and drop
+            # it, and acknowledge it like any other. Left unacknowledged it would come again
+            # on every connection (the session is persistent) and take the link down each
+            # time; the handler hears of it (payload None) and can refuse it.
+            left = n - len(buf)
+            while left:
+                k = min(left, len(buf))
+                await self._read_into(self._mv[:k])
+                left -= k
+            payload = None
         cb = self.on_message
         if cb is not None:
             try:
-                cb(bytes(self._mv[2 : 2 + tl]), self._mv[pos:n], bool(first & 1))
+                cb(topic, payload, bool(first & 1))
             except Exception as e:  # noqa: BLE001 - a handler's bug must not drop the link
                 print("mqtt: message handler failed:", repr(e))
         if qos:
