@@ -1,5 +1,6 @@
 """Shared fixtures: where the real MicroPython interpreter is, and how to run code under it."""
 
+import json
 import shutil
 import subprocess
 import sys
@@ -67,3 +68,30 @@ def sim(tmp_path):
         yield board
     finally:
         board.stop()
+
+
+@pytest.fixture
+def sim_with_config(tmp_path):
+    """Start a simulated board whose blank flash gets `config` (a dict) as its factory
+    config.json: `board = sim_with_config({...})`, returned ready for coins and stopped at
+    the end of the test. For a test that needs its own firmware timers (a lockout, a grace,
+    a collect time) long or short enough that it never races them."""
+    from host_tools.sim.client import SimBoard
+
+    boards = []
+
+    def start(config):
+        st_dir = tmp_path / ("st" if not boards else f"st{len(boards)}")
+        (st_dir / "provision").mkdir(parents=True)
+        (st_dir / "provision" / "config.json").write_text(json.dumps(config))
+        board = SimBoard(st_dir, log=tmp_path / "sim.log")
+        boards.append(board)
+        board.start()
+        board.wait_ready()
+        return board
+
+    try:
+        yield start
+    finally:
+        for board in reversed(boards):
+            board.stop()

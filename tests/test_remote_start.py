@@ -164,10 +164,14 @@ def test_remote_start_refusals(sim):
     assert send(sim, cmd) == {"result": "refused", "cmd": cid, "reason": "close the door"}
     E.wait_display(sim, "Close the door")
     sim.call("door", state="closed")
+    # the machine runs until the test ends the wash, not for the simulated cycle's 4 s
+    # only, which a slow host could spend before the next command arrives
+    sim.call("washer", state="busy")
     assert send(sim, cmd)["result"] == "started"
     sim.wait_for(lambda s: s["state"] == "running", what="the wash")
     busy, busy_id = command(sim)
     assert send(sim, busy) == {"result": "refused", "cmd": busy_id, "reason": "machine busy"}
+    sim.call("washer", state="idle")
     st = E.settle(sim)
     assert st["relay_pulses"] == 1
     sim.call("power", state="cut")
