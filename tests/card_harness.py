@@ -189,6 +189,7 @@ class World:
         elif kind == "reboot":
             self.boot()
             await self.engine.recover("power on")
+            self.pay.restore_risk()  # as app.py does at boot
             self.pay.quiet_present_card()
         elif kind == "start":
             await self.engine.on_button("start")

@@ -225,7 +225,7 @@ def test_blacklisted_card_is_refused(sim, tmp_path):
     tap(sim, UID4)
     sim.wait_for(lambda s: s["state"] == "running", what="paying once unblocked")
     refused = [r for r in journal(sim, tmp_path) if r["type"] == "card_refused"]
-    assert [(r["reason"], r["source"]) for r in refused] == [("blacklist: lost 2026-03-01",
+    assert [(r["reason"], r["source"]) for r in refused] == [("blacklist: lost",
                                                                UID4.hex())]
 
 

@@ -219,6 +219,8 @@ class App:
             if src is not None:
                 src.recover(last)
         await self.engine.recover(self.board.reset_cause())
+        if self.card:
+            self._restore_card_risk()
         for src in (self.tokens, self.remote):
             if src is not None and src.cache.damaged:
                 from washpay.journal import records as R
@@ -247,6 +249,22 @@ class App:
         # one machine-readable line: `washpay provision` reads it to see the board came up
         log("boot", json.dumps(self.boot_report()))
         await self.watchdog()
+
+    def _restore_card_risk(self):
+        # the card risk counters from the journal's newest records (recovery's included),
+        # before any tap and before the coin task shares the CPU with the reads; a bug in
+        # there must not keep the board from booting (it would reset for ever)
+        try:
+            log("card risk:", json.dumps(self.card.restore_risk()))
+        except Exception as e:  # noqa: BLE001
+            sys.print_exception(e)
+            from washpay.journal import JournalError
+            from washpay.journal import records as R
+
+            try:
+                self.journal.append(R.FAULT, reason="card risk not restored")
+            except JournalError:
+                pass
 
     def boot_report(self):
         j = self.journal

@@ -14,6 +14,11 @@
 #   or the power goes                       and the card's next tap settles it: new copy there
 #                                           -> the price becomes machine credit
 # so a card is never charged twice for one vend and no vend starts unpaid.
+#
+# Offline risk control (config "risk", docs/pricing.md for the balance rules): failed
+# payments lock a card out, a card paying too often is refused, a card short of money is
+# refused. Every decision is journaled, and the journal is also what the counters are
+# rebuilt from after a reset (restore_risk): pulling the plug does not end a lockout.
 import asyncio
 import sys
 import time
@@ -30,6 +35,17 @@ _READ_TRIES = const(2)  # a read-back hit by noise (CRC error) is tried once mor
 _NOTICE_MS = const(3000)
 _FAULT_RETRY_MS = const(5000)
 _RISK_CARDS = const(16)  # cards whose failures / payments are remembered (RAM: bounded)
+# Records read back at boot to rebuild the risk counters: two segments. A paid cycle writes
+# three or four records, so 62 reach back over the default windows (10 min, 1 h) on a busy
+# machine; pushing a lockout out of reach takes 62 journaled events within the lockout, each
+# of them evidence for the server; and reading them costs about what boot recovery reads.
+_RISK_SCAN = const(62)
+_ONE_COPY = "MAC failure (one copy)"  # card_fraud that is no failed payment: the card pays
+_LOCKOUT = "lockout:"  # the start of the card_refused reason that begins a lockout
+# card_refused reasons of a card short of money (the tier's rules first); never a failure
+_MIN_BALANCE = "min balance "
+_OVERDRAFT = "overdraft limit "
+_LOW_BALANCE = "low balance"
 
 
 class CardPayment:
@@ -63,11 +79,13 @@ class CardPayment:
         self.timings = {"card_to_relay_us": None, "exchanges": None}
         engine.unconfirmed[R.CARD_DEBIT] = self.recover_unconfirmed
         # offline risk control (config "risk"): uid -> ticks_ms of recent failed payments,
-        # of recent payments, and the end of a lockout
+        # of recent payments, of the last balance refusal journaled, and the end of a lockout
         self.risk = engine.cfg.get("risk") or {}
         self._fails = {}
         self._pays = {}
+        self._shorts = {}
         self._locked = {}
+        self.restored = None  # what restore_risk() found, for status
 
     # ---- the polling task
     async def run(self):
@@ -181,7 +199,7 @@ class CardPayment:
         balance, counter, _ = cur
         if (b if i == 0 else a) is None and not settled:
             # one copy fails its MAC: a write torn elsewhere, or an edit; the server knows
-            self._journal(R.CARD_FRAUD, uid, reason="MAC failure (one copy)",
+            self._journal(R.CARD_FRAUD, uid, reason=_ONE_COPY,
                           card_counter=counter, balance_before=balance)
         seen = self.seen.get(uid)
         if counter < seen:
@@ -191,7 +209,9 @@ class CardPayment:
         listed = self.blacklist.lookup(uid)
         if listed is not None:
             text = self.blacklist.describe(listed)
-            self._refuse(uid, R.CARD_REFUSED, "blacklist: " + text, "Card blocked", text)
+            # the journal keeps the reason (25 bytes); the server has the list's dates
+            self._refuse(uid, R.CARD_REFUSED, "blacklist: " + text.split(" ", 1)[0],
+                         "Card blocked", text)
             return
         self.seen.note(uid, counter)
         # the card's tier (its header, under the MAC) may restrict programs, discount the
@@ -202,13 +222,9 @@ class CardPayment:
                          "Not for card", "choose another")
             return
         price = e.price_of(program, tier)
-        m = self.engine.screen.money
-        # an overdraft tier may go below zero, down to its limit; the next top-up settles it
-        if balance - price < e.prices.floor_balance(tier) or \
-                balance < e.prices.min_balance(tier):
-            self.last = {"uid": uid.hex(), "balance": balance, "counter": counter,
-                         "result": "low balance"}
-            self._say("Low balance " + m(balance), "%s costs %s" % (program["name"], m(price)))
+        why = self._short_of(balance, price, tier)
+        if why:
+            self._refuse_balance(uid, why, balance, counter, price, program["name"])
             return
         if counter >= W.COUNTER_MAX:
             self._say("Card worn out", "reissue card")
@@ -224,8 +240,9 @@ class CardPayment:
         after = balance - price
         W.pack_copy(self._new, mac, target, head, after, counter + 1, seq & 0xFF)
         try:
-            got = e.commit_vend(R.CARD_DEBIT, price, program=program, amount=price, source=uid,
-                                balance_before=balance, balance_after=after,
+            # tier: a timed program buys one step at the card's price (docs/pricing.md)
+            got = e.commit_vend(R.CARD_DEBIT, price, program=program, tier=tier, amount=price,
+                                source=uid, balance_before=balance, balance_after=after,
                                 card_counter=counter + 1)
         except JournalError as err:
             e.cancel_vend(None)
@@ -441,7 +458,41 @@ class CardPayment:
             self.fault = str(err)
             return None
 
-    # ---- risk control: per-card counts over a sliding window, in RAM (a reset forgets them)
+    # ---- the balance
+    def _short_of(self, balance, price, tier):
+        """Why `balance` does not pay `price` on a card of `tier`, or None. The tier's rules
+        come first (docs/pricing.md): the reason names the one that refused."""
+        prices = self.engine.prices
+        m = self.engine.screen.money
+        least = prices.min_balance(tier)
+        if balance < least:
+            return _MIN_BALANCE + m(least)
+        # an overdraft tier may go below zero, down to its limit; the next top-up settles it
+        floor = prices.floor_balance(tier)
+        if balance - price >= floor:
+            return None
+        return (_OVERDRAFT + m(floor)) if floor < 0 else _LOW_BALANCE
+
+    def _refuse_balance(self, uid, why, balance, counter, price, name):
+        """Too little money: said at every tap; journaled (card_refused, the rule in the
+        reason) at most once per card per fail_window_ms, so that an empty card tapped ten
+        times writes one record. Never a failed payment: no lockout comes of it."""
+        self.counts["refused"] += 1
+        self.last = {"uid": uid.hex(), "balance": balance, "counter": counter,
+                     "result": "low balance", "reason": why}
+        if not self._recent(self._shorts, uid, self.risk.get("fail_window_ms", 0)):
+            if self._journal(R.CARD_REFUSED, uid, reason=why, balance_before=balance,
+                             price=price, amount=price, card_counter=counter,
+                             program=name) is not None:
+                self._note(self._shorts, uid)
+        m = self.engine.screen.money
+        if why.startswith(_MIN_BALANCE):  # 4.99 covers a 3.00 cycle: say what is missing
+            line2 = "min %s to pay" % why[len(_MIN_BALANCE):]
+        else:
+            line2 = "%s costs %s" % (name, m(price))
+        self._say("Low balance " + m(balance), line2)
+
+    # ---- risk control: per-card counts over a sliding window, in RAM, rebuilt at boot
     def _recent(self, table, uid, window_ms):
         """How many events `table` holds for `uid` within the last window_ms."""
         now = time.ticks_ms()
@@ -471,20 +522,121 @@ class CardPayment:
         if len(self._locked) >= _RISK_CARDS:
             self._locked.pop(next(iter(self._locked)))
         self._locked[uid] = time.ticks_add(time.ticks_ms(), self.risk["card_lockout_ms"])
-        self._journal(R.CARD_REFUSED, uid, reason="lockout: %d fails in %ds" % (
-            limit, window // 1000))
+        self._journal(R.CARD_REFUSED, uid, reason="%s %d fails in %ds" % (
+            _LOCKOUT, limit, window // 1000))
         return True
+
+    def restore_risk(self, now=None):
+        """Rebuild the risk counters from the journal after a reset (a power cut, the
+        watchdog, a pulled plug), so that a reset neither ends a lockout nor clears a card's
+        failures, payments or balance refusal: call it once at boot, after boot recovery
+        (app.py), before the first tap. It writes nothing: the journal already holds each
+        event with its wall time `t` and the card's UID as source. `now`: the wall clock
+        (time.time(); tests pass one).
+
+        Reads back from the newest record until one is older than the longest window
+        (fail_window_ms, card_lockout_ms, velocity_window_ms) or _RISK_SCAN records. An age
+        is never taken as older than it is, so nothing expires early:
+        - age = reference - t, in whole seconds less one (the clock's resolution), 0 if
+          negative; each age becomes a ticks_ms in the past;
+        - the reference is the clock now, or the newest record's time if that is later:
+          the clock went back (an ESP32 that lost power starts again in 2000), and the
+          board is at least as late as its last record; the time it was off is not known
+          and counts as none;
+        - a record written before the clock was set (clock_ok False) still counts: as
+          recent as the record after it, or by its own `t` while the clock is unset now
+          too and no record after it had a set clock (one unset clock, which a soft or
+          watchdog reset keeps running)."""
+        risk = self.risk
+        failing = risk.get("fail_limit", 0)
+        velocity = risk.get("velocity", 0)
+        fail_ms = risk.get("fail_window_ms", 0)  # also the balance refusals' quiet time
+        lock_ms = risk.get("card_lockout_ms", 0) if failing else 0
+        pay_ms = risk.get("velocity_window_ms", 0) if velocity else 0
+        horizon = max(fail_ms, lock_ms, pay_ms)
+        t0 = time.ticks_ms()
+        if now is None:
+            now = time.time()
+        now = int(now)  # a float on the unix port
+        unset = not self.journal.trusts(now)  # untrusted times compare with now's
+        found = {"records": 0, "fails": 0, "pays": 0, "locked": 0, "ms": 0}
+        cleared = []  # cards whose newest lockout is behind us: it cleared older failures
+        undone = []  # (uid, counter) of card payments cancelled or unresolved: not paid
+        ref = None  # the reference: now, or the newest record's time if later
+        newer = now  # the time taken for the record after the one at hand
+        records = self.journal.recent(_RISK_SCAN)
+        try:
+            for r in records:
+                found["records"] += 1
+                if r["clock_ok"]:
+                    t = r["t"]
+                    unset = False
+                else:
+                    t = r["t"] if unset else newer
+                if ref is None:
+                    ref = max(now, t)
+                newer = t
+                age = max(0, ref - t - 1) * 1000
+                if age > horizon:
+                    break
+                rtype = r["type"]
+                uid = r["source"]
+                if rtype == R.CARD_FRAUD:
+                    if failing and age < fail_ms and r["reason"] != _ONE_COPY and \
+                            uid not in cleared:
+                        found["fails"] += self._past(self._fails, uid, t0, age, failing)
+                elif rtype == R.CARD_REFUSED:
+                    why = r["reason"]
+                    if why.startswith(_LOCKOUT):
+                        if uid not in cleared:
+                            cleared.append(uid)
+                            if age < lock_ms and (uid in self._locked or
+                                                  len(self._locked) < _RISK_CARDS):
+                                self._locked[uid] = time.ticks_add(t0, lock_ms - age)
+                                found["locked"] += 1
+                    elif why.startswith(_MIN_BALANCE) or why.startswith(_OVERDRAFT) or \
+                            why.startswith(_LOW_BALANCE):
+                        if age < fail_ms:
+                            self._past(self._shorts, uid, t0, age, 1)
+                elif rtype in (R.CARD_CANCEL, R.CARD_UNRESOLVED):
+                    undone.append((uid, r["card_counter"]))
+                elif rtype == R.CARD_DEBIT:
+                    if velocity and age < pay_ms and (uid, r["card_counter"]) not in undone:
+                        found["pays"] += self._past(self._pays, uid, t0, age, velocity)
+        finally:
+            records.close()
+        found["ms"] = time.ticks_diff(time.ticks_ms(), t0)
+        self.restored = found
+        return found
+
+    def _past(self, table, uid, t0, age, most):
+        """Note an event `age` ms before t0 for `uid`, found reading the journal newest
+        first: at most `most` per card (more change no decision) and _RISK_CARDS cards (the
+        most recent). 1 if it was noted."""
+        times = table.get(uid)
+        if times is None:
+            if len(table) >= _RISK_CARDS:
+                return 0
+            times = table[uid] = []
+        if len(times) >= most:
+            return 0
+        times.insert(0, time.ticks_add(t0, -age))  # oldest first, as _note leaves them
+        return 1
 
     def _refuse(self, uid, rtype, reason, line1, line2, **fields):
         self.counts["refused"] += 1
         self.last = {"uid": uid.hex(), "result": reason}
         now = time.ticks_ms()
+        # a failure that counts toward the lockout is journaled even when it repeats the last
+        # refusal: restore_risk() counts failures from the journal (fail_limit of them per
+        # card and lockout at most, so the journal cannot be flooded this way)
+        fails = rtype == R.CARD_FRAUD and self.risk.get("fail_limit", 0)
         q = self._quiet
-        if q is None or q[0] != uid or q[1] != reason or \
+        if fails or q is None or q[0] != uid or q[1] != reason or \
                 time.ticks_diff(now, q[2]) >= self.repeat_ms:
             self._journal(rtype, uid, reason=reason, **fields)
             self._quiet = (uid, reason, now)
-        if rtype == R.CARD_FRAUD and self._failed(uid):  # journaled after the failure itself
+        if fails and self._failed(uid):  # journaled after the failure itself
             line1, line2 = "Card locked", "try later"
         self._say(line1, line2)
 
@@ -506,4 +658,5 @@ class CardPayment:
             "blacklist": self.blacklist.status(),
             "fault": self.fault,
             "locked": [u.hex() for u in self._locked],
+            "restored": self.restored,
         }
