@@ -230,3 +230,34 @@ def test_token_worth_more_than_the_cap_buys_all_its_time(tmp_path):
         500, 300, 200, 12)
     assert [r["amount"] for r in recs if r["type"] == "vend_extend"] == [100, 100]
     assert [r for r in recs if r["type"] == "vend_done"][-1]["price"] == 500
+
+
+def test_card_tap_buys_one_step_at_the_cards_price(tmp_path):
+    from card_helpers import UID4, UID7, issued_image
+    from test_card_device import card, card_key, tap
+
+    pricing = {"tiers": {"double": {"percent": 100}, "half": {"percent": -50}}}
+    sim = make_board(tmp_path, extra={"pricing": pricing, "card": {"repeat_ms": 0}})
+    sim.start()
+    try:
+        sim.wait_ready()
+        # a tier that pays double gets one step for its price, not two
+        tap(sim, issued_image(UID4, 1000, "double", card_key=card_key(sim)))
+        st = sim.wait_for(lambda s: s["state"] == "running", what="paid")
+        assert card(st)["last"]["result"] == "paid 200" and 3 <= left(st) <= 4
+        # a card tapped while it runs is not charged: extending is by coins
+        tap(sim, issued_image(UID7, 1000, card_key=card_key(sim)))
+        st = sim.status()
+        assert card(st)["counts"]["paid"] == 1 and st["credit"] == 0
+        st = sim.wait_for(lambda s: s["state"] == "idle", timeout=20, what="the end")
+        # a discounted tier: one step for 0.50
+        tap(sim, issued_image(UID7, 1000, "half", card_key=card_key(sim)))
+        st = sim.wait_for(lambda s: s["state"] == "running", what="paid")
+        assert card(st)["last"]["result"] == "paid 50" and 3 <= left(st) <= 4
+        assert st["credit"] == 0
+        sim.wait_for(lambda s: s["state"] == "idle", timeout=20, what="the end")
+        recs = journal(sim, tmp_path)
+    finally:
+        sim.stop()
+    debits = [r for r in recs if r["type"] == "card_debit"]
+    assert [(r["price"], r["left_s"]) for r in debits] == [(200, 4), (50, 4)]
