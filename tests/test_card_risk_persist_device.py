@@ -79,12 +79,13 @@ def since_boot(recs):
 RECENT = """
 import journal_workload as w
 from washpay.journal import records as R
+from washpay.journal.recent import recent
 
 img = w.blank_image()
 w.mount(img)
 j = w.Journal(w.ROOT, w.KEYS, capacity=400, warn=100, reserve=62)
 def back(limit):
-    return [[d["seq"], d["amount"]] for d in j.recent(limit)]
+    return [[d["seq"], d["amount"]] for d in recent(j, limit)]
 out = {"empty": back(10), "checked": []}
 for n in range(1, 100):
     j.append(R.COIN, amount=n, credit=n, state=R.CREDIT)
@@ -105,7 +106,7 @@ rec[40] ^= 1  # flash corruption in its body
 with open(path, "wb") as f:
     f.write(rec)
 out["damaged"] = [s for s, _ in back(4)]
-g = j.recent(40)
+g = recent(j, 40)
 for d in g:
     if d["seq"] < 70:
         break

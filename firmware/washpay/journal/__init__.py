@@ -10,8 +10,10 @@
 #   journal.sealed(after)                   (seq, 128 sealed bytes) after `after`, as stored:
 #                                           what net/uploader.py sends (a reused buffer:
 #                                           copy it before the next item or any append)
-#   journal.recent(limit)                   the newest records as dicts, newest first, each
-#                                           verified: what boot looks back at (card risk)
+#   recent(journal, limit)                  (journal/recent.py) the newest records as dicts,
+#                                           newest first, each verified: what boot looks
+#                                           back at (card risk); a module of its own so
+#                                           that compiling this one fits a capped heap
 #   journal.trusts(t)                       whether a wall time `t` counts as a set clock
 #   journal.level, .status()                "ok", "low" or "full", for display and status
 #
@@ -515,73 +517,3 @@ class Journal:
             else:  # not authentic: its content means nothing
                 d = {"seq": seq, "type": None, "ok": False}
             yield d
-
-    def recent(self, limit):
-        """Yield the newest stored records as dicts, newest first: at most `limit` of them,
-        fewer when the journal holds fewer (acknowledged segments are deleted). What boot
-        reads to look back at the last events (payments/card.py: the card risk counters).
-
-        Each record is checked against the tag of the record before it, or against its
-        segment's anchor when it is a segment's first, before it is decrypted; one that does
-        not verify is skipped (it still counts toward `limit`). Two records and one body
-        are held at a time, and each record is read once (plus the one before the last).
-        A segment is read through one open file: close() the generator when stopping early.
-        Do not append while iterating."""
-        open_first = self._newest + R.SEGMENT_RECORDS if self._newest else 1
-        low = max(self._oldest or open_first, self._next - limit, 1)
-        cur = bytearray(R.RECORD_SIZE)
-        prev = bytearray(R.RECORD_SIZE)
-        body = bytearray(R.BODY_SIZE)
-        anchor = bytearray(R.TAG_SIZE)
-        seg = [0, None]  # first seq and open file of the segment being read
-
-        def load(seq, buf, offset=-1):
-            # record `seq` into buf, from its stage file or its segment; offset >= 0 reads
-            # that part of seq's segment file instead (its header's anchor)
-            if seq >= open_first:
-                return self._read_at(self._stage[seq - open_first], 0, buf)
-            first = seq - (seq - 1) % R.SEGMENT_RECORDS
-            if seg[0] != first:
-                if seg[1] is not None:
-                    seg[1].close()
-                seg[0] = first
-                try:
-                    seg[1] = open(self._seg(first), "rb")
-                except OSError:
-                    seg[1] = None  # deleted meanwhile or never there: nothing to verify
-            f = seg[1]
-            if f is None:
-                return False
-            if offset < 0:
-                offset = R.SEGMENT_HEADER_SIZE + (seq - first) * R.RECORD_SIZE
-            f.seek(offset)
-            return f.readinto(buf) == len(buf)
-
-        seq = self._next - 1
-        have = seq >= low and load(seq, cur)
-        try:
-            while seq >= low:
-                pos = (seq - 1) % R.SEGMENT_RECORDS
-                if seq == 1:
-                    anchor[:] = bytes(R.TAG_SIZE)  # the chain starts at 16 zero bytes
-                    ok = True
-                elif pos == 0 and seq == open_first:
-                    anchor[:] = self._anchor
-                    ok = True
-                elif pos == 0:
-                    ok = load(seq, anchor, 16)  # the segment header's anchor
-                else:
-                    ok = load(seq - 1, prev)
-                    anchor[:] = memoryview(prev)[_TAG:]
-                if have and ok and seq_of(cur) == seq and self._sealer.check(cur, anchor):
-                    self._sealer.open_into(cur, body)
-                    yield unpack(seq, body)
-                if pos:  # the record before is read already: it is the next one to check
-                    cur, prev = prev, cur
-                    have = ok
-                else:
-                    have = seq - 1 >= low and load(seq - 1, cur)
-                seq -= 1
-        finally:
-            if seg[1] is not None:
-                seg[1].close()
