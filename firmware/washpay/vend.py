@@ -1,31 +1,21 @@
 # The vend engine: idle -> credit -> starting -> running -> done, for one machine.
 #
 # Money rule: a payment counts only once its journal record is durable, and the relay is
-# never driven for a vend that is not in the journal. Every record carries the credit and
-# state after it, so after a power cut the last record says where we were:
-#   idle/credit  -> that credit is still the customer's
-#   starting     -> the washer was maybe started: if it reports busy, it runs; if not, the
-#                   price goes back to credit (start_failed, "power lost during start")
-#   running      -> if it still reports busy it runs, else the cycle is over; a timed program
-#                   (a dryer selling time) runs on for the paid time the record had left,
-#                   less the time since it was written when the clock allows
+# never driven for a vend that is not in the journal. Every record carries the credit, the
+# state and the paid time left after it, so after a power cut the last record says where
+# we were (vend_boot.py).
 import asyncio
 import time
 
 from washpay import vend_watch as W
 from washpay.journal import JournalError
 from washpay.journal import records as R
-from washpay.prices import cost_of, is_timed, max_s, price_table, seconds_for, step_s
+from washpay.prices import is_timed, price_table
 
 _POLL_MS = 50
 # the payer's kind for the not_collected record, by the record that paid
 _SOURCE_OF = {R.CARD_DEBIT: R.SOURCE_CARD, R.TOKEN_REDEEM: R.SOURCE_TOKEN,
               R.REMOTE_START: R.SOURCE_COMMAND}
-
-
-def _clock(seconds):
-    """Paid time for the display: m:ss."""
-    return "%d:%02d" % (seconds // 60, seconds % 60)
 
 
 class VendEngine:
@@ -108,46 +98,11 @@ class VendEngine:
 
     # ---- boot recovery
     async def recover(self, boot_reason="power on"):
-        last = self.journal.last()
-        if last is not None:
-            self.credit = last.get("credit", 0)
-            self.program = self._program(last.get("program")) or self.program
-            state = last.get("state", R.IDLE)
-            self.vend_price = last.get("price", 0)
-            self.bought_s = last.get("left_s", 0)
-            if state == R.STARTING:
-                await asyncio.sleep_ms(self.cfg["start_confirm_ms"] // 4)
-                if self.washer.busy():
-                    if is_timed(self.program):  # the paid time runs from now
-                        self.ends_ms = time.ticks_add(time.ticks_ms(), self.bought_s * 1000)
-                    self.state = R.RUNNING
-                    self._record(R.VEND_RUNNING, program=self.program["name"],
-                                 price=self.vend_price, recovered=True)
-                elif last.get("type") in self.unconfirmed:
-                    self.unconfirmed[last["type"]](last)
-                else:
-                    self.credit += self.vend_price
-                    self.state = R.CREDIT
-                    self._record(R.START_FAILED, program=self.program["name"],
-                                 amount=self.vend_price,
-                                 reason="power lost before the washer confirmed")
-                    self.starts_failed += 1
-            elif state == R.RUNNING:
-                self.state = R.RUNNING
-                if is_timed(self.program):
-                    from washpay import vend_timed
+        """Boot recovery from the journal's last record (vend_boot.py: run once, so its
+        code is not kept in RAM with the engine's)."""
+        from washpay import vend_boot
 
-                    await vend_timed.resume(self, last)
-            else:
-                self.state = R.CREDIT if self.credit else R.IDLE
-        if self.prices.version:  # which price table this boot sells at, for the server
-            boot_reason = "%s; prices v%d" % (boot_reason, self.prices.version)
-        self._record(R.BOOT, reason=boot_reason, program=self.program["name"])
-        if self.state == R.RUNNING:
-            asyncio.create_task(self._watch_cycle())
-            if self.credit and self.ends_ms is not None:  # a coin was not yet turned into time
-                self._extend()
-        self.show()  # the app releases the coin inhibit once the sampler is warm
+        await vend_boot.recover(self, boot_reason)
 
     def _program(self, name):
         for p in self.programs:
@@ -165,19 +120,15 @@ class VendEngine:
         price = self.price_of(p)
         if self.state == R.OUT_OF_ORDER:
             self.screen.show("Out of order", (self.fault or "")[:16])
-        elif self.state == R.RUNNING and self.ends_ms is not None:
-            left = _clock(self.left_s())
-            self.screen.show("Running " + p["name"], left + " left" if not self.credit
-                             else "%s cr %s" % (left, m(self.credit)))
+        elif is_timed(p) and self.state in (R.RUNNING, R.IDLE, R.CREDIT, R.DONE) and \
+                self._timed().show(self, price):
+            pass
         elif self.state == R.RUNNING:
             self.screen.show("Running", p["name"])
         elif self.state == R.STARTING:
             self.screen.show("Starting...", p["name"])
         elif self.laundry == "not collected" and not self.credit:
             self.screen.show("Laundry waiting", "please collect")
-        elif self.credit >= price and is_timed(p):
-            self.screen.show("Credit " + m(self.credit), "%s %s START" % (
-                p["name"], _clock(seconds_for(p, price, self.credit))))
         elif self.credit >= price:
             self.screen.show("Credit " + m(self.credit), "%s  START" % p["name"])
         elif self.credit:
@@ -189,10 +140,6 @@ class VendEngine:
             self.screen.show("Journal full", "sync required")
         elif self.journal.level != "ok":
             self.screen.show("Insert coins", "sync required")
-        elif is_timed(p):
-            step = step_s(p)
-            self.screen.show("Insert coins", "%s %s/%s" % (
-                p["name"], m(price), "%dm" % (step // 60) if step % 60 == 0 else "%ds" % step))
         else:
             self.screen.show("Insert coins", "%s %s" % (p["name"], m(price)))
 
@@ -294,8 +241,7 @@ class VendEngine:
             return False
         secs = None
         if is_timed(p):  # as much time as the credit buys, in whole steps, up to the cap
-            secs = seconds_for(p, price, self.credit)
-            price = cost_of(p, price, secs)
+            secs, price = self._timed().buy(p, price, self.credit)
         self.busy = True
         try:
             self.credit -= price
@@ -331,13 +277,7 @@ class VendEngine:
             self.program = program
         p = self.program
         if is_timed(p):
-            if seconds is None:
-                step = self.price_of(p, tier)
-                seconds = seconds_for(p, step, price) or step_s(p)
-                cost = min(price, cost_of(p, step, seconds))
-                self.credit += price - cost
-                price = cost
-            self.bought_s = seconds
+            price = self._timed().commit(self, price, tier, seconds)
         self.state = R.STARTING
         self.vend_price = price
         src = fields.get("source")
@@ -409,9 +349,7 @@ class VendEngine:
     async def _watch_cycle(self):
         p = self.program
         if self.ends_ms is not None:
-            from washpay import vend_timed
-
-            await vend_timed.watch(self)
+            await self._timed().watch(self)
             return self._cycle_over(p)
         t0 = time.ticks_ms()
         limit_ms = p.get("minutes", 0) * 60000
@@ -434,20 +372,18 @@ class VendEngine:
         if self.cfg.get("collect_ms"):
             asyncio.create_task(W.watch_collect(self, p["name"], self.vend_source))
 
-    # ---- timed programs: coins while one runs buy more time (vend_timed.py)
-    def _room_s(self):
-        """Seconds more that may be bought now for the timed vend running, in whole steps
-        (0: none fits, or no timed vend runs)."""
-        if self.ends_ms is None:
-            return 0
-        p = self.program
-        step = step_s(p)
-        return max(0, max_s(p) - self.left_s()) // step * step
-
-    def _extend(self):
+    # ---- timed programs (dryers): vend_timed.py, loaded by a board that sells time
+    @staticmethod
+    def _timed():
         from washpay import vend_timed
 
-        vend_timed.extend(self)
+        return vend_timed
+
+    def _room_s(self):
+        return self._timed().room_s(self) if self.ends_ms is not None else 0
+
+    def _extend(self):
+        self._timed().extend(self)
 
     # ---- status for the console, the simulator and (later) the network
     def status(self):

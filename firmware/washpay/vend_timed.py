@@ -9,9 +9,66 @@ import asyncio
 import time
 
 from washpay.journal import records as R
-from washpay.prices import step_s
+from washpay.prices import cost_of, max_s, seconds_for, step_s
 
 _TICK_MS = 250  # how often the running vend looks at its clock, the credit and the display
+
+
+def clock(seconds):
+    """Paid time for the display: m:ss."""
+    return "%d:%02d" % (seconds // 60, seconds % 60)
+
+
+def show(e, price):
+    """The display of a timed program (idle, with credit, running): True if shown."""
+    p = e.program
+    m = e.screen.money
+    if e.state == R.RUNNING:
+        if e.ends_ms is None:
+            return False
+        left = clock(e.left_s())
+        e.screen.show("Running " + p["name"], left + " left" if not e.credit
+                      else "%s cr %s" % (left, m(e.credit)))
+    elif e.credit >= price:
+        e.screen.show("Credit " + m(e.credit), "%s %s START" % (
+            p["name"], clock(seconds_for(p, price, e.credit))))
+    elif e.credit or e.laundry == "not collected" or e.coin_lockout or e.coin_stuck or \
+            e.journal.level != "ok":
+        return False  # the engine's own screens
+    else:
+        step = step_s(p)
+        e.screen.show("Insert coins", "%s %s/%s" % (
+            p["name"], m(price), "%dm" % (step // 60) if step % 60 == 0 else "%ds" % step))
+    return True
+
+
+def buy(p, step_price, credit):
+    """(seconds, cost): what START sells from `credit`: whole steps, up to the cap."""
+    secs = seconds_for(p, step_price, credit)
+    return secs, cost_of(p, step_price, secs)
+
+
+def commit(e, price, tier, seconds):
+    """The time a committed payment of `price` buys (engine.commit_vend): `seconds`, or
+    what the price buys at the step price now for `tier`, at least one step; money above
+    its cost becomes machine credit. Returns the vend's price."""
+    p = e.program
+    if seconds is None:
+        step = e.price_of(p, tier)
+        seconds = seconds_for(p, step, price) or step_s(p)
+        cost = min(price, cost_of(p, step, seconds))
+        e.credit += price - cost
+        price = cost
+    e.bought_s = seconds
+    return price
+
+
+def room_s(e):
+    """Seconds more that may be bought now for the timed vend running, in whole steps
+    (0: no step fits under the cap)."""
+    p = e.program
+    step = step_s(p)
+    return max(0, max_s(p) - e.left_s()) // step * step
 
 
 def extend(e):
