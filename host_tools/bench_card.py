@@ -124,7 +124,7 @@ gc.collect(); a0 = gc.mem_alloc()
 from washpay.drivers import mfrc522
 gc.collect(); a1 = gc.mem_alloc()
 from washpay.payments import card, card_state, wallet
-from washpay import blacklist
+from washpay import blacklist, tierlist
 gc.collect(); a2 = gc.mem_alloc()
 print(a1 - a0, a2 - a1)
 """
@@ -145,7 +145,7 @@ def bench_heap():
                              capture_output=True, text=True, timeout=60).stdout.split()
     driver, payment = int(out[0]), int(out[1])
     return [("GC heap held by the MFRC522 driver (.mpy)", driver, "bytes"),
-            ("GC heap held by card payments: card, wallet, card_state, blacklist (.mpy)",
+            ("GC heap held by card payments: card, wallet, card_state, card lists (.mpy)",
              payment, "bytes")]
 
 

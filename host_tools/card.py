@@ -10,7 +10,8 @@ the board's own journal, before the card is written; a write the card may not ha
 resolved while the operator holds the card again.
 
 This module also reads card image files for `washpay sim ctl card tap FILE` and writes the
-board's blacklist file (docs/blacklist-format.md), again with its own code.
+board's blacklist file (docs/blacklist-format.md), again with its own code, and reads the
+board's tier overrides (/tiers.bin, the same page).
 """
 
 import json
@@ -29,6 +30,8 @@ RESULT_MARK = "WPCARD "
 BLACKLIST_PATH = "/blacklist.bin"
 BLACKLIST_MAGIC = b"WPBL"
 BLACKLIST_REASONS = ("blocked", "lost", "stolen", "replaced", "fraud")
+TIERS_PATH = "/tiers.bin"
+TIERS_MAGIC = b"WPTL"
 TEAR_MODES = ("old", "new", "mixed")
 
 
@@ -159,6 +162,37 @@ def build_blacklist(generation, entries):
         reason, since = by_uid[uid]
         out += bytes((len(uid),)) + uid.ljust(10, b"\0") + bytes((reason,))
         out += struct.pack(">I", since)
+    return bytes(out)
+
+
+def parse_tier_list(data):
+    """(generation, [(uid bytes, tier name)]) from /tiers.bin's bytes (19-byte entries)."""
+    if not data:
+        return 0, []
+    if len(data) < 16 or data[:4] != TIERS_MAGIC or data[4] != 1:
+        raise CardToolError("the board's /tiers.bin is not a version-1 tier list")
+    generation, count = struct.unpack(">II", data[8:16])
+    if len(data) != 16 + 19 * count:
+        raise CardToolError(f"/tiers.bin is {len(data)} bytes, its header says {count} "
+                            "entries")
+    entries = []
+    for i in range(count):
+        e = data[16 + 19 * i : 35 + 19 * i]
+        entries.append((e[1 : 1 + e[0]], e[11:19].rstrip(b"\0").decode("ascii")))
+    return generation, entries
+
+
+def build_tier_list(generation, entries):
+    """The bytes of /tiers.bin: [(uid bytes, tier name)], sorted by (UID length, UID)."""
+    by_uid = {bytes(uid): tier for uid, tier in entries}
+    out = bytearray(TIERS_MAGIC + bytes((1, 0, 0, 0)))
+    out += struct.pack(">II", generation, len(by_uid))
+    for uid in sorted(by_uid, key=lambda u: (len(u), u)):
+        name = by_uid[uid].encode("ascii")
+        if not 0 < len(uid) <= 10 or not 0 < len(name) <= 8:
+            raise CardToolError(f"{uid.hex()}={by_uid[uid]}: a UID of 1 to 10 bytes, a tier "
+                                "of 1 to 8 characters")
+        out += bytes((len(uid),)) + uid.ljust(10, b"\0") + name.ljust(8, b"\0")
     return bytes(out)
 
 

@@ -86,6 +86,7 @@ class App:
         self.keypad = Keypad({"start": b.button("btn_start"), "select": b.button("btn_select")})
         self.engine = VendEngine(self.cfg, self.journal, self.washer, self.acceptor, self.screen)
         self.sync = self._sync(secret)
+        self.tiers = None  # the server's tier overrides by card (tierlist.py)
         self.card = self._card()  # before recover(): it settles card payments cut short
         self.qr = None
         self.tokens, self.remote = self._signed_payments(secret)
@@ -105,6 +106,7 @@ class App:
         from washpay.blacklist import Blacklist
         from washpay.drivers.mfrc522 import MFRC522, CardError
         from washpay.payments.card import CardPayment
+        from washpay.tierlist import TierList
 
         reader = MFRC522(b.spi("card_spi"), b.pin_out("card_cs", 1), b.pin_out("card_rst", 1))
         try:
@@ -112,8 +114,10 @@ class App:
         except CardError as e:
             log("card payments off:", e)
             return None
+        # the server's tier overrides (tierlist.py) are the card's tier where they name it
+        self.tiers = TierList()
         return CardPayment(reader, CardKeys(key), self.engine, self.journal, Blacklist(),
-                           self.cfg["card"])
+                           self.cfg["card"], tiers=self.tiers)
 
     def _signed_payments(self, secret):
         # QR tokens on the board's scanner (payments/token.py) and remote starts from the
@@ -148,11 +152,15 @@ class App:
             # clock and status are the operator's commands (docs/sync.md)
             from washpay.blacklist import Blacklist
             from washpay.net.commands import Commands
+            from washpay.tierlist import TierList
 
             bl = self.card.blacklist if self.card is not None else Blacklist()
+            if self.tiers is None:  # no card reader: the list is kept for when one is fitted
+                self.tiers = TierList()
             self.sync.commands = Commands(remote, self.engine, self.journal,
                                           command_key(secret), self.device_id, blacklist=bl,
-                                          board=self.board, status=self.status, log=log)
+                                          board=self.board, status=self.status, log=log,
+                                          tiers=self.tiers)
         return tokens, remote
 
     async def _scanner(self):
@@ -192,6 +200,7 @@ class App:
         st["config_error"] = self.config_error
         st["sync"] = self.sync.status() if self.sync else None
         st["card"] = self.card.status() if self.card else None
+        st["tiers"] = self.tiers.status() if self.tiers is not None else None
         if self.tokens:
             st["qr"] = self.tokens.status()
             st["qr"]["scanner"] = self.qr.status()
@@ -226,6 +235,14 @@ class App:
                 from washpay.journal import records as R
 
                 self.journal.append(R.FAULT, reason="replay cache damaged: " + src.cache.path)
+        if self.tiers is not None and self.tiers.error:  # the board sells on without it
+            from washpay.journal import JournalError
+            from washpay.journal import records as R
+
+            try:
+                self.journal.append(R.FAULT, reason=self.tiers.error)
+            except JournalError:
+                pass
         if self.config_error:
             log("config refused:", self.config_error)
             self.engine.out_of_order("config: " + self.config_error)

@@ -83,22 +83,56 @@ def cmd_server_run(args):
 
 def cmd_server_report(args):
     from host_tools.server import report
-    from host_tools.server.store import StoreError, open_store
 
-    if not args.db.startswith(("postgres", "sqlite:")) and not Path(args.db).exists():
-        print(f"washpay server report: no ledger at {args.db} (start `washpay server run`, "
-              "or name the database with --db)", file=sys.stderr)
-        return 2
-    try:
-        store = open_store(args.db)
-    except StoreError as e:
-        print(f"washpay server report: {e}", file=sys.stderr)
+    store = _open_ledger(args.db, "report")
+    if store is None:
         return 2
     try:
         rep = report.build(store, since=args.since)
     finally:
         store.close()
     (report.format_json if args.format == "json" else report.format_text)(rep, sys.stdout)
+    return 0
+
+
+def _ledger(db):
+    """The ledger store; a ValueError says why there is none."""
+    from host_tools.server.store import StoreError, open_store
+
+    if not db.startswith(("postgres", "sqlite:")) and not Path(db).exists():
+        raise ValueError(f"no ledger at {db} (start `washpay server run`, or name the "
+                         "database with --db)")
+    try:
+        return open_store(db)
+    except StoreError as e:
+        raise ValueError(str(e)) from None
+
+
+def _open_ledger(db, who):
+    """The ledger store, or None after saying why not (exit status 2)."""
+    try:
+        return _ledger(db)
+    except ValueError as e:
+        print(f"washpay server {who}: {e}", file=sys.stderr)
+        return None
+
+
+def cmd_server_cards(args):
+    from host_tools.server import credit
+
+    try:
+        policy = credit.load_policy(args.policy) if args.policy else None
+    except credit.PolicyError as e:
+        print(f"washpay server cards: {e}", file=sys.stderr)
+        return 2
+    store = _open_ledger(args.db, "cards")
+    if store is None:
+        return 2
+    try:
+        rep = credit.build(store, policy)
+    finally:
+        store.close()
+    (credit.format_json if args.json else credit.format_text)(rep, sys.stdout)
     return 0
 
 
@@ -152,6 +186,76 @@ def _command_args(args):
     return {}
 
 
+def _tiers_args(args):
+    """tiers [UID=TIER | UID=-]... [--from-scores --policy FILE]: {uid: tier or None}.
+    The words win over the scores for the same card."""
+    from host_tools.server import credit
+
+    tiers = {}
+    if args.from_scores:
+        try:
+            policy = credit.load_policy(args.policy)
+        except credit.PolicyError as e:
+            raise ValueError(str(e)) from None
+        store = _ledger(args.db)
+        try:
+            tiers = credit.plan(store, args.device, policy)
+        finally:
+            store.close()
+    for w in args.words:
+        uid, eq, tier = w.partition("=")
+        if not eq or not uid or not tier:
+            raise ValueError(f"tiers: {w!r}: write UID=TIER (e.g. 04a1b2c3=late), or UID=- "
+                             "to clear the card's override")
+        try:
+            b = bytes.fromhex(uid)
+        except ValueError:
+            raise ValueError(f"tiers: {uid!r} is not a card UID in hex") from None
+        tiers[b.hex()] = None if tier == "-" else tier
+    if not tiers and not args.from_scores:
+        raise ValueError("tiers: give UID=TIER or UID=- words, or --from-scores --policy FILE")
+    return tiers
+
+
+def _send_tiers(args, key):
+    """A tiers change in as many commands as it takes (each at most COMMAND_MAX bytes),
+    one after the other; stops at the first that is not done. Exit status as for one."""
+    from host_tools.server import commands as C
+    from host_tools.server.service import ServiceError, send_command
+    from host_tools.server.store import StoreError
+
+    try:
+        tiers = _tiers_args(args)
+        chunks = C.tiers_chunks(tiers)
+        payloads = [C.build(key, args.device, "tiers", ttl_s=args.ttl, tiers=c) for c in chunks]
+    except (C.CommandError, ValueError) as e:
+        print(f"washpay server command: {e}", file=sys.stderr)
+        return 2
+    if not chunks:
+        print(json.dumps({"result": "nothing to send",
+                          "reason": "no card has a tier by the policy, and the board holds "
+                          "no override the server sent"}))
+        return 0
+    for i, (chunk, (payload, cid)) in enumerate(zip(chunks, payloads, strict=True)):
+        try:
+            res = send_command(args.db, key, args.broker, args.device, payload, cid.hex(),
+                               "tiers", {"tiers": chunk}, ca=args.ca, wait_s=args.wait)
+        except (ServiceError, StoreError) as e:
+            print(f"washpay server command: {e}" + (
+                f" (after {i} of {len(chunks)} commands were done: run it again)" if i
+                else ""), file=sys.stderr)
+            return 1 if i else 2
+        if res is None:
+            print(json.dumps({"cmd": cid.hex(), "result": "no reply",
+                              "reason": f"the board did not answer within {args.wait:g} s "
+                              "(offline? the broker keeps the command for it)"}))
+            return 1
+        print(json.dumps(res), flush=True)
+        if res.get("result") != "done":
+            return 1
+    return 0
+
+
 def cmd_server_command(args):
     from host_tools.server import commands as C
     from host_tools.server.service import ServiceError, send_command
@@ -169,6 +273,16 @@ def cmd_server_command(args):
         print("washpay server command price: --config is what a --table is checked "
               "against; give the table too", file=sys.stderr)
         return 2
+    if (args.from_scores or args.policy) and args.kind != "tiers":
+        print(f"washpay server command {args.kind}: --from-scores and --policy are the "
+              "tiers command's", file=sys.stderr)
+        return 2
+    if args.kind == "tiers":
+        if bool(args.from_scores) != bool(args.policy):
+            print("washpay server command tiers: --from-scores and --policy go together "
+                  "(the policy maps scores to tiers)", file=sys.stderr)
+            return 2
+        return _send_tiers(args, key)
     kind = "price-table" if args.table else args.kind
     try:
         cmd_args = _command_args(args)
@@ -250,18 +364,37 @@ def add_parsers(sub):
     rep.add_argument("--since", default=None, metavar="YYYY-MM-DD",
                      help="revenue from this day on")
     rep.set_defaults(func=cmd_server_report)
+    cards = srv.add_parser(
+        "cards", help="each card's credit score (laundry not collected) and tier by policy",
+        description="Per card UID over the policy's window (default 90 days): cycles paid "
+        "(card debits not cancelled), cycles whose laundry was not collected, the score "
+        "(100 - 20 per cycle not collected, at least 0) and the tier the policy gives it "
+        "(docs/pricing.md, \"Credit score and tiers\"). A policy is JSON: {\"window_days\": "
+        "90, \"tiers\": [{\"below\": 40, \"tier\": \"late\"}, {\"below\": 70, \"tier\": "
+        "\"watch\"}]}.",
+    )
+    cards.add_argument("--db", default=os.environ.get("WASHPAY_DB", "ledger.db"))
+    cards.add_argument("--policy", default=None, metavar="FILE",
+                       help="scores to tiers (JSON); without one no tier is shown")
+    cards.add_argument("--json", action="store_true", help="print JSON")
+    cards.set_defaults(func=cmd_server_cards)
     cmd = srv.add_parser(
         "command", help="send a board a signed command and print its reply",
         description="kinds: start --program P [--amount N] | price PROGRAM=PRICE... | "
         "price --table FILE [--config FILE] | blacklist-add UID[:reason]... | "
-        "blacklist-remove UID... | clock | status. A price table (docs/pricing.md) replaces "
+        "blacklist-remove UID... | clock | status | tiers [UID=TIER | UID=-]... "
+        "[--from-scores --policy FILE]. A price table (docs/pricing.md) replaces "
         "the board's whole table; its version must be newer than the board's, and it is "
-        "checked before it is sent as the board checks it. "
+        "checked before it is sent as the board checks it. tiers sets (UID=TIER) or clears "
+        "(UID=-) cards' tier overrides on the board; --from-scores sets the tier the policy "
+        "gives each card's credit score and clears overrides the policy no longer gives "
+        "(`washpay server cards` shows them), in as many commands as it takes. "
         "Exit status 0: executed; 1: refused or no reply; 2: not sent.",
     )
     cmd.add_argument("kind", choices=("start", "price", "blacklist-add", "blacklist-remove",
-                                      "clock", "status"))
-    cmd.add_argument("words", nargs="*", help="price: quick=300 ...; blacklist: UIDs (hex)")
+                                      "clock", "status", "tiers"))
+    cmd.add_argument("words", nargs="*", help="price: quick=300 ...; blacklist: UIDs (hex); "
+                     "tiers: 04a1b2c3=late, 04a1b2c3=- (clear)")
     cmd.add_argument("--device", required=True)
     cmd.add_argument("--site-key", required=True)
     cmd.add_argument("--broker", required=True)
@@ -276,6 +409,10 @@ def add_parsers(sub):
                      help="price --table: the board's config.json, whose programs the table "
                      "is checked against (default: the table's file if it is a whole "
                      "config, else the firmware's default programs)")
+    cmd.add_argument("--from-scores", action="store_true",
+                     help="tiers: the tier the --policy gives each card's score (from --db)")
+    cmd.add_argument("--policy", default=None, metavar="FILE",
+                     help="tiers --from-scores: scores to tiers (JSON, as `server cards`)")
     cmd.add_argument("--ttl", type=int, default=300, help="seconds the command stays valid")
     cmd.add_argument("--wait", type=float, default=10.0, help="seconds to wait for the reply")
     cmd.set_defaults(func=cmd_server_command)

@@ -1,8 +1,8 @@
 """The server's commands to a board (docs/sync.md "Commands"), built with `cryptography`.
 
 Remote start is docs/remote-start.md's command, built by host_tools/token.py; the
-operator's commands (prices, price table, blacklist, clock, status) share its header, key
-and tag:
+operator's commands (prices, price table, blacklist, clock, status, tier overrides) share
+its header, key and tag:
 
     0x12 | command id (8) | nonce (8) | device hash (4) | issued u32 | expires u32 | action
     | body length u16 | body | HMAC-SHA256(command key, everything before)[:16]
@@ -32,8 +32,9 @@ BLACKLIST_REMOVE = 4
 CLOCK = 5
 STATUS = 6
 PRICE_TABLE = 7
+TIERS = 8
 ACTIONS = {"price": PRICE, "blacklist-add": BLACKLIST_ADD, "blacklist-remove": BLACKLIST_REMOVE,
-           "clock": CLOCK, "status": STATUS, "price-table": PRICE_TABLE}
+           "clock": CLOCK, "status": STATUS, "price-table": PRICE_TABLE, "tiers": TIERS}
 HEAD = struct.Struct(">B8s8s4sIIBH")
 # the longest command a board takes (firmware/washpay/net/__init__.py COMMAND_MAX), and so
 # the longest body: a longer command is refused unread ("command too long")
@@ -41,6 +42,8 @@ COMMAND_MAX = 1024
 BODY_MAX = COMMAND_MAX - HEAD.size - T.COMMAND_TAG_LEN  # 976
 FIRMWARE_DIR = Path(__file__).resolve().parents[2] / "firmware"
 BLACKLIST_REASONS = ("blocked", "lost", "stolen", "replaced", "fraud")
+TIER_LEN = 8  # a tier name: the price table's key, as in the card header (wallet-format.md)
+TIERS_MAX = 255  # cards in one tiers command (its count is one byte)
 
 
 class CommandError(ValueError):
@@ -185,6 +188,54 @@ def blacklist_remove_body(uids):
     return bytes([len(uids)]) + b"".join(_uid(u) for u in uids)
 
 
+def tier_name(name):
+    """A tier name as the board takes it: 1 to 8 printable ASCII bytes, no space."""
+    try:
+        b = name.encode("ascii") if isinstance(name, str) else bytes(name)
+    except UnicodeEncodeError:
+        b = b""
+    if not 1 <= len(b) <= TIER_LEN or not all(0x21 <= c <= 0x7E for c in b):
+        raise CommandError(f"tier {name!r}: 1 to {TIER_LEN} printable ASCII characters, no "
+                           "space (a key of the price table's \"tiers\")")
+    return b
+
+
+def _tier_entry(uid, tier):
+    t = b"" if tier is None else tier_name(tier)
+    return _uid(uid) + bytes([len(t)]) + t
+
+
+def tiers_body(tiers):
+    """{uid hex: tier name, or None to clear the card's override}: one command's body.
+    More cards than one command holds: CommandError (tiers_chunks splits them)."""
+    if not tiers:
+        raise CommandError("a tiers command names at least one card")
+    if len(tiers) > TIERS_MAX:
+        raise CommandError(f"{len(tiers)} cards in one tiers command: at most {TIERS_MAX}")
+    body = bytes([len(tiers)]) + b"".join(_tier_entry(u, t) for u, t in sorted(tiers.items()))
+    if len(body) > BODY_MAX:
+        raise CommandError(f"{len(tiers)} cards make a {len(body)}-byte tiers body; one "
+                           f"command holds {BODY_MAX}: split them (tiers_chunks)")
+    return body
+
+
+def tiers_chunks(tiers):
+    """Split {uid hex: tier or None} into dicts that each fit one tiers command, in UID
+    order (each entry is checked here: a bad UID or tier name is a CommandError)."""
+    chunks = []
+    cur, size = {}, 1
+    for uid, tier in sorted(tiers.items()):
+        n = len(_tier_entry(uid, tier))
+        if cur and (size + n > BODY_MAX or len(cur) == TIERS_MAX):
+            chunks.append(cur)
+            cur, size = {}, 1
+        cur[uid] = tier
+        size += n
+    if cur:
+        chunks.append(cur)
+    return chunks
+
+
 def clock_body(t=None):
     return struct.pack(">I", int(time.time() if t is None else t))
 
@@ -192,7 +243,7 @@ def clock_body(t=None):
 def build(site_key, device_id, kind, ttl_s=300, issued=None, command_id=None, **args):
     """(command bytes, command id) for `kind`: start, price, blacklist-add,
     blacklist-remove, clock, status, price-table (table=, and config= to check it
-    against)."""
+    against), tiers (tiers={uid hex: tier name or None})."""
     issued = int(time.time()) if issued is None else int(issued)
     command_id = os.urandom(T.ID_LEN) if command_id is None else bytes(command_id)
     if kind == "start":
@@ -212,6 +263,8 @@ def build(site_key, device_id, kind, ttl_s=300, issued=None, command_id=None, **
         body = clock_body(args.get("t", issued))
     elif kind == "price-table":
         body = table_body(args["table"], args.get("config"))
+    elif kind == "tiers":
+        body = tiers_body(args["tiers"])
     else:
         body = b""
     key = command_key(site_key, device_id)

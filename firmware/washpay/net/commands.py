@@ -12,6 +12,8 @@
 #   5 clock set       server time u32                          the board's clock is trusted
 #   6 status          (empty)                                  the reply carries the status
 #   7 price table     the whole "pricing" object, compact JSON  replaces the table in force
+#   8 tiers           n, n x (uid length, uid, tier length 0-8, tier)  tier overrides
+#                     (tierlist.py): a tier name sets the card's override, length 0 clears it
 #
 # A command is at most COMMAND_MAX (1024) bytes, so a body at most 976.
 # Each executed command is journaled (command_done, source = command id) before its id goes
@@ -44,8 +46,9 @@ BLACKLIST_REMOVE = const(4)
 CLOCK = const(5)
 STATUS = const(6)
 PRICE_TABLE = const(7)
+TIERS = const(8)
 ACTIONS = {PRICE: "price", BLACKLIST_ADD: "blacklist add", BLACKLIST_REMOVE: "blacklist remove",
-           CLOCK: "clock", STATUS: "status", PRICE_TABLE: "price table"}
+           CLOCK: "clock", STATUS: "status", PRICE_TABLE: "price table", TIERS: "tiers"}
 
 
 class _Refused(Exception):
@@ -57,7 +60,8 @@ class _Refused(Exception):
 
 class Commands:
     def __init__(self, remote, engine, journal, key, device_id, blacklist=None, board=None,
-                 status=None, config_path="/config.json", clock=time.time, log=None):
+                 status=None, config_path="/config.json", clock=time.time, log=None,
+                 tiers=None):
         self.remote = remote  # payments/remote.py RemoteStart, and its single-use cache
         self.cache = remote.cache
         self._mac = MacKey(key)  # the command key (keys.md), as remote start's
@@ -65,6 +69,7 @@ class Commands:
         self.engine = engine
         self.journal = journal
         self.blacklist = blacklist  # washpay.blacklist.Blacklist (the card reader's own)
+        self.tiers = tiers  # washpay.tierlist.TierList (the card reader's own)
         self.board = board
         self.status_fn = status
         self.config_path = config_path
@@ -200,6 +205,8 @@ class Commands:
             return self._clock(body, issued)
         if action == PRICE_TABLE:
             return self._table(body)
+        if action == TIERS:
+            return self._tiers(body)
         st = self.status_fn() if self.status_fn else {}
         return "status", {"status": st}
 
@@ -313,6 +320,54 @@ class Commands:
             verb = "blacklist -"
         what = verb + ",".join(hexlify(u).decode() for u, _ in items)
         return what, {"blacklist": count, "generation": bl.generation}
+
+    def _tiers(self, body):
+        # tier overrides by card (docs/sync.md action 8): n x (uid length, uid, tier
+        # length, tier); a tier of length 0 clears the card's override
+        from washpay.cardlist import CardListError
+        from washpay.tierlist import TIER_LEN
+
+        tl = self.tiers
+        if tl is None:
+            raise _Refused("no tier list")
+        n = len(body)
+        if not n or not body[0]:
+            raise _Refused("malformed body")
+        pos = 1
+        add = []
+        remove = []
+        seen = {}
+        for _ in range(body[0]):
+            k = body[pos] if pos < n else 0
+            if not k or pos + 2 + k > n:  # a UID and the tier's length byte
+                raise _Refused("malformed body")
+            if k > 10:
+                raise _Refused("a UID has 1 to 10 bytes")
+            uid = bytes(body[pos + 1 : pos + 1 + k])
+            pos += 1 + k
+            m = body[pos]
+            pos += 1
+            if m > TIER_LEN:
+                raise _Refused("a tier name has 1 to 8 bytes")
+            if pos + m > n:
+                raise _Refused("malformed body")
+            if uid in seen:
+                raise _Refused("card %s twice" % hexlify(uid).decode())
+            seen[uid] = 1
+            if m:
+                add.append((uid, bytes(body[pos : pos + m])))
+            else:
+                remove.append(uid)
+            pos += m
+        if pos != n:
+            raise _Refused("malformed body")
+        try:
+            count = tl.update(add=add, remove=remove)
+        except CardListError as e:  # a tier name that is not one, or a full list
+            raise _Refused(str(e))
+        # the journal keeps 25 bytes of reason: counts, not UIDs (the server has the list)
+        return "tiers +%d -%d" % (len(add), len(remove)), {"tiers": count,
+                                                          "generation": tl.generation}
 
     def _clock(self, body, issued):
         if len(body) != 4:

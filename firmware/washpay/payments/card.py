@@ -50,12 +50,13 @@ _LOW_BALANCE = "low balance"
 
 class CardPayment:
     def __init__(self, reader, keys, engine, journal, blacklist, cfg, pending_path="/card_pending",
-                 seen_path="/card_seen"):
+                 seen_path="/card_seen", tiers=None):
         self.reader = reader
         self.keys = keys
         self.engine = engine
         self.journal = journal
         self.blacklist = blacklist
+        self.tiers = tiers  # tierlist.TierList: the server's tier overrides, or None
         self.poll_ms = cfg["poll_ms"]
         self.repeat_ms = cfg["repeat_ms"]
         self.retap_ms = cfg["retap_ms"]
@@ -214,9 +215,12 @@ class CardPayment:
                          "Card blocked", text)
             return
         self.seen.note(uid, counter)
-        # the card's tier (its header, under the MAC) may restrict programs, discount the
-        # price, ask for a higher balance or allow an overdraft (docs/pricing.md)
-        tier = W.parse_header(head)[2] or None
+        # the card's tier (the server's override for its UID, else its header, under the
+        # MAC) may restrict programs, discount the price, ask for a higher balance or allow
+        # an overdraft (docs/pricing.md); a tier the table does not have gives no rule
+        tier = self.tiers.lookup(uid) if self.tiers is not None else None
+        if tier is None:
+            tier = W.parse_header(head)[2] or None
         if e.prices.allowed(program["name"], tier):  # a reason too long for 16 columns
             self._refuse(uid, R.CARD_REFUSED, "tier %s: not %s" % (tier, program["name"]),
                          "Not for card", "choose another")
@@ -564,7 +568,9 @@ class CardPayment:
         undone = []  # (uid, counter) of card payments cancelled or unresolved: not paid
         ref = None  # the reference: now, or the newest record's time if later
         newer = now  # the time taken for the record after the one at hand
-        records = self.journal.recent(_RISK_SCAN)
+        from washpay.journal.recent import recent
+
+        records = recent(self.journal, _RISK_SCAN)
         try:
             for r in records:
                 found["records"] += 1
