@@ -132,21 +132,26 @@ def load_card_image(path):
 
 
 # ---- the board's blacklist file (docs/blacklist-format.md), written here independently
-def parse_blacklist(data):
-    """(generation, [(uid bytes, reason code, since)]) from /blacklist.bin's bytes."""
+def _parse_card_list(data, magic, size, what):
+    """(generation, [entry bytes]) of a card list file (/blacklist.bin, /tiers.bin: a
+    16-byte header, then `size`-byte entries; docs/blacklist-format.md)."""
     if not data:
         return 0, []
-    if len(data) < 16 or data[:4] != BLACKLIST_MAGIC or data[4] != 1:
-        raise CardToolError("the board's /blacklist.bin is not a version-1 card blacklist")
+    name = "/tiers.bin" if magic == TIERS_MAGIC else "/blacklist.bin"
+    if len(data) < 16 or data[:4] != magic or data[4] != 1:
+        raise CardToolError(f"the board's {name} is not a version-1 {what}")
     generation, count = struct.unpack(">II", data[8:16])
-    if len(data) != 16 + 16 * count:
-        raise CardToolError(f"/blacklist.bin is {len(data)} bytes, its header says {count} "
+    if len(data) != 16 + size * count:
+        raise CardToolError(f"{name} is {len(data)} bytes, its header says {count} "
                             "entries: it will be rewritten from what can be read")
-    entries = []
-    for i in range(count):
-        e = data[16 + 16 * i : 32 + 16 * i]
-        entries.append((e[1 : 1 + e[0]], e[11], struct.unpack(">I", e[12:16])[0]))
-    return generation, entries
+    return generation, [data[16 + size * i : 16 + size * (i + 1)] for i in range(count)]
+
+
+def parse_blacklist(data):
+    """(generation, [(uid bytes, reason code, since)]) from /blacklist.bin's bytes."""
+    generation, raw = _parse_card_list(data, BLACKLIST_MAGIC, 16, "card blacklist")
+    return generation, [(e[1 : 1 + e[0]], e[11], struct.unpack(">I", e[12:16])[0])
+                        for e in raw]
 
 
 def build_blacklist(generation, entries):
@@ -167,19 +172,8 @@ def build_blacklist(generation, entries):
 
 def parse_tier_list(data):
     """(generation, [(uid bytes, tier name)]) from /tiers.bin's bytes (19-byte entries)."""
-    if not data:
-        return 0, []
-    if len(data) < 16 or data[:4] != TIERS_MAGIC or data[4] != 1:
-        raise CardToolError("the board's /tiers.bin is not a version-1 tier list")
-    generation, count = struct.unpack(">II", data[8:16])
-    if len(data) != 16 + 19 * count:
-        raise CardToolError(f"/tiers.bin is {len(data)} bytes, its header says {count} "
-                            "entries")
-    entries = []
-    for i in range(count):
-        e = data[16 + 19 * i : 35 + 19 * i]
-        entries.append((e[1 : 1 + e[0]], e[11:19].rstrip(b"\0").decode("ascii")))
-    return generation, entries
+    generation, raw = _parse_card_list(data, TIERS_MAGIC, 19, "tier list")
+    return generation, [(e[1 : 1 + e[0]], e[11:19].rstrip(b"\0").decode("ascii")) for e in raw]
 
 
 def build_tier_list(generation, entries):

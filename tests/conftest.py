@@ -80,14 +80,20 @@ def sim_with_config(tmp_path):
 
     boards = []
 
-    def start(config):
+    def start(config, board_file=None, ready=True):
+        # board_file: a board.json for the blank flash instead of the sim's own (the
+        # simulated machine is wired as its washer section says); ready=False: return as
+        # soon as it runs (a board expected out of order)
         st_dir = tmp_path / ("st" if not boards else f"st{len(boards)}")
         (st_dir / "provision").mkdir(parents=True)
         (st_dir / "provision" / "config.json").write_text(json.dumps(config))
+        if board_file is not None:
+            (st_dir / "provision" / "board.json").write_text(json.dumps(board_file))
         board = SimBoard(st_dir, log=tmp_path / "sim.log")
         boards.append(board)
         board.start()
-        board.wait_ready()
+        if ready:
+            board.wait_ready()
         return board
 
     try:

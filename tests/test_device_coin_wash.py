@@ -12,20 +12,13 @@ from host_tools.sim.client import SimBoard, SimError
 pytestmark = pytest.mark.device
 
 
-def insert(sim, value):
-    before = sim.status()["credit"]
-    reply = sim.call("coin", value=value)
-    assert "pulses" in reply, reply
-    return sim.wait_for(lambda s: s["credit"] == before + value, what=f"credit +{value}")
-
-
 def test_full_coin_wash(sim):
     st = sim.status()
     assert st["state"] == "idle" and st["credit"] == 0
     assert st["display"].startswith("Insert coins")
     sim.select_program("standard")  # 3.50
     for coin in (200, 100, 50):
-        st = insert(sim, coin)
+        st = sim.insert_coin(coin)
     assert st["credit"] == 350 and st["state"] == "credit"
     assert "Credit 3.50" in st["display"]
     count_before = st["journal"]["count"]
@@ -42,7 +35,7 @@ def test_full_coin_wash(sim):
 
 
 def test_not_enough_credit_does_not_start(sim):
-    insert(sim, 100)
+    sim.insert_coin(100)
     sim.call("button", name="start")
     st = sim.wait_for(lambda s: "Insert" in s["display"], what="the shortfall message")
     assert "1.50" in st["display"]  # quick costs 2.50
@@ -50,8 +43,8 @@ def test_not_enough_credit_does_not_start(sim):
 
 
 def test_door_open_refuses_start(sim):
-    insert(sim, 200)
-    insert(sim, 100)
+    sim.insert_coin(200)
+    sim.insert_coin(100)
     sim.call("door", state="open")
     sim.call("button", name="start")
     st = sim.wait_for(lambda s: "Close the door" in s["display"], what="door message")
@@ -59,7 +52,7 @@ def test_door_open_refuses_start(sim):
 
 
 def test_power_cut_right_after_coin_keeps_credit(sim):
-    insert(sim, 200)
+    sim.insert_coin(200)
     sim.call("power", state="cut")
     assert sim.status()["power"] == "off"
     sim.call("power", state="on")
@@ -70,8 +63,8 @@ def test_power_cut_right_after_coin_keeps_credit(sim):
 
 def test_washer_never_confirms_keeps_credit(sim):
     sim.call("washer", state="idle")  # manual: the busy line never comes
-    insert(sim, 200)
-    insert(sim, 100)
+    sim.insert_coin(200)
+    sim.insert_coin(100)
     sim.call("button", name="start")
     st = sim.wait_for(lambda s: s["journal"]["last_type"] == "start_failed", timeout=20,
                       what="start failure")
@@ -82,8 +75,8 @@ def test_washer_never_confirms_keeps_credit(sim):
 
 def test_power_cut_during_start_gives_credit_back(sim):
     sim.call("washer", state="idle")
-    insert(sim, 200)
-    insert(sim, 100)
+    sim.insert_coin(200)
+    sim.insert_coin(100)
     sim.call("button", name="start")
     sim.wait_for(lambda s: s["state"] == "starting", what="starting")
     sim.call("power", state="cut")
@@ -95,8 +88,8 @@ def test_power_cut_during_start_gives_credit_back(sim):
 
 def test_power_cut_while_running_resumes_running(sim):
     sim.call("washer", state="busy")  # the machine keeps running on its own supply
-    insert(sim, 200)
-    insert(sim, 100)
+    sim.insert_coin(200)
+    sim.insert_coin(100)
     sim.call("button", name="start")
     sim.wait_for(lambda s: s["state"] == "running", what="running")
     sim.call("power", state="cut")
@@ -111,15 +104,15 @@ def test_power_cut_while_running_resumes_running(sim):
 def test_glitches_add_no_credit(sim):
     sim.call("glitch", count=5)
     st = sim.wait_for(lambda s: s["firmware"]["coin_noise"] >= 1, what="noise seen")
-    insert(sim, 100)
+    sim.insert_coin(100)
     st = sim.status()
     assert st["credit"] == 100
 
 
 def test_coin_while_running_is_returned(sim):
     sim.call("washer", state="busy")
-    insert(sim, 200)
-    insert(sim, 100)
+    sim.insert_coin(200)
+    sim.insert_coin(100)
     sim.call("button", name="start")
     sim.wait_for(lambda s: s["state"] == "running", what="running")
     reply = sim.call("coin", value=100)
@@ -146,9 +139,9 @@ def test_max_credit_inhibits_acceptor(tmp_path):
     with factory_board(tmp_path, '{"device_id": "sim-0002", "max_credit": 450}') as board:
         board.wait_ready()
         for _ in range(2):
-            insert(board, 200)
+            board.insert_coin(200)
         assert board.status()["inhibit"] is False
-        insert(board, 100)
+        board.insert_coin(100)
         st = board.status()
         assert st["credit"] == 500 and st["inhibit"] is True
         assert board.call("coin", value=50).get("returned") is True
@@ -203,12 +196,12 @@ def test_journal_full_refuses_coins_but_vends_paid_credit(tmp_path):
     with factory_board(tmp_path, cfg) as board:
         st = board.wait_ready()  # boot record: 99 free
         assert st["journal"]["level"] == "ok"
-        insert(board, 200)  # 98 free
-        st = insert(board, 200)  # 97 free: warn
+        board.insert_coin(200)  # 98 free
+        st = board.insert_coin(200)  # 97 free: warn
         assert st["journal"]["level"] == "low"
         assert "sync required" in st["journal"]["message"]
-        st = insert(board, 100)  # 96
-        st = insert(board, 50)  # 95: only the reserve is left
+        st = board.insert_coin(100)  # 96
+        st = board.insert_coin(50)  # 95: only the reserve is left
         assert st["journal"]["level"] == "full"
         assert st["inhibit"] is True
         assert "START" in st["display"]  # the customer's credit still buys a wash

@@ -21,12 +21,6 @@ def washpay(*args, timeout=120):
                           capture_output=True, text=True, timeout=timeout)
 
 
-def insert(sim, value):
-    before = sim.status()["credit"]
-    sim.call("coin", value=value)
-    return sim.wait_for(lambda s: s["credit"] == before + value, what=f"credit +{value}")
-
-
 def decode(state, *paths, fmt="jsonl"):
     """`washpay journal decode` -> (exit status, rows, summary text)."""
     proc = washpay("journal", "decode", *map(str, paths), "--site-key", str(state / "site.key"),
@@ -38,7 +32,7 @@ def decode(state, *paths, fmt="jsonl"):
 def test_pull_and_decode(sim, tmp_path):
     state = tmp_path / "st"
     for coin in (200, 100, 50):
-        insert(sim, coin)
+        sim.insert_coin(coin)
     st = sim.status()
     last = st["journal"]["last_seq"]
     proc = washpay("journal", "pull", "--port", str(state / "console"), "-o",
@@ -62,7 +56,7 @@ def test_pull_and_decode(sim, tmp_path):
 
 def test_flash_dumps_decode(sim, tmp_path):
     state = tmp_path / "st"
-    insert(sim, 100)
+    sim.insert_coin(100)
     sim.call("power", state="cut")
     flash = (state / "flash.bin").read_bytes()
     # the vfs partition as `esptool read-flash 0x200000 0x200000` gives it, and the whole
@@ -92,7 +86,7 @@ def cut_and_restart(sim, after_ops, torn, action):
 @pytest.mark.parametrize("after_ops,torn", [(1, False), (1, True), (2, False), (2, True)])
 def test_power_cut_at_a_flash_operation_during_a_coin(sim, tmp_path, after_ops, torn):
     state = tmp_path / "st"
-    insert(sim, 100)
+    sim.insert_coin(100)
     st = cut_and_restart(sim, after_ops, torn, lambda: sim.call("coin", value=200))
     # the coin's record was being written: it is there whole (credit 300) or not at all
     assert st["credit"] in (100, 300), st
@@ -112,7 +106,7 @@ def test_power_cut_at_a_flash_operation_during_a_vend(sim, tmp_path, after_ops, 
     state = tmp_path / "st"
     sim.call("washer", state="idle")  # the washer will not confirm before the cut
     for coin in (200, 50):
-        insert(sim, coin)
+        sim.insert_coin(coin)
     st = cut_and_restart(sim, after_ops, torn, lambda: sim.call("button", name="start"))
     # paid but never confirmed: the price is credit again, whichever records made it
     assert (st["state"], st["credit"]) == ("credit", 250), st
@@ -130,7 +124,7 @@ def test_power_cut_at_a_flash_operation_during_a_vend(sim, tmp_path, after_ops, 
 
 def test_sim_site_key_decodes_and_others_do_not(sim, tmp_path):
     state = tmp_path / "st"
-    insert(sim, 50)
+    sim.insert_coin(50)
     sim.call("power", state="cut")
     other = tmp_path / "other.key"
     K.new_site_key(other)

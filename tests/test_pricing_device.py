@@ -59,12 +59,6 @@ def sim(tmp_path):
         b.stop()
 
 
-def insert(sim, value):
-    before = sim.status()["credit"]
-    sim.call("coin", value=value)
-    return sim.wait_for(lambda s: s["credit"] == before + value, what=f"credit +{value}")
-
-
 def test_rule_active_now_sets_the_coin_price(sim, tmp_path):
     st = sim.status()
     progs = {p["name"]: p["price"] for p in st["firmware"]["programs"]}
@@ -72,12 +66,12 @@ def test_rule_active_now_sets_the_coin_price(sim, tmp_path):
     assert progs == {"quick": 300, "standard": 420, "heavy": 540}
     assert st["firmware"]["prices_version"] == 7
     assert st["display"].startswith("Insert coins") and "quick 3.00" in st["display"]
-    insert(sim, 200)
-    insert(sim, 50)  # the base price would be covered now
+    sim.insert_coin(200)
+    sim.insert_coin(50)  # the base price would be covered now
     sim.call("button", name="start")
     st = sim.wait_for(lambda s: "Insert 0.50" in s["display"], what="the shortfall")
     assert st["relay_pulses"] == 0 and st["credit"] == 250
-    insert(sim, 50)
+    sim.insert_coin(50)
     sim.call("button", name="start")
     st = sim.wait_for(lambda s: s["state"] == "running", what="running")
     assert st["credit"] == 0 and st["relay_pulses"] == 1

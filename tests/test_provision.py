@@ -72,12 +72,6 @@ def start_bare(tmp_path, fw, name="st"):
     return board
 
 
-def insert(board, value):
-    before = board.status()["credit"]
-    board.call("coin", value=value)
-    return board.wait_for(lambda s: s["credit"] == before + value, what=f"credit +{value}")
-
-
 @pytest.fixture(scope="module")
 def sim(tmp_path_factory, fw):
     tmp = tmp_path_factory.mktemp("prov")
@@ -101,8 +95,8 @@ def test_bare_board_is_provisioned_boots_and_takes_a_coin_payment(sim):
     assert fw["device_id"] == "laundry-7" and fw["version"] == P.firmware_version(sim.fw)
     assert fw["config_error"] is None and st["state"] == "idle"
     sim.select_program("quick")  # 2.50
-    insert(sim, 200)
-    insert(sim, 50)
+    sim.insert_coin(200)
+    sim.insert_coin(50)
     sim.call("button", name="start")
     st = sim.wait_for(lambda s: s["state"] == "running", what="running")
     assert st["relay_pulses"] == 1
@@ -242,7 +236,7 @@ def test_wipe_after_sync_gives_the_board_a_new_identity(tmp_path, fw):
     try:
         assert provision(board, device_id="dryer-1").returncode == 0
         board.wait_ready()
-        insert(board, 100)
+        board.insert_coin(100)
         r = subprocess.run([*P.mpremote_command(), "connect", board.port, "exec", ACK_ALL],
                            capture_output=True, text=True, timeout=60,
                            stdin=subprocess.DEVNULL)

@@ -64,12 +64,6 @@ def all_acked(st):
     return bool(s) and s["acked"] == st["journal"].get("last_seq") and s["link"] == "up"
 
 
-def insert(sim, value):
-    before = sim.status()["credit"]
-    assert "pulses" in sim.call("coin", value=value)
-    return sim.wait_for(lambda s: s["credit"] == before + value, what=f"credit +{value}")
-
-
 def types_in(store):
     return [r[0] for r in store.query(
         "SELECT type FROM records WHERE device = 'sim-0001' ORDER BY seq")]
@@ -80,13 +74,13 @@ def test_board_syncs_over_tls_and_keeps_selling_offline(tmp_path, broker, server
     with SimBoard(st_dir, log=tmp_path / "sim.log") as sim:
         st = sim.wait_for(all_acked, timeout=30, what="the boot record acknowledged")
         assert sync_of(st)["connects"] == 1
-        insert(sim, 200)
+        sim.insert_coin(200)
         sim.wait_for(all_acked, timeout=20, what="the coin acknowledged")
         sim.call("net", state="down")
         st = sim.wait_for(lambda s: sync_of(s).get("link") == "down", what="link down")
         # the network is gone: the machine still sells
-        insert(sim, 100)
-        insert(sim, 50)
+        sim.insert_coin(100)
+        sim.insert_coin(50)
         sim.select_program("standard")
         sim.call("button", name="start")
         st = sim.wait_for(lambda s: s["state"] == "running", what="a vend while offline")
@@ -107,7 +101,7 @@ def test_a_board_with_a_bad_ca_file_still_sells(tmp_path, broker):
     (st_dir / "provision" / "broker_ca.der").write_bytes(b"not a certificate")
     with SimBoard(st_dir, log=tmp_path / "sim.log") as sim:
         st = sim.wait_ready()
-        insert(sim, 200)
+        sim.insert_coin(200)
         st = sim.wait_for(lambda s: sync_of(s).get("link_error"), timeout=20,
                           what="the link's error")
         assert sync_of(st)["link"] == "disabled"

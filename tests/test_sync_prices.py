@@ -158,12 +158,6 @@ def end_cycle(sim):
     sim.call("washer", state="auto")
 
 
-def insert(sim, value):
-    before = sim.status()["credit"]
-    sim.call("coin", value=value)
-    return sim.wait_for(lambda s: s["credit"] == before + value, what=f"credit +{value}")
-
-
 # ---- on the board
 @pytest.mark.device
 def test_a_pushed_table_takes_effect_survives_a_power_cut_and_is_journaled(rig):
@@ -187,12 +181,12 @@ def test_a_pushed_table_takes_effect_survives_a_power_cut_and_is_journaled(rig):
 
     # coins pay the new price: 3.00 for quick, not the 2.50 it cost before
     sim.select_program("quick")
-    insert(sim, 200)
-    insert(sim, 50)
+    sim.insert_coin(200)
+    sim.insert_coin(50)
     sim.call("button", name="start")
     st = sim.wait_for(lambda s: "Insert 0.50" in s["display"], what="the shortfall")
     assert st["relay_pulses"] == 0 and st["state"] == "credit"
-    insert(sim, 50)
+    sim.insert_coin(50)
     sim.call("button", name="start")
     st = sim.wait_for(lambda s: s["state"] == "running", what="the vend running")
     assert st["credit"] == 0

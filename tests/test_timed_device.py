@@ -11,8 +11,6 @@ from pathlib import Path
 import pytest
 from test_card_device import journal
 
-from host_tools.sim.client import SimBoard
-
 pytestmark = pytest.mark.device
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -22,32 +20,27 @@ DEVICE = "sim-0001"
 DRY = {"name": "dry", "mode": "timed", "price": 100, "step_seconds": 4, "max_seconds": 12}
 
 
-def make_board(tmp_path, programs=(DRY,), start_mode="power", extra=None):
-    st_dir = tmp_path / "st"
-    (st_dir / "provision").mkdir(parents=True)
+def dryer_board(start_mode="power"):
     board = json.loads((ROOT / "boards" / "sim" / "board.json").read_text())
     board["washer"]["start_mode"] = start_mode
-    (st_dir / "provision" / "board.json").write_text(json.dumps(board))
-    cfg = {"device_id": DEVICE, "programs": list(programs), "collect_ms": 0, **(extra or {})}
-    (st_dir / "provision" / "config.json").write_text(json.dumps(cfg))
-    return SimBoard(st_dir, log=tmp_path / "sim.log")
+    return board
+
+
+def config(programs=(DRY,), **extra):
+    return {"device_id": DEVICE, "programs": list(programs), "collect_ms": 0, **extra}
 
 
 @pytest.fixture
-def dryer(tmp_path):
-    b = make_board(tmp_path)
-    b.start()
-    try:
-        b.wait_ready()
-        yield b
-    finally:
-        b.stop()
+def start_dryer(sim_with_config):
+    """start_dryer(config=..., start_mode=..., ready=...): a board whose machine is a dryer."""
+    def start(cfg=None, start_mode="power", ready=True):
+        return sim_with_config(cfg or config(), dryer_board(start_mode), ready=ready)
+    return start
 
 
-def insert(sim, value):
-    before = sim.status()["credit"]
-    sim.call("coin", value=value)
-    return sim.wait_for(lambda s: s["credit"] == before + value, what=f"credit +{value}")
+@pytest.fixture
+def dryer(start_dryer):
+    return start_dryer()
 
 
 def left(st):
@@ -57,8 +50,8 @@ def left(st):
 def test_coins_buy_whole_steps_and_the_relay_is_held_for_them(dryer, tmp_path):
     st = dryer.status()
     assert "dry 1.00/4s" in st["display"]
-    insert(dryer, 200)
-    st = insert(dryer, 50)  # 2.50: two steps (8 s); 0.50 stays credit
+    dryer.insert_coin(200)
+    st = dryer.insert_coin(50)  # 2.50: two steps (8 s); 0.50 stays credit
     assert "dry 0:08 START" in st["display"]
     dryer.call("button", name="start")
     st = dryer.wait_for(lambda s: s["state"] == "running", what="running")
@@ -82,7 +75,7 @@ def test_coins_buy_whole_steps_and_the_relay_is_held_for_them(dryer, tmp_path):
 
 
 def test_credit_below_one_step_does_not_start(dryer):
-    insert(dryer, 50)
+    dryer.insert_coin(50)
     dryer.call("button", name="start")
     st = dryer.wait_for(lambda s: "Insert 0.50" in s["display"], what="the shortfall")
     assert st["state"] == "credit" and st["relay"] == "off"
@@ -95,40 +88,35 @@ def coin_to_time(sim, value):
     return sim.wait_for(lambda s: s["journal"]["last_seq"] >= seq + 2, what="coin and time")
 
 
-def test_coins_while_running_extend_up_to_the_cap(tmp_path):
+def test_coins_while_running_extend_up_to_the_cap(start_dryer, tmp_path):
     # 1.00 buys 5 s, at most 12 s at a time: room for a step opens when 7 s are left
-    sim = make_board(tmp_path, programs=(dict(DRY, step_seconds=5, max_seconds=12),))
-    sim.start()
-    try:
-        sim.wait_ready()
-        insert(sim, 100)
-        sim.call("button", name="start")
-        st = sim.wait_for(lambda s: s["state"] == "running", what="running")
-        assert st["inhibit"] is False  # a dryer takes coins while it runs: they buy time
-        assert left(st) <= 5
-        st = coin_to_time(sim, 100)  # one more step
-        assert st["credit"] == 0 and 6 <= left(st) <= 10
-        assert st["journal"]["last_type"] == "vend_extend"
-        # no whole step fits under the cap: the acceptor is closed and gives a coin back
-        assert st["inhibit"] is True
-        returned = st["coins_returned"]
-        sim.call("coin", value=100)
-        st = sim.wait_for(lambda s: s["coins_returned"] == returned + 1, what="coin returned")
-        assert st["credit"] == 0
-        # as time runs, room for a step opens (7 s left) and the acceptor takes coins again
-        st = sim.wait_for(lambda s: s["inhibit"] is False, timeout=10, what="room for a step")
-        assert left(st) <= 7
-        sim.call("coin", value=200)  # two steps: one fits now, the other waits as credit
-        st = sim.wait_for(lambda s: s["credit"] == 100, what="one step bought")
-        assert 9 <= left(st) <= 12 and st["inhibit"] is True
-        # the waiting credit buys its step as soon as it fits
-        st = sim.wait_for(lambda s: s["credit"] == 0, timeout=10, what="the waiting step")
-        assert 9 <= left(st) <= 12
-        st = sim.wait_for(lambda s: s["state"] != "running", timeout=30, what="the end")
-        assert st["relay"] == "off" and st["credit"] == 0 and st["state"] == "idle"
-        recs = journal(sim, tmp_path)
-    finally:
-        sim.stop()
+    sim = start_dryer(config((dict(DRY, step_seconds=5, max_seconds=12),)))
+    sim.insert_coin(100)
+    sim.call("button", name="start")
+    st = sim.wait_for(lambda s: s["state"] == "running", what="running")
+    assert st["inhibit"] is False  # a dryer takes coins while it runs: they buy time
+    assert left(st) <= 5
+    st = coin_to_time(sim, 100)  # one more step
+    assert st["credit"] == 0 and 6 <= left(st) <= 10
+    assert st["journal"]["last_type"] == "vend_extend"
+    # no whole step fits under the cap: the acceptor is closed and gives a coin back
+    assert st["inhibit"] is True
+    returned = st["coins_returned"]
+    sim.call("coin", value=100)
+    st = sim.wait_for(lambda s: s["coins_returned"] == returned + 1, what="coin returned")
+    assert st["credit"] == 0
+    # as time runs, room for a step opens (7 s left) and the acceptor takes coins again
+    st = sim.wait_for(lambda s: s["inhibit"] is False, timeout=10, what="room for a step")
+    assert left(st) <= 7
+    sim.call("coin", value=200)  # two steps: one fits now, the other waits as credit
+    st = sim.wait_for(lambda s: s["credit"] == 100, what="one step bought")
+    assert 9 <= left(st) <= 12 and st["inhibit"] is True
+    # the waiting credit buys its step as soon as it fits
+    st = sim.wait_for(lambda s: s["credit"] == 0, timeout=10, what="the waiting step")
+    assert 9 <= left(st) <= 12
+    st = sim.wait_for(lambda s: s["state"] != "running", timeout=30, what="the end")
+    assert st["relay"] == "off" and st["credit"] == 0 and st["state"] == "idle"
+    recs = journal(sim, tmp_path)
     ext = [r for r in recs if r["type"] == "vend_extend"]
     assert [r["amount"] for r in ext] == [100, 100, 100]
     assert [r["price"] for r in ext] == [200, 300, 400]  # the vend's total so far
@@ -141,8 +129,8 @@ def test_coins_while_running_extend_up_to_the_cap(tmp_path):
 
 
 def test_paid_time_survives_a_power_cut(dryer, tmp_path):
-    insert(dryer, 200)
-    insert(dryer, 100)  # 12 s: the cap
+    dryer.insert_coin(200)
+    dryer.insert_coin(100)  # 12 s: the cap
     dryer.call("button", name="start")
     dryer.wait_for(lambda s: s["state"] == "running", what="running")
     time.sleep(3)
@@ -162,7 +150,7 @@ def test_paid_time_survives_a_power_cut(dryer, tmp_path):
 
 
 def test_time_run_out_during_the_outage_ends_the_vend(dryer, tmp_path):
-    insert(dryer, 100)  # 4 s
+    dryer.insert_coin(100)  # 4 s
     dryer.call("button", name="start")
     dryer.wait_for(lambda s: s["state"] == "running", what="running")
     dryer.call("power", state="cut")
@@ -175,16 +163,12 @@ def test_time_run_out_during_the_outage_ends_the_vend(dryer, tmp_path):
     assert [r["type"] for r in recs].count("vend_done") == 1
 
 
-def test_timed_program_on_a_contact_washer_is_a_config_error(tmp_path):
-    b = make_board(tmp_path, start_mode="contact")
-    b.start()
-    try:
-        st = b.wait_for(lambda s: s["state"] == "out_of_order", timeout=20,
-                        what="out of order")
-        assert "timed program needs washer" in st["firmware"]["fault"]
-        assert st["inhibit"] is True
-    finally:
-        b.stop()
+def test_timed_program_on_a_contact_washer_is_a_config_error(start_dryer):
+    b = start_dryer(start_mode="contact", ready=False)
+    st = b.wait_for(lambda s: s["state"] == "out_of_order", timeout=20,
+                    what="out of order")
+    assert "timed program needs washer" in st["firmware"]["fault"]
+    assert st["inhibit"] is True
 
 
 @pytest.mark.parametrize("bad,why", [
@@ -194,36 +178,27 @@ def test_timed_program_on_a_contact_washer_is_a_config_error(tmp_path):
     ({"step_minutes": 1, "max_minutes": 2000}, "max_minutes"),
     ({"step_seconds": 0, "max_seconds": 5}, "step_seconds"),
 ])
-def test_bad_timed_program_is_refused_with_the_field_named(tmp_path, bad, why):
+def test_bad_timed_program_is_refused_with_the_field_named(start_dryer, bad, why):
     prog = {"name": "dry", "mode": "timed", "price": 100, **bad}
-    b = make_board(tmp_path, programs=(prog,))
-    b.start()
-    try:
-        st = b.wait_for(lambda s: s["state"] == "out_of_order", timeout=20,
-                        what="out of order")
-        assert why in st["firmware"]["fault"]
-    finally:
-        b.stop()
+    b = start_dryer(config((prog,)), ready=False)
+    st = b.wait_for(lambda s: s["state"] == "out_of_order", timeout=20,
+                    what="out of order")
+    assert why in st["firmware"]["fault"]
 
 
-def test_token_worth_more_than_the_cap_buys_all_its_time(tmp_path):
+def test_token_worth_more_than_the_cap_buys_all_its_time(dryer, tmp_path):
     import token_env as E
 
-    sim = make_board(tmp_path)
-    sim.start()
-    try:
-        sim.wait_ready()
-        E.wait_scanner(sim)
-        # 5.00 on a 1.00-a-step dryer capped at 3 steps: 12 s now, and 2.00 as credit
-        # that buys its steps as the cap allows, while the dryer runs
-        E.scan(sim, E.issue(sim.state, "dry", amount=500))
-        st = sim.wait_for(lambda s: s["state"] == "running", what="the token's time")
-        assert st["credit"] == 200 and 10 <= left(st) <= 12
-        st = sim.wait_for(lambda s: s["state"] != "running", timeout=40, what="the end")
-        assert st["state"] == "idle" and st["credit"] == 0 and st["relay"] == "off"
-        recs = journal(sim, tmp_path)
-    finally:
-        sim.stop()
+    sim = dryer
+    E.wait_scanner(sim)
+    # 5.00 on a 1.00-a-step dryer capped at 3 steps: 12 s now, and 2.00 as credit
+    # that buys its steps as the cap allows, while the dryer runs
+    E.scan(sim, E.issue(sim.state, "dry", amount=500))
+    st = sim.wait_for(lambda s: s["state"] == "running", what="the token's time")
+    assert st["credit"] == 200 and 10 <= left(st) <= 12
+    st = sim.wait_for(lambda s: s["state"] != "running", timeout=40, what="the end")
+    assert st["state"] == "idle" and st["credit"] == 0 and st["relay"] == "off"
+    recs = journal(sim, tmp_path)
     (redeem,) = [r for r in recs if r["type"] == "token_redeem"]
     # amount = what the token paid, price = what the time cost, credit = the difference
     assert (redeem["amount"], redeem["price"], redeem["credit"], redeem["left_s"]) == (
@@ -232,32 +207,27 @@ def test_token_worth_more_than_the_cap_buys_all_its_time(tmp_path):
     assert [r for r in recs if r["type"] == "vend_done"][-1]["price"] == 500
 
 
-def test_card_tap_buys_one_step_at_the_cards_price(tmp_path):
+def test_card_tap_buys_one_step_at_the_cards_price(start_dryer, tmp_path):
     from card_helpers import UID4, UID7, issued_image
     from test_card_device import card, card_key, tap
 
     pricing = {"tiers": {"double": {"percent": 100}, "half": {"percent": -50}}}
-    sim = make_board(tmp_path, extra={"pricing": pricing, "card": {"repeat_ms": 0}})
-    sim.start()
-    try:
-        sim.wait_ready()
-        # a tier that pays double gets one step for its price, not two
-        tap(sim, issued_image(UID4, 1000, "double", card_key=card_key(sim)))
-        st = sim.wait_for(lambda s: s["state"] == "running", what="paid")
-        assert card(st)["last"]["result"] == "paid 200" and 3 <= left(st) <= 4
-        # a card tapped while it runs is not charged: extending is by coins
-        tap(sim, issued_image(UID7, 1000, card_key=card_key(sim)))
-        st = sim.status()
-        assert card(st)["counts"]["paid"] == 1 and st["credit"] == 0
-        st = sim.wait_for(lambda s: s["state"] == "idle", timeout=20, what="the end")
-        # a discounted tier: one step for 0.50
-        tap(sim, issued_image(UID7, 1000, "half", card_key=card_key(sim)))
-        st = sim.wait_for(lambda s: s["state"] == "running", what="paid")
-        assert card(st)["last"]["result"] == "paid 50" and 3 <= left(st) <= 4
-        assert st["credit"] == 0
-        sim.wait_for(lambda s: s["state"] == "idle", timeout=20, what="the end")
-        recs = journal(sim, tmp_path)
-    finally:
-        sim.stop()
+    sim = start_dryer(config(pricing=pricing, card={"repeat_ms": 0}))
+    # a tier that pays double gets one step for its price, not two
+    tap(sim, issued_image(UID4, 1000, "double", card_key=card_key(sim)))
+    st = sim.wait_for(lambda s: s["state"] == "running", what="paid")
+    assert card(st)["last"]["result"] == "paid 200" and 3 <= left(st) <= 4
+    # a card tapped while it runs is not charged: extending is by coins
+    tap(sim, issued_image(UID7, 1000, card_key=card_key(sim)))
+    st = sim.status()
+    assert card(st)["counts"]["paid"] == 1 and st["credit"] == 0
+    st = sim.wait_for(lambda s: s["state"] == "idle", timeout=20, what="the end")
+    # a discounted tier: one step for 0.50
+    tap(sim, issued_image(UID7, 1000, "half", card_key=card_key(sim)))
+    st = sim.wait_for(lambda s: s["state"] == "running", what="paid")
+    assert card(st)["last"]["result"] == "paid 50" and 3 <= left(st) <= 4
+    assert st["credit"] == 0
+    sim.wait_for(lambda s: s["state"] == "idle", timeout=20, what="the end")
+    recs = journal(sim, tmp_path)
     debits = [r for r in recs if r["type"] == "card_debit"]
     assert [(r["price"], r["left_s"]) for r in debits] == [(200, 4), (50, 4)]

@@ -69,6 +69,15 @@ class SimClient:
             what="the firmware to start",
         )
 
+    def insert_coin(self, value, timeout=10.0):
+        """Drop one coin of `value` and wait until the firmware has credited it."""
+        before = self.status()["credit"]
+        reply = self.call("coin", value=value)
+        if "pulses" not in reply:
+            raise SimError(f"the acceptor took no coin of {value}: {reply}")
+        return self.wait_for(lambda s: s["credit"] == before + value, timeout,
+                             what=f"credit +{value}")
+
     def select_program(self, name, presses_max=10):
         """Press the select button until the firmware shows program `name`."""
         st = self.status()
