@@ -8,7 +8,7 @@ import json
 
 import pytest
 from card_helpers import UID4, UID7, issued_image
-from test_card_device import card, card_key, end_cycle, journal, tap
+from test_card_device import card, card_key, end_cycle, journal, lift, tap, washpay
 
 from host_tools.sim.client import SimBoard
 
@@ -126,6 +126,26 @@ def test_overdraft_down_to_exactly_the_limit(sim, tmp_path):
     end_cycle(sim)
     st = tap(sim, issued_image(UID4, 299, card_key=card_key(sim)))
     assert card(st)["last"]["result"] == "low balance" and st["relay_pulses"] == 1
+
+
+def test_overdraft_is_settled_by_the_next_top_up(sim, tmp_path):
+    # pay after use: 2.00 on a trusted card buys a 3.00 cycle, down to -1.00 ...
+    tap(sim, issued_image(UID7, 200, "trusted", card_key=card_key(sim)))
+    sim.wait_for(lambda s: s["state"] == "running", what="paid")
+    end_cycle(sim)
+    # ... and the top-up settles the debt first: -1.00 + 5.00 = 4.00 on the card
+    r = washpay("card", "topup", 500, "--port", sim.status()["console"], "--site-key",
+                sim.state / "site.key", "--json")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["balance"] == 400
+    sim.wait_ready()
+    lift(sim)
+    tap(sim, UID7)  # the same card, as the top-up left it
+    st = sim.wait_for(lambda s: s["state"] == "running", what="paid again")
+    assert card(st)["last"]["result"] == "paid 300"
+    recs = [r for r in journal(sim, tmp_path) if r["type"] in ("card_debit", "card_topup")]
+    assert [(r["type"], r["balance_before"], r["balance_after"]) for r in recs] == [
+        ("card_debit", 200, -100), ("card_topup", -100, 400), ("card_debit", 400, 100)]
 
 
 def test_tier_minimum_balance(sim, tmp_path):

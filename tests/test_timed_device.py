@@ -186,23 +186,24 @@ def test_bad_timed_program_is_refused_with_the_field_named(start_dryer, bad, why
     assert why in st["firmware"]["fault"]
 
 
-def test_token_worth_more_than_the_cap_buys_all_its_time(dryer, tmp_path):
+def test_token_worth_more_than_the_cap_buys_all_its_time(start_dryer, tmp_path):
     import token_env as E
 
-    sim = dryer
+    # 2 s steps, 3 at most at a time: the same rules in 10 s of running
+    sim = start_dryer(config((dict(DRY, step_seconds=2, max_seconds=6),)))
     E.wait_scanner(sim)
-    # 5.00 on a 1.00-a-step dryer capped at 3 steps: 12 s now, and 2.00 as credit
-    # that buys its steps as the cap allows, while the dryer runs
+    # 5.00 on a 1.00-a-step dryer capped at 3 steps: 6 s now, and 2.00 as credit that
+    # buys its steps as the cap allows, while the dryer runs
     E.scan(sim, E.issue(sim.state, "dry", amount=500))
     st = sim.wait_for(lambda s: s["state"] == "running", what="the token's time")
-    assert st["credit"] == 200 and 10 <= left(st) <= 12
-    st = sim.wait_for(lambda s: s["state"] != "running", timeout=40, what="the end")
+    assert st["credit"] == 200 and 4 <= left(st) <= 6
+    st = sim.wait_for(lambda s: s["state"] != "running", timeout=30, what="the end")
     assert st["state"] == "idle" and st["credit"] == 0 and st["relay"] == "off"
     recs = journal(sim, tmp_path)
     (redeem,) = [r for r in recs if r["type"] == "token_redeem"]
     # amount = what the token paid, price = what the time cost, credit = the difference
     assert (redeem["amount"], redeem["price"], redeem["credit"], redeem["left_s"]) == (
-        500, 300, 200, 12)
+        500, 300, 200, 6)
     assert [r["amount"] for r in recs if r["type"] == "vend_extend"] == [100, 100]
     assert [r for r in recs if r["type"] == "vend_done"][-1]["price"] == 500
 
