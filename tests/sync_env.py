@@ -48,6 +48,45 @@ def write_site_key(path):
     return path
 
 
+def sync_of(st):
+    """The firmware's sync status inside a sim status ({} before it reports one)."""
+    return (st.get("firmware") or {}).get("sync") or {}
+
+
+def online(sim):
+    return sim.wait_for(lambda s: sync_of(s).get("link") == "up", timeout=30,
+                        what="the board online")
+
+
+@contextlib.contextmanager
+def command_rig(tmp, config=None):
+    """A broker, the server on a SQLite ledger and one simulated board (config.json = the
+    sync settings plus `config`), online: {"sim", "server", "db", "broker", "state"}."""
+    from host_tools.server.service import Server
+    from host_tools.sim.client import SimBoard
+
+    broker = make_broker(tmp / "broker").start()
+    url = f"mqtt://127.0.0.1:{broker.port}"
+    db = tmp / "ledger.db"
+    server = Server(f"sqlite:///{db}", SITE_KEY, url, log=lambda *a: None).start()
+    st = tmp / "st"
+    (st / "provision").mkdir(parents=True)
+    cfg = {"device_id": "sim-0001", "broker": url,
+           "sync": {"keepalive_s": 5, "backoff_min_ms": 200, "backoff_max_ms": 1000},
+           **(config or {})}
+    (st / "provision" / "config.json").write_text(json.dumps(cfg))
+    write_site_key(st / "site.key")
+    sim = SimBoard(st, log=tmp / "sim.log").start()
+    try:
+        online(sim)
+        yield {"sim": sim, "server": server, "db": db, "broker": url, "state": st}
+    finally:
+        sim.stop()
+        with contextlib.suppress(Exception):
+            server.stop()
+        broker.stop()
+
+
 class MicroPythonScript:
     """A firmware-side script under micropython, read line by line while it runs.
 
@@ -304,6 +343,12 @@ def firmware_records(root, steps, device="sim-0001", after=0, capacity=20000):
 
     `steps` may be {"coin_day": n}: a boot record and coin_day(n), made by the script."""
     Path(root).mkdir(parents=True, exist_ok=True)
+    events = _journal_script(root, device, steps, after, capacity)
+    return [bytes.fromhex(e["raw"]) for e in events if "raw" in e]
+
+
+def _journal_script(root, device, steps, after, capacity):
+    """Run JOURNAL_SCRIPT under micropython on the journal in `root` -> its events."""
     args = {"root": str(root), "site": SITE_KEY.hex(), "device": device, "steps": steps,
             "after": after, "capacity": capacity}
     s = MicroPythonScript(JOURNAL_SCRIPT % json.dumps(args), heap="2m")
@@ -312,21 +357,14 @@ def firmware_records(root, steps, device="sim-0001", after=0, capacity=20000):
     finally:
         s.close()
     assert rc == 0, s.log
-    return [bytes.fromhex(e["raw"]) for e in s.events if "raw" in e]
+    return s.events
 
 
 def journal_state(root, device="sim-0001"):
     """({seq: raw} of every record stored in a journal directory, its sync cursor)."""
-    args = {"root": str(root), "site": SITE_KEY.hex(), "device": device, "steps": [],
-            "after": 0, "capacity": 20000}
-    s = MicroPythonScript(JOURNAL_SCRIPT % json.dumps(args), heap="2m")
-    try:
-        rc = s.wait(300)
-    finally:
-        s.close()
-    assert rc == 0, s.log
-    recs = {e["seq"]: bytes.fromhex(e["raw"]) for e in s.events if "raw" in e}
-    return recs, s.events[0]["synced"]
+    events = _journal_script(root, device, [], 0, 20000)
+    recs = {e["seq"]: bytes.fromhex(e["raw"]) for e in events if "raw" in e}
+    return recs, events[0]["synced"]
 
 
 def coin_day(n, first=0):

@@ -3,24 +3,16 @@ micropython, the real broker, the real server sending signed commands and readin
 board's replies. Remote start, prices, blacklist, clock, status; forged, replayed, expired,
 misaddressed and malformed commands are refused, and everything is journaled."""
 
-import contextlib
-import json
 import time
 
 import pytest
-from sync_env import SITE_KEY, make_broker, write_site_key
+from sync_env import SITE_KEY, command_rig, sync_of
 
 from host_tools.server import commands as C
-from host_tools.server.service import Server
-from host_tools.sim.client import SimBoard
 
 pytestmark = pytest.mark.device
 
 QUIET = lambda *a: None  # noqa: E731
-
-
-def sync_of(st):
-    return (st.get("firmware") or {}).get("sync") or {}
 
 
 def uploaded(st):
@@ -30,26 +22,8 @@ def uploaded(st):
 @pytest.fixture(scope="module")
 def rig(tmp_path_factory):
     """One board, broker and server for the whole module (a boot costs seconds)."""
-    tmp = tmp_path_factory.mktemp("cmd")
-    broker = make_broker(tmp / "broker").start()
-    server = Server(f"sqlite:///{tmp}/ledger.db", SITE_KEY, f"mqtt://127.0.0.1:{broker.port}",
-                    log=QUIET).start()
-    st = tmp / "st"
-    (st / "provision").mkdir(parents=True)
-    cfg = {"device_id": "sim-0001", "broker": f"mqtt://127.0.0.1:{broker.port}",
-           "sync": {"keepalive_s": 5, "backoff_min_ms": 200, "backoff_max_ms": 1000}}
-    (st / "provision" / "config.json").write_text(json.dumps(cfg))
-    write_site_key(st / "site.key")
-    sim = SimBoard(st, log=tmp / "sim.log").start()
-    try:
-        sim.wait_for(lambda s: sync_of(s).get("link") == "up",
-                     timeout=30, what="the board online")
-        yield sim, server
-    finally:
-        sim.stop()
-        with contextlib.suppress(Exception):
-            server.stop()
-        broker.stop()
+    with command_rig(tmp_path_factory.mktemp("cmd")) as r:
+        yield r["sim"], r["server"]
 
 
 def send(server, kind, device="sim-0001", payload=None, **args):

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 from faultproxy import FaultProxy
-from sync_env import SITE_KEY, MicroPythonScript, ledger, make_broker, write_site_key
+from sync_env import SITE_KEY, MicroPythonScript, ledger, make_broker, sync_of, write_site_key
 
 from host_tools.server.service import Server
 from host_tools.sim.client import SimBoard
@@ -53,10 +53,6 @@ def provisioned(tmp_path, broker, tls=True, sync=None):
         shutil.copy(broker.dir / "ca.der", prov / "broker_ca.der")
     write_site_key(st / "site.key")
     return st
-
-
-def sync_of(st):
-    return (st.get("firmware") or {}).get("sync") or {}
 
 
 def all_acked(st):

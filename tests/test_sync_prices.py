@@ -6,7 +6,6 @@ malformed or oversized body are each refused, and leave the table in force and
 /config.json as they were. The host's builder (CPython) checks a table as the board does
 before it sends one."""
 
-import contextlib
 import datetime
 import hashlib
 import hmac
@@ -19,13 +18,11 @@ from pathlib import Path
 
 import pytest
 from littlefs import LittleFS
-from sync_env import SITE_KEY, make_broker, write_site_key
+from sync_env import SITE_KEY, command_rig, online, sync_of, write_site_key
 
 from host_tools import journal as J
 from host_tools import token as T
 from host_tools.server import commands as C
-from host_tools.server.service import Server
-from host_tools.sim.client import SimBoard
 
 ROOT = Path(__file__).resolve().parent.parent
 DEVICE = "sim-0001"
@@ -82,15 +79,6 @@ def records(sim):
     return [dict(r.fields) for r in report.records]
 
 
-def sync_of(st):
-    return (st.get("firmware") or {}).get("sync") or {}
-
-
-def online(sim):
-    return sim.wait_for(lambda s: sync_of(s).get("link") == "up", timeout=30,
-                        what="the board online")
-
-
 def prices_of(st):
     return {p["name"]: p["price"] for p in st["firmware"]["programs"]}
 
@@ -98,26 +86,8 @@ def prices_of(st):
 @pytest.fixture(scope="module")
 def rig(tmp_path_factory):
     """One board (provisioned with table v5), broker and server for the module."""
-    tmp = tmp_path_factory.mktemp("prices")
-    broker = make_broker(tmp / "broker").start()
-    server = Server(f"sqlite:///{tmp}/ledger.db", SITE_KEY, f"mqtt://127.0.0.1:{broker.port}",
-                    log=QUIET).start()
-    st = tmp / "st"
-    (st / "provision").mkdir(parents=True)
-    cfg = {"device_id": DEVICE, "broker": f"mqtt://127.0.0.1:{broker.port}",
-           "sync": {"keepalive_s": 5, "backoff_min_ms": 200, "backoff_max_ms": 1000},
-           "pricing": FIRST}
-    (st / "provision" / "config.json").write_text(json.dumps(cfg))
-    write_site_key(st / "site.key")
-    sim = SimBoard(st, log=tmp / "sim.log").start()
-    try:
-        online(sim)
-        yield sim, server
-    finally:
-        sim.stop()
-        with contextlib.suppress(Exception):
-            server.stop()
-        broker.stop()
+    with command_rig(tmp_path_factory.mktemp("prices"), {"pricing": FIRST}) as r:
+        yield r["sim"], r["server"]
 
 
 def send(server, payload, kind="price-table", args=None, qos=1):

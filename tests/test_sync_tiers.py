@@ -6,7 +6,6 @@ board's override list (docs/sync.md action 8, docs/blacklist-format.md); the lis
 a power cut and the card's next payments follow the tier (docs/pricing.md, "Credit score
 and tiers"). Malformed tiers commands are refused and change nothing."""
 
-import contextlib
 import json
 import subprocess
 import sys
@@ -14,14 +13,12 @@ from pathlib import Path
 
 import pytest
 from card_helpers import UID4, issued_image
-from sync_env import SITE_KEY, make_broker, write_site_key
+from sync_env import SITE_KEY, command_rig, online, sync_of
 from test_card_device import card, card_key, lift, tap
 from test_sync_prices import flash_file, signed
 
 from host_tools import card as HC
 from host_tools.server import commands as C
-from host_tools.server.service import Server
-from host_tools.sim.client import SimBoard
 
 pytestmark = pytest.mark.device
 
@@ -33,15 +30,6 @@ POLICY = {"window_days": 90, "tiers": [{"below": 70, "tier": "late"},
 # the board's price table: "late" cards may buy the quick program only
 PRICING = {"version": 1, "tiers": {"late": {"programs": ["quick"]},
                                    "watch": {"min_balance": 1000}}}
-
-
-def sync_of(st):
-    return (st.get("firmware") or {}).get("sync") or {}
-
-
-def online(sim):
-    return sim.wait_for(lambda s: sync_of(s).get("link") == "up", timeout=30,
-                        what="the board online")
 
 
 def uploaded(sim):
@@ -56,30 +44,13 @@ def tiers_of(st):
 @pytest.fixture(scope="module")
 def rig(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("tiers")
-    broker = make_broker(tmp / "broker").start()
-    db = tmp / "ledger.db"
-    server = Server(f"sqlite:///{db}", SITE_KEY, f"mqtt://127.0.0.1:{broker.port}",
-                    log=QUIET).start()
-    st = tmp / "st"
-    (st / "provision").mkdir(parents=True)
-    cfg = {"device_id": DEVICE, "broker": f"mqtt://127.0.0.1:{broker.port}",
-           "sync": {"keepalive_s": 5, "backoff_min_ms": 200, "backoff_max_ms": 1000},
-           # laundry not collected 0.3 s after the cycle: the door stays closed here
-           "card": {"repeat_ms": 0}, "collect_ms": 300, "pricing": PRICING}
-    (st / "provision" / "config.json").write_text(json.dumps(cfg))
-    write_site_key(st / "site.key")
     policy = tmp / "policy.json"
     policy.write_text(json.dumps(POLICY))
-    sim = SimBoard(st, log=tmp / "sim.log").start()
-    try:
-        online(sim)
-        yield {"sim": sim, "server": server, "db": db, "policy": policy,
-               "broker": f"mqtt://127.0.0.1:{broker.port}", "key": st / "site.key"}
-    finally:
-        sim.stop()
-        with contextlib.suppress(Exception):
-            server.stop()
-        broker.stop()
+    # laundry not collected 0.3 s after the cycle: the door stays closed here
+    cfg = {"card": {"repeat_ms": 0}, "collect_ms": 300, "pricing": PRICING}
+    with command_rig(tmp, cfg) as r:
+        yield {"sim": r["sim"], "server": r["server"], "db": r["db"], "policy": policy,
+               "broker": r["broker"], "key": r["state"] / "site.key"}
 
 
 def washpay(*args):

@@ -45,16 +45,21 @@ def cmd_broker_run(args):
         print(f"washpay broker run: {e}", file=sys.stderr)
         return 2
     print(f"mosquitto running: {b.url()} and {b.url(tls=True)} (Ctrl-C stops it)", flush=True)
+    _serve_until_stopped(b.stop, alive=lambda: b.proc.poll() is None)
+    return 0
+
+
+def _serve_until_stopped(stop_fn, alive=lambda: True):
+    """Wait for Ctrl-C or SIGTERM (or `alive()` turning false), then call stop_fn."""
     stop = []
     signal.signal(signal.SIGTERM, lambda *_: stop.append(1))
     try:
-        while not stop and b.proc.poll() is None:
+        while not stop and alive():
             time.sleep(0.2)
     except KeyboardInterrupt:
         pass
     finally:
-        b.stop()
-    return 0
+        stop_fn()
 
 
 def cmd_server_run(args):
@@ -69,15 +74,7 @@ def cmd_server_run(args):
         print(f"washpay server run: {e}", file=sys.stderr)
         return 2
     print(f"server: ledger {srv.store!r}; Ctrl-C stops", flush=True)
-    stop = []
-    signal.signal(signal.SIGTERM, lambda *_: stop.append(1))
-    try:
-        while not stop:
-            time.sleep(0.2)
-    except KeyboardInterrupt:
-        pass
-    finally:
-        srv.stop()
+    _serve_until_stopped(srv.stop)
     return 0
 
 
