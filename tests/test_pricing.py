@@ -14,7 +14,18 @@ from tests.conftest import run_micropython
 sys.path.insert(0, str(Path(__file__).parent / "shims"))
 sys.path.insert(0, str(Path(__file__).parent.parent / "firmware"))
 
+from washpay import prices as P  # noqa: E402
 from washpay.pricing import PriceTable, PricingError  # noqa: E402
+
+
+def seconds_for(tab, program, amount, when, tier=None):
+    """What `amount` buys on a timed program of `tab` at `when`: the engine's arithmetic
+    (prices.py) at the table's step price."""
+    return P.seconds_for(tab.programs[program], tab.price(program, when, tier), amount)
+
+
+def cost_of(tab, program, seconds, when, tier=None):
+    return P.cost_of(tab.programs[program], tab.price(program, when, tier), seconds)
 
 PROGRAMS = [
     {"name": "quick", "price": 250, "minutes": 30},
@@ -79,7 +90,9 @@ tab = PriceTable(json.loads({json.dumps(json.dumps(PROGRAMS))}),
                  json.loads({json.dumps(json.dumps(TABLE))}))
 for prog, when, tier, _ in json.loads({json.dumps(json.dumps(CASES))}):
     print(tab.price(prog, when, tier))
-print(tab.seconds_for("dry", 250, {t(0, 12, 0)}), tab.cost_of("dry", 25 * 60, {t(0, 12, 0)}))
+from washpay.prices import cost_of, seconds_for
+step = tab.price("dry", {t(0, 12, 0)})
+print(seconds_for(tab.programs["dry"], step, 250), cost_of(tab.programs["dry"], step, 25 * 60))
 print(tab.allowed("standard", "student"), tab.allowed("quick", "student"))
 print(tab.floor_balance("student"), tab.floor_balance(None))
 """
@@ -90,15 +103,15 @@ print(tab.floor_balance("student"), tab.floor_balance(None))
 
 def test_timed_minutes_and_cost(table):
     noon = t(0, 12, 0)
-    assert table.seconds_for("dry", 99, noon) == 0
-    assert table.seconds_for("dry", 100, noon) == 600
-    assert table.seconds_for("dry", 10_000, noon) == 3600  # capped at max_minutes
-    assert table.cost_of("dry", 1, noon) == 100  # whole steps
-    assert table.cost_of("dry", 20 * 60, noon) == 200
-    assert table.cost_of("dry", 20 * 60 + 1, noon) == 300
+    assert seconds_for(table, "dry", 99, noon) == 0
+    assert seconds_for(table, "dry", 100, noon) == 600
+    assert seconds_for(table, "dry", 10_000, noon) == 3600  # capped at max_minutes
+    assert cost_of(table, "dry", 1, noon) == 100  # whole steps
+    assert cost_of(table, "dry", 20 * 60, noon) == 200
+    assert cost_of(table, "dry", 20 * 60 + 1, noon) == 300
     # at night (-20 %) the same money buys more time; a tier discount too
-    assert table.seconds_for("dry", 160, t(0, 23, 0)) == 1200
-    assert table.seconds_for("dry", 180, noon, "student") == 1200
+    assert seconds_for(table, "dry", 160, t(0, 23, 0)) == 1200
+    assert seconds_for(table, "dry", 180, noon, "student") == 1200
 
 
 @pytest.mark.parametrize(
@@ -153,11 +166,11 @@ def test_price_never_negative_nor_above_max(rs, ts, when, tier, offset):
 def test_timed_time_monotonic_in_money(rs, when, a, b):
     tab = PriceTable(PROGRAMS, {"rules": rs})
     lo, hi = min(a, b), max(a, b)
-    assert tab.seconds_for("dry", lo, when) <= tab.seconds_for("dry", hi, when)
+    assert seconds_for(tab, "dry", lo, when) <= seconds_for(tab, "dry", hi, when)
     # and paying the cost of the time bought never costs more than the money given
-    secs = tab.seconds_for("dry", hi, when)
+    secs = seconds_for(tab, "dry", hi, when)
     assert 0 <= secs <= 3600 and secs % 600 == 0
-    assert tab.cost_of("dry", secs, when) <= hi or tab.price("dry", when) == 0
+    assert cost_of(tab, "dry", secs, when) <= hi or tab.price("dry", when) == 0
 
 
 @settings(max_examples=300, deadline=None)
@@ -166,10 +179,10 @@ def test_timed_time_monotonic_in_money(rs, when, a, b):
 def test_timed_cost_monotonic_in_time_and_bounded(rs, when, a, b, tier):
     tab = PriceTable(PROGRAMS, dict(TABLE, rules=rs))
     lo, hi = min(a, b), max(a, b)
-    c_lo, c_hi = tab.cost_of("dry", lo, when, tier), tab.cost_of("dry", hi, when, tier)
+    c_lo, c_hi = cost_of(tab, "dry", lo, when, tier), cost_of(tab, "dry", hi, when, tier)
     assert 0 <= c_lo <= c_hi
     # never above the table's maximum per step, and what the cost buys covers the time
     step = tab.price("dry", when, tier)
     assert 0 <= step <= TABLE["max_price"]
     if step and hi <= 3600:
-        assert tab.seconds_for("dry", c_hi, when, tier) >= hi
+        assert seconds_for(tab, "dry", c_hi, when, tier) >= hi

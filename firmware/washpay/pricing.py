@@ -4,8 +4,6 @@
 # One price table format, pushed by provisioning inside config.json ("pricing"), versioned
 # in the journal: docs/pricing.md is its definition (fields, defaults, how a price is made).
 
-from washpay.prices import cost_of, seconds_for
-
 _DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 
 
@@ -146,14 +144,6 @@ class PriceTable:
     def price(self, program, unix_time, tier=None):
         """What one cycle (or one step of a timed program) costs now."""
         return self._apply(self.programs[program]["price"], unix_time, tier)
-
-    def seconds_for(self, program, amount, unix_time, tier=None):
-        """Seconds that `amount` buys on a timed program now (prices.seconds_for)."""
-        return seconds_for(self.programs[program], self.price(program, unix_time, tier), amount)
-
-    def cost_of(self, program, seconds, unix_time, tier=None):
-        """What `seconds` cost on a timed program now (prices.cost_of)."""
-        return cost_of(self.programs[program], self.price(program, unix_time, tier), seconds)
 
     def floor_balance(self, tier):
         """The lowest balance a card of `tier` may reach: -overdraft (0 without one)."""
