@@ -118,11 +118,11 @@ class VendEngine:
             return
         p = self.program
         price = self.price_of(p)
+        timed = self._timed() if is_timed(p) else None  # a dryer: time on the display
         if self.state == R.OUT_OF_ORDER:
             self.screen.show("Out of order", (self.fault or "")[:16])
-        elif is_timed(p) and self.state in (R.RUNNING, R.IDLE, R.CREDIT, R.DONE) and \
-                self._timed().show(self, price):
-            pass
+        elif self.state == R.RUNNING and self.ends_ms is not None:
+            self.screen.show("Running " + p["name"], self._timed().time_left(self))
         elif self.state == R.RUNNING:
             self.screen.show("Running", p["name"])
         elif self.state == R.STARTING:
@@ -130,7 +130,8 @@ class VendEngine:
         elif self.laundry == "not collected" and not self.credit:
             self.screen.show("Laundry waiting", "please collect")
         elif self.credit >= price:
-            self.screen.show("Credit " + m(self.credit), "%s  START" % p["name"])
+            self.screen.show("Credit " + m(self.credit), timed.start_line(self, price)
+                             if timed else "%s  START" % p["name"])
         elif self.credit:
             self.screen.show("Credit " + m(self.credit),
                              "%s +%s" % (p["name"], m(price - self.credit)))
@@ -141,7 +142,8 @@ class VendEngine:
         elif self.journal.level != "ok":
             self.screen.show("Insert coins", "sync required")
         else:
-            self.screen.show("Insert coins", "%s %s" % (p["name"], m(price)))
+            self.screen.show("Insert coins", "%s %s" % (
+                p["name"], timed.per_step(p, m(price)) if timed else m(price)))
 
     def notice(self, line1, line2, ms):
         """Show a message for `ms`, then the normal screen, without holding up the caller:

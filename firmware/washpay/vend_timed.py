@@ -19,27 +19,22 @@ def clock(seconds):
     return "%d:%02d" % (seconds // 60, seconds % 60)
 
 
-def show(e, price):
-    """The display of a timed program (idle, with credit, running): True if shown."""
+def time_left(e):
+    """Second line while it runs: the paid time left, and credit waiting for room."""
+    left = clock(e.left_s())
+    return left + " left" if not e.credit else "%s cr %s" % (left, e.screen.money(e.credit))
+
+
+def start_line(e, step_price):
+    """Second line with credit for a step or more: the time START buys."""
     p = e.program
-    m = e.screen.money
-    if e.state == R.RUNNING:
-        if e.ends_ms is None:
-            return False
-        left = clock(e.left_s())
-        e.screen.show("Running " + p["name"], left + " left" if not e.credit
-                      else "%s cr %s" % (left, m(e.credit)))
-    elif e.credit >= price:
-        e.screen.show("Credit " + m(e.credit), "%s %s START" % (
-            p["name"], clock(seconds_for(p, price, e.credit))))
-    elif e.credit or e.laundry == "not collected" or e.coin_lockout or e.coin_stuck or \
-            e.journal.level != "ok":
-        return False  # the engine's own screens
-    else:
-        step = step_s(p)
-        e.screen.show("Insert coins", "%s %s/%s" % (
-            p["name"], m(price), "%dm" % (step // 60) if step % 60 == 0 else "%ds" % step))
-    return True
+    return "%s %s START" % (p["name"], clock(seconds_for(p, step_price, e.credit)))
+
+
+def per_step(p, price_text):
+    """The price of a step for the idle screen: 1.00/10m, or 0.50/90s."""
+    step = step_s(p)
+    return "%s/%s" % (price_text, "%dm" % (step // 60) if step % 60 == 0 else "%ds" % step)
 
 
 def buy(p, step_price, credit):
