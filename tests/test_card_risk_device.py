@@ -3,13 +3,10 @@ lock that card out (the first failures are refused as such, the N-th locks), and
 paying too often within the window is refused; every decision is journaled. The firmware
 runs under the real micropython with the simulated MFRC522."""
 
-import json
 
 import pytest
 from card_helpers import UID4, UID7, image, issued_blocks, issued_image
 from test_card_device import card, card_key, end_cycle, journal, lift, tap
-
-from host_tools.sim.client import SimBoard
 
 pytestmark = pytest.mark.device
 
@@ -19,18 +16,8 @@ RISK = {"fail_limit": 3, "fail_window_ms": 600000, "card_lockout_ms": 600000,
 
 
 @pytest.fixture
-def sim(tmp_path):
-    st_dir = tmp_path / "st"
-    (st_dir / "provision").mkdir(parents=True)
-    (st_dir / "provision" / "config.json").write_text(json.dumps(
-        {"device_id": DEVICE, "card": {"repeat_ms": 0}, "risk": RISK}))
-    b = SimBoard(st_dir, log=tmp_path / "sim.log")
-    b.start()
-    try:
-        b.wait_ready()
-        yield b
-    finally:
-        b.stop()
+def sim(sim_with_config):
+    return sim_with_config({"device_id": DEVICE, "card": {"repeat_ms": 0}, "risk": RISK})
 
 
 def forged(sim, uid):

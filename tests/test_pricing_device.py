@@ -10,8 +10,6 @@ import pytest
 from card_helpers import UID4, UID7, issued_image
 from test_card_device import card, card_key, end_cycle, journal, lift, tap, washpay
 
-from host_tools.sim.client import SimBoard
-
 pytestmark = pytest.mark.device
 
 DEVICE = "sim-0001"
@@ -40,23 +38,13 @@ PRICING = {
 }
 
 
-def board(tmp_path, pricing):
-    st_dir = tmp_path / "st"
-    (st_dir / "provision").mkdir(parents=True)
-    (st_dir / "provision" / "config.json").write_text(json.dumps(
-        {"device_id": DEVICE, "card": {"repeat_ms": 0}, "pricing": pricing}))
-    return SimBoard(st_dir, log=tmp_path / "sim.log")
+def config(pricing):
+    return {"device_id": DEVICE, "card": {"repeat_ms": 0}, "pricing": pricing}
 
 
 @pytest.fixture
-def sim(tmp_path):
-    b = board(tmp_path, PRICING)
-    b.start()
-    try:
-        b.wait_ready()
-        yield b
-    finally:
-        b.stop()
+def sim(sim_with_config):
+    return sim_with_config(config(PRICING))
 
 
 def test_rule_active_now_sets_the_coin_price(sim, tmp_path):
@@ -162,12 +150,7 @@ def test_tier_minimum_balance(sim, tmp_path):
     ({"tiers": {"x": {"programs": ["nosuch"]}}}, "no program"),
     ({"version": -1}, "pricing.version"),
 ])
-def test_a_bad_price_table_is_a_config_error(tmp_path, bad, why):
-    b = board(tmp_path, bad)
-    b.start()
-    try:
-        st = b.wait_ready()
-        assert why in st["firmware"]["config_error"]
-        assert st["state"] == "out_of_order"
-    finally:
-        b.stop()
+def test_a_bad_price_table_is_a_config_error(sim_with_config, bad, why):
+    st = sim_with_config(config(bad)).status()
+    assert why in st["firmware"]["config_error"]
+    assert st["state"] == "out_of_order"
