@@ -76,6 +76,23 @@ FIRMWARE_OFFSETS = {"esp32": 0x1000, "esp32s3": 0x0}
 VFS_OFFSET = 0x200000
 FLASH_BLOCK = 4096  # SPI NOR erase unit
 
+# --- Memory ---------------------------------------------------------------------------------
+# The GC heap washpay needs, measured at ESP32 object sizes by `make bench` (32-bit MicroPython,
+# the full scenario, TLS buffers excluded as mbedTLS allocates them outside the GC heap on an
+# ESP32) and held by tests/test_heap_budget.py: with the firmware's bytecode in flash (frozen
+# into the MicroPython image) and with .mpy files on the filesystem, whose bytecode loads
+# into the heap.
+HEAP_NEEDED_KIB = {"frozen": 96, "mpy": 160}
+LAYOUTS = tuple(HEAP_NEEDED_KIB)
+PSRAM_MODES = ("quad", "octal")
+# ESP32 modules with quad PSRAM (WROVER) wire GPIO16/17 to it: a signal there crashes the chip.
+PSRAM_PINS = {"esp32": frozenset([16, 17]), "esp32s3": frozenset()}
+
+
+def heap_needed_kib(layout):
+    return HEAP_NEEDED_KIB[layout]
+
+
 # --- Signals ----------------------------------------------------------------------------------
 # Direction decides the rules: "out" and "io" need an output driver.
 SIGNALS = {
@@ -204,6 +221,7 @@ def validate_board(board):
               f"MicroPython's firmware.bin goes at {want}")
 
     _check_flash_layout(board, error)
+    _check_memory(board, chip_name, error)
     _check_pins(board.get("pins") or {}, chip_name, chip, error, warn)
     _check_washer(board, error)
     if board.get("simulated"):
@@ -228,6 +246,47 @@ def _check_flash_layout(board, error):
         error(f"vfs {hex(start)}+{hex(size)} does not match MicroPython's: from "
               f"{hex(VFS_OFFSET)} to the end of the {board['flash_size']} flash, size "
               f"{hex(flash - VFS_OFFSET)}; a volume of another size is reformatted at boot")
+
+
+def _check_memory(board, chip_name, error):
+    """memory: {"psram": null | {"size_mb", "mode"}, "gc_heap_kib", "layout"}: what heap
+    MicroPython gets on this board, and whether washpay runs from .mpy files or frozen."""
+    mem = board.get("memory")
+    if not isinstance(mem, dict):
+        error('memory is missing: say {"psram": null or {"size_mb": 8, "mode": "quad"}, '
+              '"gc_heap_kib": ..., "layout": "frozen" or "mpy"}')
+        return
+    psram = mem.get("psram")
+    if psram is not None and not (
+            isinstance(psram, dict) and psram.get("mode") in PSRAM_MODES
+            and isinstance(psram.get("size_mb"), int) and psram["size_mb"] > 0):
+        error(f"memory.psram {psram!r}: null, or e.g. {{\"size_mb\": 8, \"mode\": \"quad\"}}")
+        return
+    heap, layout = mem.get("gc_heap_kib"), mem.get("layout")
+    if layout not in LAYOUTS:
+        error(f"memory.layout {layout!r} is not one of {', '.join(LAYOUTS)}")
+        return
+    if isinstance(heap, bool) or not isinstance(heap, int) or heap <= 0:
+        error(f"memory.gc_heap_kib {heap!r}: the GC heap MicroPython gets, in KiB")
+        return
+    if heap < HEAP_NEEDED_KIB[layout]:
+        error(f"memory: washpay as {layout} files needs {HEAP_NEEDED_KIB[layout]} KiB of GC "
+              f"heap, the board has {heap} KiB: use a board with PSRAM, or layout \"frozen\" "
+              f"(MicroPython with washpay frozen in: washpay firmware build)")
+    build = str(board.get("micropython_build") or "")
+    if not build:
+        error("micropython_build is missing: MicroPython's build for this board, e.g. "
+              "ESP32_GENERIC or ESP32_GENERIC-SPIRAM")
+    elif not board.get("simulated") and ("SPIRAM" in build) != (psram is not None):
+        error(f"micropython_build {build}: a board {'with' if psram else 'without'} PSRAM "
+              f"runs a build {'with' if psram else 'without'} SPIRAM in its name")
+    if psram is not None and psram.get("mode") == "octal" and chip_name != "esp32s3":
+        error(f"memory.psram: octal PSRAM exists only on esp32s3 modules, not {chip_name}")
+    if psram is not None:
+        for name, gpio in (board.get("pins") or {}).items():
+            if gpio in PSRAM_PINS.get(chip_name, ()):
+                error(f"{name}: GPIO{gpio} is wired to the PSRAM on {chip_name} modules with "
+                      f"PSRAM (WROVER); using it crashes the chip", name, gpio)
 
 
 def _check_pins(pins, chip_name, chip, error, warn):

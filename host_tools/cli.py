@@ -230,6 +230,12 @@ def cmd_image(args):
     return image_command(args)
 
 
+def cmd_firmware_build(args):
+    from host_tools.firmware_build import build_command
+
+    return build_command(args)
+
+
 def _add_site_key_args(parser):
     parser.add_argument("--site-key", default=None,
                         help="site key file (default: $WASHPAY_SITE_KEY, else "
@@ -373,6 +379,22 @@ def _add_real_board_parsers(sub):
     im.add_argument("--firmware-dir", default=None,
                     help="firmware tree to install (default: the repository's firmware/)")
     im.set_defaults(func=cmd_image)
+
+    fw = sub.add_parser("firmware", help="MicroPython images with washpay frozen in")
+    fw = fw.add_subparsers(dest="firmware_command", required=True)
+    fb = fw.add_parser("build", help="build MicroPython with washpay frozen in (no-PSRAM boards)",
+                       description="Run MicroPython's esp32 port build (ESP-IDF) with washpay "
+                       "frozen into the image, so that its bytecode runs from flash. Exit "
+                       "status 0: built; 1: the build failed; 2: refused.")
+    fb.add_argument("--board", required=True, help="board id (boards/<id>/board.json)")
+    fb.add_argument("--micropython-src", required=True, metavar="DIR",
+                    help="a MicroPython source tree (git clone, v1.26 or later)")
+    fb.add_argument("-o", "--output", default=None,
+                    help="where to put firmware.bin (default: build/firmware/)")
+    fb.add_argument("-j", "--jobs", type=int, default=None, help="parallel make jobs")
+    fb.add_argument("--dry-run", action="store_true",
+                    help="check the tree and print the build commands; build nothing")
+    fb.set_defaults(func=cmd_firmware_build)
 
 
 def build_parser():

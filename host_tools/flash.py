@@ -24,12 +24,6 @@ from pathlib import Path
 from host_tools import boards
 from host_tools.espimage import ImageError, read_firmware
 
-# MicroPython's build for each board, as micropython.org/download names its images.
-MICROPYTHON_BUILDS = {
-    "esp32-devkitc": "ESP32_GENERIC",
-    "esp32-s3-devkitc-1": "ESP32_GENERIC_S3-SPIRAM_OCT",  # the N8R8 module: octal PSRAM
-    "sim": "ESP32_GENERIC",
-}
 BUILD_BY_CHIP = {"esp32": "ESP32_GENERIC", "esp32s3": "ESP32_GENERIC_S3"}
 IMAGE_DIR_ENV = "WASHPAY_MICROPYTHON_DIR"
 DEFAULT_BAUD = 460800
@@ -47,12 +41,19 @@ def image_dir():
 
 
 def micropython_build(board):
-    return MICROPYTHON_BUILDS.get(board["id"]) or BUILD_BY_CHIP.get(board["chip"], "?")
+    """MicroPython's build for the board (board.json), as micropython.org names its images."""
+    return board.get("micropython_build") or BUILD_BY_CHIP.get(board["chip"], "?")
 
 
 def default_firmware(board):
     """The board's MicroPython image in the image directory, or FlashError saying where."""
     build = micropython_build(board)
+    if (board.get("memory") or {}).get("layout") == "frozen":
+        raise FlashError(
+            f"board {board['id']} has no PSRAM: stock {build} cannot hold washpay, it needs "
+            f"MicroPython with washpay frozen in: washpay firmware build --board {board['id']} "
+            f"--micropython-src DIR, then pass the image it prints as --firmware FILE"
+        )
     path = image_dir() / f"{build}.bin"
     if not path.is_file():
         raise FlashError(

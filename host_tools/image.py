@@ -77,6 +77,12 @@ def vfs_span(board, fw=None):
     return offset, size
 
 
+def has_frozen_washpay(data):
+    """Whether a MicroPython image has washpay frozen in: the frozen modules' names are in it
+    as text (washpay firmware build)."""
+    return b"washpay/__init__.py" in data
+
+
 def build_image(board_id, device_id, output, micropython=None, micropython_version=None,
                 site_key_path=None, passphrase_file=None, wifi=None, broker=None,
                 vfs_output=None, mpy_cross=None, say=print, firmware_dir=None):
@@ -108,6 +114,13 @@ def build_image(board_id, device_id, output, micropython=None, micropython_versi
     tool = P.find_mpy_cross(mpy_cross)
     fw_dir = Path(firmware_dir) if firmware_dir else P.FIRMWARE_DIR
     files = P.compile_firmware(tool, version, P.mpy_major_for(version), fw_dir)
+    if (board.get("memory") or {}).get("layout") == "frozen":
+        if not has_frozen_washpay(fw.data):
+            raise ImageRefused(
+                f"board {board['id']} has no PSRAM: {path} is a stock MicroPython, which cannot "
+                f"hold washpay; build one with washpay frozen in (washpay firmware build "
+                f"--board {board['id']} --micropython-src DIR) and pass it as --micropython")
+        files = {k: v for k, v in files.items() if not k.startswith(P.OWNED_DIRS)}
     files.update(P.board_files(board, device_id, site_key, wifi, broker))
 
     vfs_offset, vfs_size = vfs_span(board, fw)

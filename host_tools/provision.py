@@ -289,7 +289,26 @@ try:
     _m = os.uname().machine
 except AttributeError:
     _m = sys.platform
+import gc
+gc.collect()
+_heap = gc.mem_free() + gc.mem_alloc()
+try:  # the simulated board: its hardware models share the heap, a board's would not
+    import simhw
+    _heap -= simhw.heap_baseline
+except ImportError:
+    pass
+# washpay frozen into this MicroPython (washpay firmware build): its version; not looked for
+# when /washpay is on the filesystem (that one would be imported instead)
+_frozen = None
+if "washpay" not in os.listdir("/"):
+    try:
+        import washpay as _w
+        if _w.__file__.startswith(".frozen/"):
+            _frozen = _w.VERSION
+    except (ImportError, AttributeError):
+        pass
 print("WPPROBE " + json.dumps({
+    "heap": _heap, "frozen": _frozen,
     "platform": sys.platform, "machine": _m, "version": list(sys.implementation.version[:3]),
     "mpy": getattr(sys.implementation, "_mpy", 0), "files": _files, "dirs": _dirs,
     "board": _b.get("id") if isinstance(_b, dict) else None, "config": _json("/config.json"),
@@ -311,6 +330,8 @@ class Probe:
     secret_check: str | None
     secrets: dict | None = field(repr=False)  # kept for what the host cannot derive
     journal: int | None = None  # entries in /journal, None if there is none
+    heap: int | None = None  # GC heap in bytes (free + used) when probed
+    frozen: str | None = None  # version of a washpay frozen into the board's MicroPython
 
     @property
     def secret_keys(self):
@@ -441,6 +462,39 @@ def check_micropython(probe_):
             f"MicroPython version mismatch: the board runs {probe_.version_text} with .mpy "
             f"v{probe_.mpy_version[0]}, which this washpay cannot compile for"
         )
+
+
+def check_memory(probe_, board, version):
+    """How washpay runs on this board, "frozen" (in its MicroPython image) or "mpy" (files on
+    its filesystem), or Refused when the board's heap cannot hold it that way (boards.py
+    HEAP_NEEDED_KIB: measured by make bench at ESP32 object sizes)."""
+    mem = board.get("memory") or {}
+    build = board.get("micropython_build") or "its SPIRAM"
+    layout = "frozen" if probe_.frozen else "mpy"
+    if probe_.frozen and probe_.frozen != version:
+        raise Refused(
+            f"the board's MicroPython has washpay {probe_.frozen} frozen in, this is washpay "
+            f"{version}: build and flash a new image first (washpay firmware build --board "
+            f"{board['id']} ...; washpay flash)")
+    have = (probe_.heap or 0) // 1024
+    if probe_.platform == "esp32":
+        spiram = "SPIRAM" in probe_.machine.upper()
+        if mem.get("psram") and not spiram:
+            raise Refused(
+                f"board {board['id']} has PSRAM, but its MicroPython ({probe_.machine}) does "
+                f"not use it: flash the {build} build (washpay flash --board {board['id']})")
+        if not spiram:  # a plain ESP32 starts with half its heap and grows it once
+            have = max(have, mem.get("gc_heap_kib") or 0)
+    need = boards.heap_needed_kib(layout)
+    if probe_.heap is not None and have < need:
+        how = ("flash MicroPython with washpay frozen in (washpay firmware build --board "
+               f"{board['id']} --micropython-src DIR, then washpay flash --firmware FILE) or "
+               "use a board with PSRAM (esp32-wrover-e)") if layout == "mpy" else \
+            "use a board with PSRAM (esp32-wrover-e)"
+        raise Refused(f"not enough memory: the board has {have} KiB of GC heap; washpay as "
+                      f"{'frozen bytecode' if layout == 'frozen' else '.mpy files'} needs "
+                      f"{need} KiB: {how}")
+    return layout
 
 
 @dataclass
@@ -662,9 +716,14 @@ def _inspect(opts, board, device_id, site_key, key_path, mpy_cross, say):
     say(f"  identity: {_identity_text(ident, found, key_path, site_key)}")
 
     fw_dir = Path(opts.firmware_dir) if opts.firmware_dir else FIRMWARE_DIR
+    layout = check_memory(found, board, firmware_version(fw_dir))
     firmware = compile_firmware(mpy_cross, found.version, found.mpy_version[0], fw_dir)
-    say(f"  firmware: washpay {firmware_version(fw_dir)}, {len(firmware)} files, compiled with "
-        f"{mpy_cross} for MicroPython {found.version_text}")
+    if layout == "frozen":  # only main.py goes on the filesystem; /washpay would shadow it
+        firmware = {p: data for p, data in firmware.items() if not p.startswith(OWNED_DIRS)}
+        say(f"  firmware: washpay {found.frozen} frozen into the board's MicroPython; main.py")
+    else:
+        say(f"  firmware: washpay {firmware_version(fw_dir)}, {len(firmware)} files, compiled "
+            f"with {mpy_cross} for MicroPython {found.version_text}")
     return found, ident, firmware, wipe
 
 

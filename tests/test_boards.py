@@ -26,6 +26,8 @@ EXPECTED_WARNINGS = {
     # VSPI's own CS pin; the MFRC522's NSS is an input and the strap pull-up keeps it high.
     "esp32-devkitc": {("card_cs", 5)},
     "esp32-s3-devkitc-1": set(),
+    # GPIO2 carries the red LED (to GND): low at reset, which flashing over serial wants.
+    "esp32-wrover-e": {("card_cs", 5), ("led_red", 2)},
     "sim": {("card_cs", 5)},
 }
 
@@ -332,3 +334,59 @@ def test_docs_wiring_matches_the_board_files():
     doc = (ROOT / "docs" / "wiring.md").read_text()
     for board_id in EXPECTED_WARNINGS:
         assert wiring_table(load_board(board_id)) in doc, board_id
+
+
+# --- memory: PSRAM, the GC heap, and how washpay is laid out ------------------------------
+
+
+def test_each_shipped_board_says_its_heap_and_layout():
+    """No PSRAM -> washpay frozen into MicroPython; PSRAM -> stock SPIRAM build + .mpy files."""
+    want = {"esp32-devkitc": (None, "frozen", "ESP32_GENERIC"),
+            "esp32-wrover-e": ("quad", "mpy", "ESP32_GENERIC-SPIRAM"),
+            "esp32-s3-devkitc-1": ("octal", "mpy", "ESP32_GENERIC_S3-SPIRAM_OCT")}
+    for board_id, (mode, layout, build) in want.items():
+        board = load_board(board_id)
+        mem = board["memory"]
+        assert (mem["psram"] or {}).get("mode") == mode, board_id
+        assert mem["layout"] == layout and board["micropython_build"] == build, board_id
+
+
+def test_mpy_files_on_a_board_without_psram_is_an_error(esp32):
+    esp32["memory"]["layout"] = "mpy"
+    [p] = [p for p in errors(validate_board(esp32)) if p.message.startswith("memory")]
+    assert "needs 160 KiB" in p.message and "has 112 KiB" in p.message
+
+
+def test_a_heap_too_small_even_for_the_frozen_layout_is_an_error(esp32):
+    esp32["memory"]["gc_heap_kib"] = 64
+    assert any("needs 96 KiB" in p.message for p in errors(validate_board(esp32)))
+
+
+def test_psram_board_needs_a_spiram_build_and_keeps_off_gpio16_17(esp32):
+    esp32["memory"] = {"psram": {"size_mb": 8, "mode": "quad"}, "gc_heap_kib": 4000,
+                       "layout": "mpy"}
+    problems = errors(validate_board(esp32))
+    assert any("micropython_build ESP32_GENERIC" in p.message for p in problems)
+    assert {p.gpio for p in problems if "PSRAM" in p.message and p.gpio} == {16, 17}
+    esp32["micropython_build"] = "ESP32_GENERIC-SPIRAM"
+    esp32["pins"]["qr_tx"], esp32["pins"]["qr_rx"] = 13, 36
+    esp32["pins"]["led_red"] = 2
+    assert errors(validate_board(esp32)) == []
+
+
+@pytest.mark.parametrize("memory,words", [
+    (None, "memory is missing"),
+    ({"psram": "lots", "gc_heap_kib": 112, "layout": "frozen"}, "memory.psram"),
+    ({"psram": None, "gc_heap_kib": "112", "layout": "frozen"}, "gc_heap_kib"),
+    ({"psram": None, "gc_heap_kib": 112, "layout": "romfs"}, "memory.layout"),
+])
+def test_malformed_memory_sections_are_errors(esp32, memory, words):
+    esp32["memory"] = memory
+    assert any(words in p.message for p in errors(validate_board(esp32)))
+
+
+def test_octal_psram_only_on_the_s3(esp32):
+    esp32["memory"]["psram"] = {"size_mb": 8, "mode": "octal"}
+    esp32["micropython_build"] = "ESP32_GENERIC-SPIRAM"
+    assert any("octal PSRAM exists only on esp32s3" in p.message
+               for p in errors(validate_board(esp32)))

@@ -113,14 +113,25 @@ def test_image_too_big_for_the_flash_is_refused(images, tmp_path):
 
 def test_default_image_comes_from_the_image_directory(images, tmp_path):
     empty = tmp_path / "empty"
-    r = washpay("flash", "--port", "/dev/ttyUSB7", "--board", "esp32-devkitc", "--dry-run",
+    r = washpay("flash", "--port", "/dev/ttyUSB7", "--board", "esp32-wrover-e", "--dry-run",
                 env={F.IMAGE_DIR_ENV: str(empty)})
     assert r.returncode == 2
-    assert "ESP32_GENERIC" in r.stderr and "micropython.org/download" in r.stderr
+    assert "ESP32_GENERIC-SPIRAM" in r.stderr and "micropython.org/download" in r.stderr
+    d = tmp_path / "dir"
+    d.mkdir()
+    (d / "ESP32_GENERIC-SPIRAM.bin").write_bytes(images["esp32"].read_bytes())
+    r = washpay("flash", "--port", "/dev/ttyUSB7", "--board", "esp32-wrover-e", "--dry-run",
+                env={F.IMAGE_DIR_ENV: str(d)})
+    assert r.returncode == 0, r.stderr
+    assert str(d / "ESP32_GENERIC-SPIRAM.bin") in r.stdout
+
+
+def test_a_board_without_psram_has_no_stock_default_image(images):
+    """Stock MicroPython on a WROOM-32 cannot hold washpay: flash says what to build."""
     r = washpay("flash", "--port", "/dev/ttyUSB7", "--board", "esp32-devkitc", "--dry-run",
                 env={F.IMAGE_DIR_ENV: str(images["dir"])})
-    assert r.returncode == 0, r.stderr
-    assert str(images["dir"] / "ESP32_GENERIC.bin") in r.stdout
+    assert r.returncode == 2
+    assert "no PSRAM" in r.stderr and "washpay firmware build --board esp32-devkitc" in r.stderr
 
 
 def test_nothing_on_the_port_and_the_simulated_board_are_refused(images, tmp_path):

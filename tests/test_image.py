@@ -165,6 +165,9 @@ def test_refusals_write_nothing(site, firmware, tmp_path):
          "--micropython-version"),
         (["--board", "sim", "--micropython", str(firmware["esp32"]), "--broker", "http://x"],
          "--broker"),
+        # a WROOM-32 without PSRAM: stock MicroPython cannot hold washpay as .mpy files
+        (["--board", "esp32-devkitc", "--micropython", str(firmware["esp32"])],
+         "build one with washpay frozen in (washpay firmware build --board esp32-devkitc"),
     ]
     for extra, message in cases:
         r = washpay(*base, *extra)
@@ -200,3 +203,10 @@ def test_sim_refuses_a_flash_image_over_an_existing_flash(sim_image, tmp_path):
     with pytest.raises(SimError, match="exited"):
         SimBoard(tmp_path / "st2", bare=True, flash_image=junk, log=tmp_path / "log2").start()
     assert "neither" in (tmp_path / "log2").read_text()
+
+
+def test_frozen_washpay_is_recognised_by_its_module_names():
+    from host_tools.image import has_frozen_washpay
+
+    assert has_frozen_washpay(b"\x00asyncio/core.py\x00washpay/__init__.py\x00washpay/app.py")
+    assert not has_frozen_washpay(b"\x00asyncio/core.py\x00inisetup.py\x00")

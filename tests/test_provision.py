@@ -8,6 +8,7 @@ were and the firmware running. The pure checks are tested with made-up probes of
 import hashlib
 import os
 import pty
+import re
 import shutil
 import subprocess
 import sys
@@ -345,3 +346,50 @@ def test_boot_warnings_name_what_to_check():
            "journal": {"level": "low"}}
     text = " ".join(P.boot_warnings(bad, board))
     assert "no display" in text and "coin line is held active" in text and "journal is low" in text
+
+
+# --- memory: the board's heap decides how washpay may be installed ------------------------
+
+
+def test_memory_check_follows_the_board_and_its_micropython():
+    devkitc = P.load_board("esp32-devkitc")
+    wrover = P.load_board("esp32-wrover-e")
+    # stock MicroPython on a WROOM-32: 56 KiB now, 112 KiB at most; .mpy files need 160
+    with pytest.raises(P.Refused, match=r"has 112 KiB .* \.mpy files needs 160 KiB: flash "
+                       r"MicroPython with washpay frozen in \(washpay firmware build --board "
+                       r"esp32-devkitc"):
+        P.check_memory(probe(heap=56 * 1024), devkitc, "0.1.0")
+    # washpay frozen into its MicroPython: fits, and provisioning keeps off /washpay
+    assert P.check_memory(probe(heap=56 * 1024, frozen="0.1.0"), devkitc, "0.1.0") == "frozen"
+    with pytest.raises(P.Refused, match="washpay 0.0.9 frozen in, this is washpay 0.1.0"):
+        P.check_memory(probe(heap=56 * 1024, frozen="0.0.9"), devkitc, "0.1.0")
+    # a WROVER: with the SPIRAM build it has megabytes; with the plain build, it says so
+    spiram = "Generic ESP32 module with SPIRAM with ESP32"
+    assert P.check_memory(probe(machine=spiram, heap=4000 * 1024), wrover, "0.1.0") == "mpy"
+    with pytest.raises(P.Refused, match="has PSRAM, but its MicroPython .* does not use it: "
+                       "flash the ESP32_GENERIC-SPIRAM build"):
+        P.check_memory(probe(heap=56 * 1024), wrover, "0.1.0")
+    # the simulated board has the heap its interpreter was given
+    sim_probe = probe(platform="linux", machine="x86_64", heap=512 * 1024)
+    assert P.check_memory(sim_probe, P.load_board("sim"), "0.1.0") == "mpy"
+
+
+def test_a_board_whose_heap_cannot_hold_mpy_files_is_refused_untouched(tmp_path, fw):
+    # about 70 KiB of this heap is the simulator's own (its hardware models): the probe
+    # leaves that out, so the board has about 130 KiB
+    board = SimBoard(tmp_path / "small", bare=True, heap="200k", log=tmp_path / "small.log")
+    board.fw = fw
+    board.start()
+    board.port = str(tmp_path / "small" / "console")
+    board.key_path = tmp_path / "site.key"
+    K.new_site_key(board.key_path)
+    try:
+        board.wait_for(lambda s: s["mode"] == "repl", what="the REPL")
+        r = provision(board)
+        assert r.returncode == 2, r.stdout + r.stderr
+        assert re.search(r"not enough memory: the board has 1[23]\d KiB of GC heap; washpay as "
+                         r"\.mpy files needs 160 KiB", r.stderr), r.stderr
+        assert "Traceback" not in r.stderr
+        assert not [p for p in P.probe(board.port).files if p.startswith("/washpay")]
+    finally:
+        board.stop()
