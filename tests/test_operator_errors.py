@@ -379,3 +379,51 @@ def test_a_bare_board_does_not_say_it_installs_factory_files(tmp_path):
         assert "factory files" not in line
     finally:
         board.stop()
+
+
+# ---- item 15: the README's lines, as written
+def _readme_block(first):
+    """The shell lines of the README's code block that holds `first`, continuations joined."""
+    text = (ROOT / "README.md").read_text()
+    block = next(b for b in text.split("```sh\n")[1:] if first in b.split("```")[0])
+    return block.split("```")[0].replace("\\\n", " ").splitlines()
+
+
+def _run_lines(lines, cwd, env=None):
+    (cwd / ".venv").symlink_to(ROOT / ".venv")
+    script = "set -e\n" + "\n".join(lines) + "\n"
+    return subprocess.run(["bash", "-c", script], cwd=cwd, capture_output=True, text=True,
+                          timeout=120, env={**os.environ, "PYTHONPATH": str(ROOT),
+                                            **(env or {})})
+
+
+def test_readme_token_lines_work_against_the_simulated_board(tmp_path, no_site_key):
+    from host_tools.sim.client import SimBoard
+
+    lines = [x for x in _readme_block("export WASHPAY_SITE_KEY=state/site.key")
+             if "WP:..." not in x]  # the token's text is what the line before prints
+    assert any("token issue" in x for x in lines) and any("token command" in x for x in lines)
+    board = SimBoard(tmp_path / "state", log=tmp_path / "sim.log")
+    board.start()
+    try:
+        board.wait_ready()
+        r = _run_lines(lines, tmp_path, env=no_site_key)
+        assert r.returncode == 0, r.stdout + r.stderr
+        token = r.stdout.split()[0]
+        assert token.startswith("WP:") and (tmp_path / "t.png").exists()
+        st = board.wait_for(lambda s: s["state"] in ("starting", "running"),
+                            what="the remote start of the README's token command")
+        assert st["program"] == "quick"
+        r = washpay("token", "decode", token, "--device", "sim-0001",
+                    env={**no_site_key, "WASHPAY_SITE_KEY": str(tmp_path / "state/site.key")})
+        assert r.returncode == 0, r.stderr  # the token verifies with the board's key
+    finally:
+        board.stop()
+
+
+def test_readme_broker_lines_start_from_a_key_they_make(tmp_path, no_site_key):
+    lines = _readme_block("washpay broker init --dir broker")[:2]
+    assert "site init --site-key site.key" in lines[0] and "broker init" in lines[1]
+    r = _run_lines(lines, tmp_path, env=no_site_key)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert (tmp_path / "site.key").exists() and (tmp_path / "broker" / "passwd").exists()
