@@ -119,7 +119,8 @@ def test_issue_top_up_and_pay_with_the_card_tool(sim, tmp_path):
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout) == {"uid": UID4.hex(), "tier": "", "flags": 0,
                                     "site": W.site_id(card_key(sim)).hex(), "balance": 1000,
-                                    "counter": 0, "copies": ["valid", "valid"]}
+                                    "counter": 0, "copies": ["valid", "valid"],
+                                    "currency": "EUR", "decimals": 2}  # balance: minor units
     r = washpay("card", "topup", 500, "--port", port, "--site-key", key_file, "--json")
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)["balance"] == 1500
