@@ -174,26 +174,95 @@ def mosquitto_command():
     return found
 
 
-def init(directory, site_key, devices, port=None, tls_port=None):
-    """Write a broker directory for `devices`; returns its settings (also in broker.json)."""
+def init(directory, site_key, devices, port=None, tls_port=None, remove=(), new_ports=False):
+    """Write a broker directory for `devices`; returns its settings (also in broker.json).
+
+    Run again on the same directory it keeps what is there: the ports, the devices already
+    admitted (`devices` are added to them; `remove` takes some away), the certificates.
+    `port`/`tls_port` or `new_ports` change the ports. settings["changes"] says what changed
+    (an empty list: nothing). A BrokerError refuses before anything is written."""
     d = Path(directory)
-    d.mkdir(parents=True, exist_ok=True)
-    for dev in devices:
+    for dev in [*devices, *remove]:
         check_device_id(dev)
-    (d / "passwd").write_text(password_file(site_key, devices))
-    (d / "passwd").chmod(0o600)
-    (d / "acl").write_text(acl_file())
-    if not (d / "ca.pem").exists():
-        make_certificates(d)
+    old = _previous(d, site_key)
+    kept = old["devices"] if old else []
+    missing = [dev for dev in remove if dev not in kept and dev not in devices]
+    if missing:
+        raise BrokerError(f"--remove-device {', '.join(missing)}: not a device of the broker "
+                          f"in {d} (it has: {', '.join(kept) or 'none'}); nothing was changed")
+    wanted = [dev for dev in dict.fromkeys([*kept, *devices]) if dev not in remove]
     settings = {
         "host": "127.0.0.1",
-        "port": port or free_port(),
-        "tls_port": tls_port or free_port(),
-        "devices": list(devices),
+        "port": port or (old["port"] if old and not new_ports else free_port()),
+        "tls_port": tls_port or (old["tls_port"] if old and not new_ports else free_port()),
+        "devices": wanted,
     }
-    (d / "broker.json").write_text(json.dumps(settings, indent=1) + "\n")
-    write_config(d, settings)
-    return settings
+    if settings["port"] == settings["tls_port"]:
+        raise BrokerError(f"the plain and the TLS port are both {settings['port']}: give two "
+                          "ports")
+    changes = _changes(old, settings)
+    d.mkdir(parents=True, exist_ok=True)
+    if changes or not all((d / n).exists() for n in ("passwd", "acl", "mosquitto.conf")):
+        (d / "passwd").write_text(password_file(site_key, wanted))
+        (d / "passwd").chmod(0o600)
+        (d / "acl").write_text(acl_file())
+        (d / "broker.json").write_text(json.dumps(settings, indent=1) + "\n")
+        write_config(d, settings)
+    if not (d / "ca.pem").exists():
+        make_certificates(d)
+    return {**settings, "changes": changes}
+
+
+def _previous(d, site_key):
+    """The settings of an earlier `broker init` in `d` (None if there is none), refused if
+    they were made for another site key or cannot be read."""
+    path = d / "broker.json"
+    if not path.exists():
+        return None
+    try:
+        old = json.loads(path.read_text())
+        old["port"], old["tls_port"] = int(old["port"]), int(old["tls_port"])
+        old["devices"] = [str(dev) for dev in old.get("devices", [])]
+    except (ValueError, KeyError, TypeError):
+        raise BrokerError(f"{path} is damaged: repair it or start a new broker directory"
+                          ) from None
+    server_entry = None
+    if (d / "passwd").exists():
+        for line in (d / "passwd").read_text().splitlines():
+            user, _, entry = line.partition(":")
+            if user == SERVER_USER:
+                server_entry = entry
+    if server_entry and not password_matches(server_entry, server_password(site_key)):
+        raise BrokerError(f"the broker in {d} was set up with another site key: give that "
+                          "key (or a new directory for this site)")
+    return old
+
+
+def password_matches(entry, password):
+    """True if a `$7$` password file entry (see mosquitto_hash) is the hash of `password`."""
+    try:
+        _, kind, iterations, salt, _ = entry.split("$")
+        salt = base64.b64decode(salt)
+    except ValueError:
+        return False
+    return kind == "7" and mosquitto_hash(password, salt, int(iterations)) == entry
+
+
+def _changes(old, new):
+    """What a run of `broker init` changes, in words (empty: nothing)."""
+    if old is None:
+        return [f"new broker: {len(new['devices'])} device(s)"]
+    out = []
+    added = [dev for dev in new["devices"] if dev not in old["devices"]]
+    gone = [dev for dev in old["devices"] if dev not in new["devices"]]
+    if added:
+        out.append(f"added {', '.join(added)}")
+    if gone:
+        out.append(f"removed {', '.join(gone)}")
+    for key, name in (("port", "plain port"), ("tls_port", "TLS port")):
+        if old[key] != new[key]:
+            out.append(f"{name} {old[key]} -> {new[key]}")
+    return out
 
 
 def write_config(d, settings):
@@ -269,6 +338,14 @@ class Broker:
         if self.proc is not None and self.proc.poll() is None:
             return self
         cmd = [mosquitto_command(), "-c", str(self.dir / "mosquitto.conf")]
+        for port in (self.port, self.tls_port):
+            # another process on our port would answer the readiness check below while our
+            # Mosquitto exits with "Address already in use"
+            if not self._free(port):
+                raise BrokerError(
+                    f"{self.host}:{port} is already in use: is the broker of {self.dir} "
+                    "running already (washpay broker run)? Stop it first, or give this one "
+                    "other ports (washpay broker init --new-ports)")
         self.proc = subprocess.Popen(
             cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
         )
@@ -286,6 +363,15 @@ class Broker:
                 self.stop()
                 raise BrokerError(f"mosquitto did not listen on {self.host}:{self.port}")
             time.sleep(0.02)
+
+    def _free(self, port):
+        with socket.socket() as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as Mosquitto binds
+            try:
+                s.bind((self.host, port))
+            except OSError:
+                return False
+        return True
 
     def _listening(self, port):
         try:

@@ -50,7 +50,30 @@ def _option(words, name, convert=str, choices=None):
     words.pop(i)
     if choices and value not in choices:
         raise ValueError(f"{name} takes {', '.join(choices)}")
+    if convert is int:
+        return _count(value, name)
     return convert(value)
+
+
+def _count(word, what):
+    if not word.isdigit():
+        raise ValueError(f"{what} takes a whole number, not {word!r}")
+    return int(word)
+
+
+def _tap_uid(word):
+    """The UID of `card tap WORD` when WORD is no file: 4 or 7 bytes in hex."""
+    try:
+        uid = bytes.fromhex(word)
+    except ValueError:
+        uid = None
+    if uid is None or len(uid) not in (4, 7):
+        if "/" in word or word.endswith((".json", ".mfd", ".bin")):
+            raise ValueError(f"no card image file {word}: give a file of `card dump` (or a "
+                             "1024-byte .mfd dump), or a card UID in hex (e.g. 04a1b2c3)")
+        raise ValueError(f"{word!r} is neither a card image file nor a card UID (4 or 7 "
+                         "bytes in hex, e.g. 04a1b2c3)")
+    return uid.hex()
 
 
 def sim_ctl_request(words):
@@ -78,7 +101,7 @@ def sim_ctl_request(words):
         if os.path.exists(what):
             req["image"] = load_card_image(what)
         else:
-            req["uid"] = what.lower()
+            req["uid"] = _tap_uid(what)
         if after is not None:
             req["remove_after"] = after
             req["torn"] = torn or "mixed"
@@ -103,7 +126,8 @@ def sim_ctl_request(words):
             req["uid"] = words[0].lower()
         return req
     if action == "noise":
-        return {"op": "card", "action": "noise", "count": int(words[0]) if words else 1}
+        return {"op": "card", "action": "noise",
+                "count": _count(words[0], "card noise") if words else 1}
     if action == "status":
         return {"op": "card", "action": "status"}
     raise ValueError(usage)
@@ -111,8 +135,11 @@ def sim_ctl_request(words):
 
 def load_card_image(path):
     """A card image: the JSON of `card dump` (bare or as its whole reply), or a raw 1024-byte
-    MIFARE Classic 1K dump (.mfd/.bin)."""
-    data = Path(path).read_bytes()
+    MIFARE Classic 1K dump (.mfd/.bin). A ValueError says what is wrong with the file."""
+    try:
+        data = Path(path).read_bytes()
+    except OSError as e:
+        raise ValueError(f"cannot read card image {path}: {e.strerror}") from None
     if len(data) == 1024:
         b0 = data[:16]
         if b0[0] ^ b0[1] ^ b0[2] ^ b0[3] == b0[4]:
@@ -128,7 +155,31 @@ def load_card_image(path):
     image = doc.get("image", doc) if isinstance(doc, dict) else None
     if not isinstance(image, dict) or "uid" not in image or len(image.get("blocks", ())) != 64:
         raise ValueError(f"{path} is not a card image: it needs a uid and 64 blocks")
+    _check_image(path, image)
     return image
+
+
+def _check_image(path, image):
+    """Every field of a card image as the simulated reader needs it, checked here so that a
+    damaged file is named as such (and which field), before anything reaches the board."""
+    def hexbytes(value, what, sizes):
+        try:
+            b = bytes.fromhex(value) if isinstance(value, str) else None
+        except ValueError:
+            b = None
+        if b is None or len(b) not in sizes:
+            want = " or ".join(str(n) for n in sizes)
+            raise ValueError(f"{path} is not a valid card image: {what} must be {want} bytes "
+                             f"in hex, not {str(value)[:40]!r}")
+        return b
+
+    hexbytes(image["uid"], "the uid", (4, 7))
+    if "atqa" in image:
+        hexbytes(image["atqa"], "atqa", (2,))
+    if "sak" in image and not (isinstance(image["sak"], int) and 0 <= image["sak"] < 256):
+        raise ValueError(f"{path} is not a valid card image: sak must be a number 0-255")
+    for i, block in enumerate(image["blocks"]):
+        hexbytes(block, f"block {i}", (16,))
 
 
 # ---- the board's blacklist file (docs/blacklist-format.md), written here independently
@@ -218,6 +269,10 @@ class BoardLink:
             if line.startswith(RESULT_MARK):
                 return json.loads(line[len(RESULT_MARK):])
         why = (r.stderr or r.stdout).strip().splitlines()
+        if why and "may be in use" in why[-1]:
+            from host_tools.console import mpremote_failure
+
+            raise CardToolError(mpremote_failure(self.port, why[-1]))
         raise CardToolError(f"the board on {self.port} did not run the card step: "
                             f"{why[-1] if why else 'no answer'} (is washpay installed on it?)")
 
@@ -504,9 +559,10 @@ def blacklist_change(link, add=(), remove=(), reason="lost", since=None):
 # ---- the command line
 def _site_card_key(path):
     from host_tools import keys as K
+    from host_tools import site
 
     try:
-        return W.site_card_key(K.load_site_key(path))
+        return W.site_card_key(site.load(path)[0])  # --site-key, $WASHPAY_SITE_KEY, default
     except K.KeyFileError as e:
         raise CardToolError(str(e)) from None
 
@@ -519,16 +575,53 @@ def _date(text):
     return int(d.timestamp())
 
 
-def _print(doc, as_json):
+def _board_currency(link):
+    """(currency, decimals) of the board's config.json: what a card's balance counts in.
+    The firmware's defaults when the config does not say."""
+    from host_tools import money
+
+    with tempfile.TemporaryDirectory() as tmp:
+        local = Path(tmp) / "config.json"
+        try:
+            cfg = json.loads(local.read_text()) if link.get("/config.json", local) else {}
+        except ValueError:
+            cfg = {}
+    cfg = cfg if isinstance(cfg, dict) else {}
+    cur = cfg.get("currency")
+    cur = cur if isinstance(cur, str) and cur else money.DEFAULT_CURRENCY
+    places = cfg.get("decimals")
+    if not (isinstance(places, int) and 0 <= places <= 3):
+        places = money.decimals(cur)
+    return cur, places
+
+
+def _print(doc, as_json, currency=None):
+    """The card as JSON (balance in minor units, with its currency) or for a person."""
+    from host_tools.money import money
+
+    cur, places = currency or (None, None)
     if as_json:
-        print(json.dumps(doc))
+        print(json.dumps({**doc, "currency": cur, "decimals": places} if cur else doc))
         return
     for k, v in doc.items():
-        print(f"{k:>8}: {v}")
+        shown = money(v, cur, places) if k == "balance" and cur and v is not None else v
+        print(f"{k:>8}: {shown}")
 
 
 def main(args):
     """`washpay card ...` (argparse namespace from host_tools/cli.py) -> exit status."""
+    from host_tools.console import port_missing
+
+    if port_missing(args.port):
+        print(f"washpay card: {port_missing(args.port)}", file=sys.stderr)
+        return 2
+    key = None
+    if args.card_command != "blacklist":  # no key, no card: refused before the board stops
+        try:
+            key = _site_card_key(args.site_key)
+        except CardToolError as e:
+            print(f"washpay card: {e}", file=sys.stderr)
+            return 2
     link = BoardLink(args.port)
 
     def say(msg):
@@ -552,7 +645,6 @@ def main(args):
                     for row in rows:
                         print(f"  {row['uid']}  {row['reason']:<8} {row['since']}")
                 return 0
-            key = _site_card_key(args.site_key)
             if args.card_command == "read":
                 doc = read(link, key, args.wait)
             elif args.card_command == "issue":
@@ -561,7 +653,7 @@ def main(args):
                 doc = topup(link, key, args.amount, args.wait, say)
             else:
                 raise CardToolError(f"unknown card command {args.card_command}")
-            _print(doc, args.json)
+            _print(doc, args.json, _board_currency(link))
             return 0
         finally:
             link.finish(reset=not args.no_reset)

@@ -3,6 +3,8 @@ flash, provision and audit real boards."""
 
 import argparse
 import json
+import os
+import select
 import sys
 
 from host_tools.sim.client import SimClient, SimError
@@ -14,7 +16,11 @@ def cmd_sim_run(args):
     if args.broker or args.broker_ca:  # docs/sync.md: the board's config.json on a blank flash
         from host_tools.server.cli import sim_broker_files
 
-        sim_broker_files(args.state, args.device_id, args.broker, args.broker_ca)
+        try:
+            sim_broker_files(args.state, args.device_id, args.broker, args.broker_ca)
+        except ValueError as e:
+            print(f"washpay sim run: {e}", file=sys.stderr)
+            return 2
     SimRunner(
         args.state,
         heap=args.heap,
@@ -41,6 +47,26 @@ def cmd_journal_pull(args):
     return pull_command(args.port, args.output, reset=not args.no_reset)
 
 
+def _whole(word, what):
+    """A count or amount typed on the command line, as an int; SimError says which."""
+    try:
+        n = int(word, 10)
+    except ValueError:
+        raise SimError(f"{what}: {word!r} is not a whole number") from None
+    if n < 0:
+        raise SimError(f"{what}: {word!r} is below zero")
+    return n
+
+
+def _hex_bytes(text, what):
+    """Bytes typed as hex digits, checked here: the board's model would only say "bad"."""
+    try:
+        return bytes.fromhex(text).hex()
+    except ValueError:
+        raise SimError(f"{what}: {text[:40]!r} is not bytes in hex (two hex digits a byte, "
+                       "e.g. 00ff0d)") from None
+
+
 def _ctl_request(args):
     """Turn `washpay sim ctl ...` words into one control-channel request."""
     w = args.words
@@ -53,22 +79,24 @@ def _ctl_request(args):
 
     if what == "coin":
         need(1, "coin <value in minor units> [count] [gap-ms]")
-        req = {"op": "coin", "value": int(rest[0])}
+        req = {"op": "coin", "value": _whole(rest[0], "coin: the value (minor units, e.g. 200)")}
         if len(rest) > 1:
-            req["count"] = int(rest[1])
+            req["count"] = _whole(rest[1], "coin: the number of coins")
         if len(rest) > 2:
-            req["gap_ms"] = int(rest[2])
+            req["gap_ms"] = _whole(rest[2], "coin: the gap between coins (ms)")
         return req
     if what == "pulses":
         need(1, "pulses <n> [width-ms] [gap-ms]")
-        req = {"op": "pulses", "n": int(rest[0])}
+        req = {"op": "pulses", "n": _whole(rest[0], "pulses: the number of pulses")}
         if len(rest) > 1:
-            req["width_ms"] = int(rest[1])
+            req["width_ms"] = _whole(rest[1], "pulses: the pulse width (ms)")
         if len(rest) > 2:
-            req["gap_ms"] = int(rest[2])
+            req["gap_ms"] = _whole(rest[2], "pulses: the gap (ms)")
         return req
     if what == "glitch":
-        req = {"op": "glitch", "count": int(rest[0]) if rest else 1}
+        words = [w for w in rest if w != "--inside"]
+        req = {"op": "glitch",
+               "count": _whole(words[0], "glitch: the number of glitches") if words else 1}
         if "--inside" in rest:
             req["inside"] = True
         return req
@@ -103,7 +131,7 @@ def _ctl_request(args):
             i = rest.index("--after-ops")
             if i + 1 >= len(rest):
                 raise SimError("--after-ops needs a number of flash operations")
-            req["after_ops"] = int(rest[i + 1])
+            req["after_ops"] = _whole(rest[i + 1], "--after-ops: the number of flash operations")
         if "--torn" in rest:
             if "after_ops" not in req:
                 raise SimError("--torn needs --after-ops N: the cut lands on a flash operation")
@@ -113,11 +141,11 @@ def _ctl_request(args):
         need(1, "qr <text> | qr --hex <bytes as hex>")
         if rest[0] == "--hex":
             need(2, "qr --hex <bytes as hex>")
-            return {"op": "qr_raw", "hex": "".join(rest[1:])}
+            return {"op": "qr_raw", "hex": _hex_bytes("".join(rest[1:]), "qr --hex")}
         return {"op": "qr", "text": " ".join(rest)}
     if what == "command":
         need(1, "command <command bytes as hex> (washpay token command prints one)")
-        return {"op": "command", "hex": "".join(rest)}
+        return {"op": "command", "hex": _hex_bytes("".join(rest), "command")}
     if what in ("status", "events", "heap"):
         return {"op": what}
     if what == "card":
@@ -177,7 +205,9 @@ def _add_card_parsers(sub):
                         help="leave the board at the REPL instead of restarting the firmware")
     common.add_argument("--json", action="store_true", help="print the result as JSON")
     keyed = argparse.ArgumentParser(add_help=False)
-    keyed.add_argument("--site-key", required=True, help="the site key file")
+    keyed.add_argument("--site-key", default=None,
+                       help="the site key file (default: $WASHPAY_SITE_KEY, else "
+                       "~/.config/washpay/site.key)")
     keyed.add_argument("--wait", type=float, default=30,
                        help="seconds to wait for a card on the reader (default 30)")
     p = card.add_parser("issue", parents=[common, keyed],
@@ -476,11 +506,15 @@ def build_parser():
     )
     dec.add_argument("files", nargs="+", metavar="FILE",
                      help="journal directory, segment/stage files, or a raw vfs/flash dump")
-    dec.add_argument("--site-key", required=True, help="the site key file")
+    dec.add_argument("--site-key", default=None,
+                     help="the site key file (default: $WASHPAY_SITE_KEY, else "
+                     "~/.config/washpay/site.key)")
     dec.add_argument("--device", required=True, help="the board's device id")
     dec.add_argument("--format", choices=("table", "jsonl", "csv"), default="table",
-                     help="records as a table (default), JSON lines or CSV; with jsonl/csv "
-                     "the verification summary goes to stderr")
+                     help="records as a table (default; amounts in the currency's major "
+                     "units, 2.50), JSON lines or CSV (amounts in minor units, 250, as the "
+                     "records keep them, with their currency); with jsonl/csv the "
+                     "verification summary goes to stderr")
     dec.add_argument("--offset", type=lambda v: int(v, 0), default=None,
                      help="where the LittleFS volume starts in a flash dump (default: 0, or "
                      "0x200000 in a whole 4 MiB flash dump)")
@@ -507,9 +541,31 @@ def build_parser():
     return p
 
 
+def _stdout_reader_gone():
+    """True if standard output is a pipe whose reader has closed it (`washpay ... | head`)."""
+    try:
+        poller = select.poll()
+        poller.register(sys.stdout.fileno(), select.POLLOUT)
+        return any(ev & (select.POLLERR | select.POLLHUP) for _, ev in poller.poll(0))
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
 def main(argv=None):
-    args = build_parser().parse_args(argv)
-    return args.func(args) or 0
+    try:
+        try:
+            args = build_parser().parse_args(argv)  # --help prints too
+            status = args.func(args) or 0
+        finally:
+            sys.stdout.flush()  # a pipe closed early shows here, not at the interpreter's exit
+        return status
+    except BrokenPipeError:
+        if not _stdout_reader_gone():
+            raise  # a socket or a child's pipe: not the reader of our output
+        # The reader took what it wanted (head, less, grep -q): stop quietly, as any Unix
+        # tool does, and keep the interpreter's last flush from failing on the same pipe.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141  # 128 + SIGPIPE: what a shell reports for a writer its reader left
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ A board on native USB drops off the bus while it resets; the port is opened agai
 """
 
 import json
+import os
 import time
 
 BOOT_PREFIX = "washpay: boot "
@@ -140,3 +141,23 @@ class Console:
     def reset_and_wait_boot(self, timeout):
         self.reset()
         return self.wait_boot(timeout)
+
+
+# ---- what a person is told when a board's port cannot be used (card, journal pull, ...)
+def port_missing(port):
+    """Why `port` cannot be a board's serial port (it does not exist), or None."""
+    port = str(port)
+    if port.startswith(("socket://", "rfc2217://")) or os.path.exists(port):
+        return None
+    return (f"nothing on {port}: no such serial port. Is the board plugged in (ls "
+            "/dev/ttyUSB* /dev/ttyACM*)? For a simulated board use STATE/console of a "
+            "running `washpay sim run`")
+
+
+def mpremote_failure(port, text):
+    """mpremote's last words about `port`, in terms of what to do."""
+    if "may be in use" in text or "failed to access" in text:
+        return port_missing(port) or (
+            f"cannot open {port}: another program holds it (a serial terminal, mpremote, "
+            "another washpay command): close it and try again")
+    return text

@@ -5,6 +5,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from host_tools.money import money
 from host_tools.sim.client import SimBoard, SimError
 
 
@@ -32,13 +33,14 @@ def run_demo(state=None, keep=False):
             sim.select_program("standard")
             st = sim.status()
             price = next(p["price"] for p in fw["programs"] if p["name"] == "standard")
-            _say(f"Customer picks 'standard' ({price / 100:.2f} {fw.get('currency', '')}):")
+            cur = fw.get("currency")
+            _say(f"Customer picks 'standard' ({money(price, cur)}):")
             _say(f"  display: {_screen(st)}")
             for coin in (200, 100, 50):
                 sim.call("coin", value=coin)
                 want = (st["credit"] or 0) + coin
                 st = sim.wait_for(lambda s, w=want: s["credit"] == w, what=f"credit {want}")
-                _say(f"Coin {coin / 100:.2f} in -> credit {st['credit'] / 100:.2f}; "
+                _say(f"Coin {money(coin, cur)} in -> credit {money(st['credit'], cur)}; "
                      f"display: {_screen(st)}")
             sim.call("button", name="start")
             _say("Customer presses START")
@@ -48,13 +50,17 @@ def run_demo(state=None, keep=False):
             _say(f"Washer confirms (busy line): state {st['state']}; display: {_screen(st)}")
             st = sim.wait_for(lambda s: s["state"] in ("idle", "credit"), timeout=30,
                               what="the cycle to end")
-            _say(f"Cycle done: state {st['state']}, credit left {st['credit'] / 100:.2f}")
+            _say(f"Cycle done: state {st['state']}, credit left {money(st['credit'], cur)}")
             j = st["journal"]
             _say(f"Journal: {j['count']} records, last seq {j['last_seq']}, "
                  f"{j['unsynced']} not yet uploaded; flash {st['flash']}")
-        _say("\nThe board's flash, read back on the host with the site key (washpay journal "
-             f"decode {state / 'flash.bin'} --site-key {state / 'site.key'} --device "
-             f"{fw['device_id']}):\n")
+        if tmp and not keep:  # the state goes at the end: no command to run on it later
+            _say("\nThe board's flash, read back on the host with the site key (washpay "
+                 "journal decode; `washpay demo --keep` keeps the flash to decode yourself):\n")
+        else:
+            _say("\nThe board's flash, read back on the host with the site key (washpay "
+                 f"journal decode {state / 'flash.bin'} --site-key {state / 'site.key'} "
+                 f"--device {fw['device_id']}):\n")
         from host_tools.journal import decode_command
 
         rc = decode_command([state / "flash.bin"], state / "site.key", fw["device_id"])

@@ -116,6 +116,7 @@ class Firmware:
     partitions: list
     project: str | None = None
     app_version: str | None = None
+    app: object = None  # esptool's image of the application
 
     @property
     def micropython_version(self):
@@ -149,13 +150,31 @@ def read_firmware(path, base):
     table = PARTITION_TABLE_OFFSET - base
     if 0 <= table < len(data):
         fw.partitions = parse_partition_table(data[table:table + 0xC00])
+    if not fw.partitions:
+        raise ImageError(f"{path} has no partition table at {hex(PARTITION_TABLE_OFFSET)}: it "
+                         f"is not MicroPython's combined firmware.bin for the board")
     app = next((p for p in fw.partitions if p.type == TYPE_APP), None)
-    if app is not None and 0 <= app.offset - base < len(data):
-        start = app.offset - base
-        try:
-            desc = app_description(load_image(data[start:start + app.size], chip))
-        except ImageError:
-            desc = None
-        if desc:
-            fw.project, fw.app_version = desc
+    if app is None:
+        raise ImageError(f"{path}: its partition table has no application partition: a board "
+                         f"flashed with it would not start")
+    fw.app = _application(path, data, chip, app, app.offset - base)
+    desc = app_description(fw.app)
+    if desc:
+        fw.project, fw.app_version = desc
     return fw
+
+
+def _application(path, data, chip, part, start):
+    """The application image at its partition's offset (esptool's parse), or ImageError: an
+    image that holds only a bootloader and a partition table flashes a board that never
+    starts."""
+    where = f"the {part.label} partition at {hex(part.offset)}"
+    if not 0 <= start < len(data) or data[start] != IMAGE_MAGIC:
+        ends = f"ends at {len(data)} bytes" if start >= len(data) else "has no image header"
+        raise ImageError(f"{path} holds no application: it {ends} where the application "
+                         f"belongs ({where}); give MicroPython's whole firmware.bin for the "
+                         f"board")
+    app = load_image(data[start:start + part.size], chip, f"the application in {path}")
+    if not is_application(app):
+        raise ImageError(f"{path}: {where} holds no application image")
+    return app

@@ -22,7 +22,7 @@ import sys
 from pathlib import Path
 
 from host_tools import boards
-from host_tools.espimage import ImageError, read_firmware
+from host_tools.espimage import ImageError, chip_of, read_firmware
 
 BUILD_BY_CHIP = {"esp32": "ESP32_GENERIC", "esp32s3": "ESP32_GENERIC_S3"}
 IMAGE_DIR_ENV = "WASHPAY_MICROPYTHON_DIR"
@@ -80,14 +80,19 @@ def check_image(path, board):
     """The image, read and checked for `board` (espimage.Firmware), or FlashError."""
     offset = int(str(board["firmware_offset"]), 0)
     try:
+        with open(path, "rb") as f:
+            chip = chip_of(f.read(24))  # first: another chip's layout differs as a whole
+    except (OSError, ImageError):
+        chip = None  # read_firmware says what is wrong with the file
+    if chip is not None and chip != board["chip"]:
+        raise FlashError(
+            f"{path} is built for {chip}, but board {board['id']} is an {board['chip']}: "
+            f"use MicroPython's {micropython_build(board)} image"
+        )
+    try:
         fw = read_firmware(path, offset)
     except ImageError as e:
         raise FlashError(str(e)) from None
-    if fw.chip != board["chip"]:
-        raise FlashError(
-            f"{path} is built for {fw.chip}, but board {board['id']} is an {board['chip']}: "
-            f"use MicroPython's {micropython_build(board)} image"
-        )
     flash = boards._flash_bytes(board["flash_size"])
     if flash and offset + len(fw.data) > flash:
         raise FlashError(f"{path} ({len(fw.data)} bytes at {hex(offset)}) does not fit the "

@@ -522,12 +522,22 @@ def _row(rec):
     return {c: f.get(c, "") for c in COLUMNS}
 
 
+MONEY_COLUMNS = ("amount", "credit", "price")  # of the table; jsonl/csv keep minor units
+
+
 def format_table(report, out):
     cols = ["seq", "time", "boot", "type", "amount", "credit", "state", "program", "price",
             "source", "reason", "status"]
+    from host_tools.money import major, money
+
+    # amounts in major units; one currency (the usual case) is named once, in the header
+    currencies = {rec.fields.get("currency") or "" for rec in report.records}
+    one = currencies.pop() if len(currencies) == 1 else None
     rows = []
     for rec in report.records:
         r = _row(rec)
+        for c in MONEY_COLUMNS:
+            r[c] = (major if one is not None else money)(r[c], r["currency"] or None)
         if r["time"] and not r["clock_ok"]:
             r["time"] += "?"
         if r["source_kind"] in ("token", "command") and r["source"]:
@@ -535,8 +545,9 @@ def format_table(report, out):
             if text.isprintable():
                 r["source"] = text  # ids made of text read better as text; card UIDs in hex
         rows.append([str(r[c]) for c in cols])
-    widths = [max([len(c)] + [len(row[i]) for row in rows]) for i, c in enumerate(cols)]
-    out.write("  ".join(c.ljust(w) for c, w in zip(cols, widths, strict=True)).rstrip() + "\n")
+    head = [f"{c} {one}" if one and c in MONEY_COLUMNS else c for c in cols]
+    widths = [max([len(c)] + [len(row[i]) for row in rows]) for i, c in enumerate(head)]
+    out.write("  ".join(c.ljust(w) for c, w in zip(head, widths, strict=True)).rstrip() + "\n")
     for row in rows:
         out.write("  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip()
                   + "\n")
@@ -587,7 +598,9 @@ def decode_command(paths, site_key_path, device_id, fmt="table", offset=None, ou
     out = out or sys.stdout
     err = err or sys.stderr
     try:
-        keys = Keys(K.load_site_key(site_key_path), device_id)
+        from host_tools import site  # --site-key, else $WASHPAY_SITE_KEY, else the default
+
+        keys = Keys(site.load(site_key_path)[0], device_id)
         snaps = load_inputs(paths, offset)
     except (K.KeyFileError, JournalInputError) as e:
         err.write(f"washpay journal decode: {e}\n")
@@ -629,6 +642,10 @@ def pull(port, out_dir, root="/journal", reset=True, timeout=120):
         if proc.returncode != 0 or not got.is_dir():
             why = (proc.stderr or proc.stdout).strip().splitlines()
             last = why[-1] if why else f"exit status {proc.returncode}"
+            if "may be in use" in last:
+                from host_tools.console import mpremote_failure
+
+                raise JournalInputError(mpremote_failure(port, last))
             raise JournalInputError(f"mpremote could not copy {root} from {port}: {last}")
         dest = out / "journal"
         if dest.exists():
@@ -647,8 +664,13 @@ def pull(port, out_dir, root="/journal", reset=True, timeout=120):
 
 
 def pull_command(port, out_dir, reset=True, out=None, err=None):
+    from host_tools.console import port_missing
+
     out = out or sys.stdout
     err = err or sys.stderr
+    if port_missing(port):  # before anything is made or the board touched
+        err.write(f"washpay journal pull: {port_missing(port)}\n")
+        return 2
     try:
         n = pull(port, out_dir, reset=reset)
     except (JournalInputError, subprocess.TimeoutExpired) as e:

@@ -119,12 +119,13 @@ def test_issue_top_up_and_pay_with_the_card_tool(sim, tmp_path):
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout) == {"uid": UID4.hex(), "tier": "", "flags": 0,
                                     "site": W.site_id(card_key(sim)).hex(), "balance": 1000,
-                                    "counter": 0, "copies": ["valid", "valid"]}
+                                    "counter": 0, "copies": ["valid", "valid"],
+                                    "currency": "EUR", "decimals": 2}  # balance: minor units
     r = washpay("card", "topup", 500, "--port", port, "--site-key", key_file, "--json")
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)["balance"] == 1500
     r = washpay("card", "read", "--port", port, "--site-key", key_file)
-    assert r.returncode == 0 and "balance: 1500" in r.stdout and "counter: 1" in r.stdout
+    assert r.returncode == 0 and "balance: 15.00 EUR" in r.stdout and "counter: 1" in r.stdout
     # the tool restarted the firmware with the card still on the reader: that is no tap
     st = sim.wait_ready()
     assert card(st)["counts"]["paid"] == 0 and st["relay_pulses"] == 0

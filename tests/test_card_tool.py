@@ -104,7 +104,7 @@ def test_refusals_change_nothing(sim, link):
 def test_missing_site_key_and_bad_uid(sim, tmp_path):
     port = sim.wait_ready()["console"]
     r = washpay("card", "read", "--port", port, "--site-key", tmp_path / "nokey")
-    assert r.returncode == 1 and "site key file" in r.stderr and "not found" in r.stderr
+    assert r.returncode == 2 and "no site key at" in r.stderr and "washpay site init" in r.stderr
     r = washpay("card", "blacklist", "--port", port, "--add", "zz")
     assert r.returncode == 1 and "'zz' is not a UID in hex" in r.stderr
     r = washpay("card", "blacklist", "--port", port, "--add", "0102", "--json")

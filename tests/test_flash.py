@@ -186,3 +186,29 @@ def test_esptool_image_info_reads_our_stand_in_images(images):
     r = subprocess.run([sys.executable, "-m", "esptool", "image-info", str(images["app"])],
                        capture_output=True, text=True, timeout=60)
     assert "Project name: micropython" in r.stdout and "App version: v1.26.0" in r.stdout
+
+
+def test_image_without_an_application_is_refused(images, tmp_path):
+    """Only a bootloader and a partition table (e.g. a download cut short, or the parts of a
+    build merged without the app): a board flashed with it never starts."""
+    from esp_images import bootloader, partition_table
+
+    head = bootloader("esp32") + b"\xff" * (0x7000 - len(bootloader("esp32")))
+    no_app = tmp_path / "no-app.bin"
+    no_app.write_bytes(head + partition_table())  # 0x1000..0x8c00: nothing at 0x10000
+    r = washpay("flash", "--port", "/dev/ttyUSB7", "--board", "esp32-devkitc", "--firmware",
+                str(no_app), "--dry-run")
+    assert r.returncode == 2 and "holds no application" in r.stderr, r.stdout + r.stderr
+    assert "factory partition at 0x10000" in r.stderr and "esptool" not in r.stdout
+    # the same with erased flash (or garbage) where the application belongs
+    padded = tmp_path / "padded.bin"
+    padded.write_bytes(no_app.read_bytes().ljust(0x10000 - 0x1000 + 4096, b"\xff"))
+    r = washpay("flash", "--port", "/dev/ttyUSB7", "--board", "esp32-devkitc", "--firmware",
+                str(padded), "--dry-run")
+    assert r.returncode == 2 and "holds no application" in r.stderr, r.stderr
+    # no partition table at all
+    bare = tmp_path / "bootloader-only.bin"
+    bare.write_bytes(head)
+    r = washpay("flash", "--port", "/dev/ttyUSB7", "--board", "esp32-devkitc", "--firmware",
+                str(bare), "--dry-run")
+    assert r.returncode == 2 and "no partition table" in r.stderr, r.stderr

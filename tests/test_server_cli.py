@@ -134,7 +134,7 @@ def test_broker_init_refuses_a_device_id_that_cannot_be_a_topic(tmp_path):
 def test_server_run_with_a_missing_key_file(tmp_path):
     r = washpay("server", "run", "--site-key", tmp_path / "nokey", "--broker",
                 "mqtt://127.0.0.1:1")
-    assert r.returncode != 0 and "not found" in r.stderr
+    assert r.returncode == 2 and "no site key at" in r.stderr and "washpay site init" in r.stderr
 
 
 def test_server_run_with_no_broker_there(tmp_path):

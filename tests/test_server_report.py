@@ -55,3 +55,11 @@ def test_revenue_backlog_and_faults(ledger_db):
     report.format_text(rep, out)
     text = out.getvalue()
     assert "Revenue per device" in text and "62..70 (10)" in text and "bad_tag" in text
+    # amounts in euros with the currency; each count named for what it counts
+    lines = text.splitlines()
+    cash = next(x for x in lines if "sim-0001" in x and "2026-05-28" in x and "cash" in x)
+    assert f"{coins} coins" in cash and f"{coins}.00 EUR" in cash
+    card = next(x for x in lines if "sim-0002" in x and " card " in x)
+    assert "1 card payment " in card and "2.50 EUR" in card
+    refund = next(x for x in lines[lines.index("Refunds"):] if "sim-0002" in x)
+    assert "1 refund " in refund and "0.50 EUR" in refund

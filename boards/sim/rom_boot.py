@@ -72,7 +72,9 @@ vfs.umount("/")
 try:
     vfs.mount(vfs.VfsLfs2(_bdev), "/")
 except OSError:
-    print("sim: blank flash, formatting LittleFS and installing factory files")
+    # a bare board has no factory files: say only what happens
+    print("sim: blank flash, formatting LittleFS" + ("" if _bare else
+                                                     " and installing factory files"))
     vfs.VfsLfs2.mkfs(_bdev)
     vfs.mount(vfs.VfsLfs2(_bdev), "/")
     for _name, _data in _factory.items():

@@ -3,7 +3,6 @@ and the `washpay sim run --broker` option's files."""
 
 import json
 import os
-import shutil
 import signal
 import sys
 import time
@@ -14,26 +13,37 @@ from host_tools import keys as K
 
 
 def _site_key(path):
+    """The site key as every command finds it: --site-key, else $WASHPAY_SITE_KEY, else the
+    default file (host_tools/site.py); exit status 2 with what to do when there is none."""
+    from host_tools import site
+
     try:
-        return K.load_site_key(path)
+        return site.load(path)[0]
     except K.KeyFileError as e:
-        raise SystemExit(f"washpay: {e}") from None
+        print(f"washpay: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 def cmd_broker_init(args):
     key = _site_key(args.site_key)
     devices = [d for item in args.device for d in item.split(",") if d]
+    remove = [d for item in args.remove_device for d in item.split(",") if d]
     try:
-        s = B.init(args.dir, key, devices, port=args.port, tls_port=args.tls_port)
+        s = B.init(args.dir, key, devices, port=args.port, tls_port=args.tls_port,
+                   remove=remove, new_ports=args.new_ports)
     except B.BrokerError as e:
         print(f"washpay broker init: {e}", file=sys.stderr)
         return 2
     d = Path(args.dir)
-    print(f"broker directory {d}: {len(devices)} device(s), plain port {s['port']}, "
+    print(f"broker directory {d}: {len(s['devices'])} device(s), plain port {s['port']}, "
           f"TLS port {s['tls_port']}")
+    print(f"  changed: {'; '.join(s['changes']) or 'nothing'}")
+    if s["changes"] and not s["changes"][0].startswith("new broker"):
+        print("  a running broker takes the change when it is restarted (washpay broker run)")
+    print(f"  devices: {', '.join(s['devices']) or 'none'}")
     print(f"  boards:  broker mqtts://{s['host']}:{s['tls_port']}, CA {d / 'ca.der'}")
-    print(f"  server:  washpay server run --site-key {args.site_key} "
-          f"--broker mqtt://{s['host']}:{s['port']}")
+    keyopt = f" --site-key {args.site_key}" if args.site_key else ""
+    print(f"  server:  washpay server run{keyopt} --broker mqtt://{s['host']}:{s['port']}")
     print(f"  start:   washpay broker run --dir {d}")
     return 0
 
@@ -302,7 +312,15 @@ def cmd_server_command(args):
 
 def sim_broker_files(state, device_id, broker=None, ca=None):
     """Factory files for a simulated board's first start: config.json with the broker URL,
-    and broker_ca.der. A board whose flash exists already keeps its own config."""
+    and broker_ca.der. A board whose flash exists already keeps its own config. A ValueError
+    says what is wrong with the URL or the CA file; then nothing was written."""
+    from host_tools.provision import Refused, check_broker
+
+    try:
+        check_broker(broker)
+    except Refused as e:
+        raise ValueError(str(e)) from None
+    ca_der = _ca_der(ca) if ca else None
     st = Path(state)
     if (st / "flash.bin").exists():
         print("washpay sim run: the board's flash exists; --broker applies to a blank flash "
@@ -315,8 +333,28 @@ def sim_broker_files(state, device_id, broker=None, ca=None):
     if broker:
         cfg["broker"] = broker
     cfg_path.write_text(json.dumps(cfg, indent=1))
-    if ca:
-        shutil.copy(ca, prov / "broker_ca.der")
+    if ca_der is not None:
+        (prov / "broker_ca.der").write_bytes(ca_der)
+
+
+def _ca_der(path):
+    """The bytes of a CA certificate file in DER (what the board loads), checked."""
+    from cryptography import x509
+
+    try:
+        data = Path(path).read_bytes()
+    except OSError as e:
+        raise ValueError(f"--broker-ca {path}: {e.strerror} (the site CA is BROKER_DIR/ca.der, "
+                         "written by `washpay broker init`)") from None
+    try:
+        x509.load_der_x509_certificate(data)
+    except ValueError:
+        raise ValueError(f"--broker-ca {path} is not a certificate in DER form (give "
+                         "BROKER_DIR/ca.der, not ca.pem)") from None
+    return data
+
+
+SITE_KEY_HELP = "the site key file (default: $WASHPAY_SITE_KEY, else ~/.config/washpay/site.key)"
 
 
 def add_parsers(sub):
@@ -327,14 +365,23 @@ def add_parsers(sub):
         "init", help="write Mosquitto's config, password file, ACL and TLS certificates",
         description="Writes DIR/mosquitto.conf, passwd (one user per device, passwords "
         "derived from the site key), acl (each device only its own topics), ca.pem/ca.der "
-        "and the broker's certificate. Run it again after adding devices.",
+        "and the broker's certificate. Run it again with the new --device after adding "
+        "devices: it keeps the ports, the certificates and the devices already there "
+        "(--remove-device takes one away, --new-ports picks new ports) and says what "
+        "changed.",
     )
     init.add_argument("--dir", required=True, help="the broker's directory")
-    init.add_argument("--site-key", required=True, help="the site key file")
+    init.add_argument("--site-key", default=None, help=SITE_KEY_HELP)
     init.add_argument("--device", action="append", default=[], metavar="ID[,ID...]",
                       help="a device id (repeat, or separate with commas)")
-    init.add_argument("--port", type=int, default=None, help="plain port (default: free)")
-    init.add_argument("--tls-port", type=int, default=None, help="TLS port (default: free)")
+    init.add_argument("--remove-device", action="append", default=[], metavar="ID[,ID...]",
+                      help="take a device's user away (repeat, or separate with commas)")
+    init.add_argument("--port", type=int, default=None,
+                      help="plain port (default: the one already chosen, else a free one)")
+    init.add_argument("--tls-port", type=int, default=None,
+                      help="TLS port (default: the one already chosen, else a free one)")
+    init.add_argument("--new-ports", action="store_true",
+                      help="pick new free ports instead of keeping the ones already chosen")
     init.set_defaults(func=cmd_broker_init)
     run = br.add_parser("run", help="run Mosquitto on loopback in the foreground")
     run.add_argument("--dir", required=True)
@@ -347,7 +394,7 @@ def add_parsers(sub):
         description="Several `server run` processes (each with its own --instance) may "
         "share one PostgreSQL database: the broker splits the boards' traffic between them.",
     )
-    r.add_argument("--site-key", required=True, help="the site key file")
+    r.add_argument("--site-key", default=None, help=SITE_KEY_HELP)
     r.add_argument("--broker", required=True, help="mqtt://host:port or mqtts://host:port")
     r.add_argument("--ca", default=None, help="the site CA (PEM) for an mqtts:// broker")
     r.add_argument("--db", default=os.environ.get("WASHPAY_DB", "ledger.db"),
@@ -393,7 +440,7 @@ def add_parsers(sub):
     cmd.add_argument("words", nargs="*", help="price: quick=300 ...; blacklist: UIDs (hex); "
                      "tiers: 04a1b2c3=late, 04a1b2c3=- (clear)")
     cmd.add_argument("--device", required=True)
-    cmd.add_argument("--site-key", required=True)
+    cmd.add_argument("--site-key", default=None, help=SITE_KEY_HELP)
     cmd.add_argument("--broker", required=True)
     cmd.add_argument("--ca", default=None)
     cmd.add_argument("--db", default=os.environ.get("WASHPAY_DB", "ledger.db"))

@@ -14,6 +14,8 @@ import time
 from collections import defaultdict
 from datetime import datetime, timezone
 
+from host_tools.money import money
+
 PAYMENT_TYPES = {"coin": "cash", "card_debit": "card", "token_redeem": "qr",
                  "remote_start": "app"}
 DEVICE_FAULTS = ("fault", "coin_rejected", "start_failed", "card_refused", "card_fraud",
@@ -96,8 +98,15 @@ def build(store, since=None):
     }
 
 
-def _amount(v):
-    return f"{v / 100:.2f}"
+# what one record of each kind of payment is: a cash figure counts coins, not washes
+COUNTED = {"cash": ("coin", "coins"), "card": ("card payment", "card payments"),
+           "qr": ("QR token", "QR tokens"), "app": ("remote start", "remote starts"),
+           "refund": ("refund", "refunds")}
+
+
+def _counted(kind, n):
+    one, many = COUNTED.get(kind, ("record", "records"))
+    return f"{n} {one if n == 1 else many}"
 
 
 def format_text(rep, out):
@@ -112,19 +121,19 @@ def format_text(rep, out):
             out.write("  " + "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True))
                       .rstrip() + "\n")
 
-    table("Revenue (verified records; amounts in major units)",
-          ["device", "day", "type", "count", "amount", "currency"],
-          [[r["device"], r["day"], r["type"], r["count"], _amount(r["amount"]),
-            r["currency"]] for r in rep["revenue"]])
+    table("Revenue (verified records)",
+          ["device", "day", "type", "payments", "amount"],
+          [[r["device"], r["day"], r["type"], _counted(r["type"], r["count"]),
+            money(r["amount"], r["currency"])] for r in rep["revenue"]])
     totals = defaultdict(int)
     for r in rep["revenue"]:
         totals[(r["device"], r["currency"])] += r["amount"]
-    table("Revenue per device", ["device", "amount", "currency"],
-          [[d, _amount(v), c] for (d, c), v in sorted(totals.items())])
+    table("Revenue per device", ["device", "amount"],
+          [[d, money(v, c)] for (d, c), v in sorted(totals.items())])
     if rep["refunds"]:
-        table("Refunds", ["device", "day", "count", "amount", "currency"],
-              [[r["device"], r["day"], r["count"], _amount(r["amount"]), r["currency"]]
-               for r in rep["refunds"]])
+        table("Refunds", ["device", "day", "refunds", "amount"],
+              [[r["device"], r["day"], _counted("refund", r["count"]),
+                money(r["amount"], r["currency"])] for r in rep["refunds"]])
     table("Boards: offline backlog", ["device", "stored", "board newest", "backlog",
                                       "online", "last heard", "missing (waiting)"],
           [[d["device"], d["stored"], d["board_newest"], d["backlog"],
@@ -132,7 +141,7 @@ def format_text(rep, out):
             f"{d['silent_s']} s ago" if d["silent_s"] is not None else "never",
             f"{d['missing']} ({d['waiting']})" if d["missing"] else ""]
            for d in rep["devices"]])
-    table("Faults on the boards", ["device", "record type", "count"],
+    table("Faults on the boards", ["device", "record type", "records"],
           [[f["device"], f["type"], f["count"]] for f in rep["faults"]])
     table("Problems found by the server", ["device", "kind", "records", "times", "latest"],
           [[p["device"], p["kind"], p["records"], p["times"], (p["last"] or "")[:70]]
@@ -140,5 +149,7 @@ def format_text(rep, out):
 
 
 def format_json(rep, out):
-    json.dump(rep, out, indent=1)
+    # amounts stay minor units of each row's currency ("amount": 250 with "currency": "EUR"
+    # is 2.50 EUR); "count" is records: coins for cash, card payments for card, ...
+    json.dump({"amounts": "minor units of the row's currency", **rep}, out, indent=1)
     out.write("\n")

@@ -262,9 +262,14 @@ class SQLiteStore(Store):
                                         check_same_thread=False)
         except sqlite3.Error as e:
             raise StoreError(f"cannot open the ledger {self.path}: {e}") from None
-        self.conn.execute("PRAGMA journal_mode=WAL")
-        self.conn.execute("PRAGMA synchronous=NORMAL")
-        self.conn.executescript(SCHEMA.format(blob="BLOB", real="REAL"))
+        try:
+            self.conn.execute("PRAGMA journal_mode=WAL")
+            self.conn.execute("PRAGMA synchronous=NORMAL")
+            self.conn.executescript(SCHEMA.format(blob="BLOB", real="REAL"))
+        except sqlite3.DatabaseError as e:  # e.g. "file is not a database": nothing written
+            self.conn.close()
+            raise StoreError(f"{self.path} is not a washpay ledger ({e}): name the ledger "
+                             "file with --db (or $WASHPAY_DB)") from None
 
     def __repr__(self):
         return f"sqlite:{self.path}"
