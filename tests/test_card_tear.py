@@ -259,3 +259,17 @@ def test_a_card_below_zero_pays_again_within_its_overdraft(tmp_path):
     refused = [rec for rec in r["journal"] if rec[0] == "card_refused"]
     assert [(rec[6], rec[4]) for rec in refused] == [("overdraft limit -3.00", -300)]
     assert r["display"] == ["Balance -3.00", "quick costs 2.50"]
+
+
+def test_credit_covering_the_cards_discounted_price_charges_the_card_nothing(tmp_path):
+    """2.00 of coins, a staff card (-50 %: 1.25): the credit covers the card's price but not
+    the coin price (2.50). The cycle starts at the card's price from the credit alone; the
+    card_debit says the card paid 0 and the credit kept the change."""
+    img = issued_image(UID4, OPENING, tier="staff")
+    cfg = {"pricing": {"tiers": {"staff": {"percent": -50}}}}
+    (r,) = run_harness(tmp_path, [{"image": img, "config": cfg, "events": [
+        ["coin", 200], ["tap", None, None]]}])
+    assert r["starts"] == 1 and r["credit"] == 75
+    assert card_wallet(r, UID4).balance == OPENING
+    debit = [rec for rec in r["journal"] if rec[0] == "card_debit"]
+    assert [[rec[1], rec[2], rec[8]] for rec in debit] == [[0, 125, 75]]

@@ -55,3 +55,27 @@ def test_revenue_backlog_and_faults(ledger_db):
     report.format_text(rep, out)
     text = out.getvalue()
     assert "Revenue per device" in text and "62..70 (10)" in text and "bad_tag" in text
+
+
+def test_coins_and_a_card_paying_one_cycle_are_counted_once(tmp_path):
+    """docs/pricing.md, "Credit and a card": 1.00 of coins, then a card pays the 1.50 the
+    credit does not cover (card_debit amount 150, price 250, credit after 0). The ledger
+    counts 1.00 cash and 1.50 card, 2.50 for the cycle; the card's shadow balance follows
+    the card and its arithmetic checks."""
+    store = open_store(f"sqlite:///{tmp_path}/l.db")
+    recs = firmware_records(tmp_path / "j", [
+        ("boot", {"t": 1_780_000_000}),
+        ("coin", {"amount": 100, "credit": 100, "state": "credit", "t": 1_780_000_010}),
+        ("card_debit", {"amount": 150, "price": 250, "credit": 0, "state": "starting",
+                        "source": "04a1b2c3", "card_counter": 3, "balance_before": 1000,
+                        "balance_after": 850, "program": "quick", "t": 1_780_000_020}),
+        ("vend_running", {"price": 250, "state": "running", "program": "quick",
+                          "t": 1_780_000_021}),
+    ])
+    out = Ingest(store, SITE_KEY).batch("sim-0001", wire.build_batch(recs, len(recs)))
+    assert out.problems == []
+    rep = report.build(store)
+    rev = {r["type"]: (r["count"], r["amount"]) for r in rep["revenue"]}
+    assert rev == {"cash": (1, 100), "card": (1, 150)}
+    assert store.query("SELECT balance FROM cards WHERE uid = ?", ("04a1b2c3",)) == [(850,)]
+    store.close()
