@@ -25,7 +25,8 @@ from pathlib import Path
 # counter is the card's, not a reuse; a voided debit is no revenue.
 VOIDS_WRITE = (
     "EXISTS (SELECT 1 FROM records v WHERE v.source_kind IN ('', 'card') "
-    "AND v.device = r.device AND v.source = r.source AND v.card_counter = r.card_counter AND v.seq > r.seq "
+    "AND v.device = r.device AND v.source = r.source AND v.card_counter = r.card_counter "
+    "AND v.seq > r.seq "
     "AND v.verified = 1 AND (v.type = 'card_cancel' OR (v.type = 'card_settled' "
     "AND v.amount = 0 AND v.reason = 'payment had not landed')))"
 )
