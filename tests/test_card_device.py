@@ -141,6 +141,8 @@ def test_issue_top_up_and_pay_with_the_card_tool(sim, tmp_path):
                                                                              0)
     assert (topped["amount"], topped["balance_before"], topped["balance_after"],
             topped["card_counter"]) == (500, 1000, 1500, 1)
+    # every card record names its source as a card (docs/journal-format.md, source kind)
+    assert {r["source_kind"] for r in (issued, topped, debit)} == {"card"}
     assert (debit["amount"], debit["balance_before"], debit["balance_after"],
             debit["card_counter"], debit["source"]) == (250, 1500, 1250, 2, UID4.hex())
     assert recs[-1]["type"] == "vend_running"
