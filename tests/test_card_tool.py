@@ -231,3 +231,33 @@ def test_another_sites_key_is_refused_before_anything_is_written(sim, tmp_path):
                 "--balance", 1000, "--json")
     assert r.returncode == 0 and json.loads(r.stdout)["balance"] == 1000, r.stderr
     sim.wait_ready()
+
+
+def test_the_board_checks_the_site_key_without_giving_its_own(tmp_path):
+    """The card tool's "site" step under MicroPython: the site id the board's card key makes
+    must be the host's; a board without a card key refuses too. Only site ids (public) are
+    compared and said; the board's card key is never in the result."""
+    import os
+
+    from conftest import run_micropython
+
+    ck = W.site_card_key(bytes(range(32)))
+    mine = W.site_id(ck).hex()
+    other = W.site_id(W.site_card_key(b"\x05" * 32)).hex()
+    code = (
+        "import json\n"
+        "from washpay import config\n"
+        "from washpay.payments import cardtool\n"
+        "for secrets, site in %r:\n"
+        "    config.load_secrets = lambda: secrets\n"
+        "    print('R', json.dumps(cardtool.execute(None, [['site', site]])))\n"
+    ) % [({"card_key": ck.hex()}, mine), ({"card_key": ck.hex()}, other),
+         ({"device_secret": os.urandom(32).hex()}, mine)]
+    _, out, _ = run_micropython(code)
+    same, wrong, keyless = (json.loads(line[2:]) for line in out.splitlines()
+                            if line.startswith("R "))
+    assert same["ok"] and same["done"] == 1
+    assert (wrong["ok"], wrong["kind"], wrong["step"]) == (False, "SiteMismatch", 0)
+    assert f"its cards are of site {mine}, the key given makes site {other}" in wrong["error"]
+    assert keyless["kind"] == "SiteMismatch" and "no card key" in keyless["error"]
+    assert ck.hex() not in out
