@@ -273,3 +273,14 @@ def test_credit_covering_the_cards_discounted_price_charges_the_card_nothing(tmp
     assert card_wallet(r, UID4).balance == OPENING
     debit = [rec for rec in r["journal"] if rec[0] == "card_debit"]
     assert [[rec[1], rec[2], rec[8]] for rec in debit] == [[0, 125, 75]]
+
+
+def test_a_card_short_of_its_part_is_refused_and_the_credit_stays(tmp_path):
+    img = issued_image(UID4, 100)
+    (r,) = run_harness(tmp_path, [{"image": img, "events": [["coin", COIN],
+                                                            ["tap", None, None]]}])
+    # 1.00 on the card does not pay the 1.50 the credit leaves: refused, nothing written
+    assert r["starts"] == 0 and r["credit"] == COIN and card_wallet(r, UID4).balance == 100
+    assert r["display"] == ["Low balance 1.00", "quick +1.50"]
+    refused = [rec for rec in r["journal"] if rec[0] == "card_refused"]
+    assert [rec[1:3] + [rec[6]] for rec in refused] == [[PRICE - COIN, PRICE, "low balance"]]
