@@ -299,9 +299,15 @@ def _hex(b):
     return bytes(b).hex()
 
 
-def wait_for_card(link, wait_s):
-    r = link.run([["select", None, int(wait_s * 1000)]], wait_s)
+def wait_for_card(link, wait_s, card_key=None):
+    """(UID, SAK) of the card on the reader. With `card_key`, the board first checks that
+    it is its own card key (the site ids they make agree: nothing secret crosses the line),
+    so that a card is never issued or topped up, nor a record journaled, for another site."""
+    steps = [["site", W.site_id(card_key).hex()]] if card_key is not None else []
+    r = link.run(steps + [["select", None, int(wait_s * 1000)]], wait_s)
     if not r["ok"]:
+        if r.get("kind") == "SiteMismatch":
+            raise CardToolError(r.get("error", "the site key is not this board's"))
         if r.get("kind") == "NoCard":
             raise CardToolError(f"no card on the reader within {wait_s:g} s: put the card on "
                                 "the reader (sim: washpay sim ctl card tap <uid>)")
@@ -415,7 +421,7 @@ def topup(link, card_key, amount, wait_s=30, say=print):
     """Add `amount` to the card on the reader; returns its description afterwards."""
     if amount <= 0:
         raise CardToolError("a top-up amount must be a positive number of minor units")
-    uid, _ = wait_for_card(link, wait_s)
+    uid, _ = wait_for_card(link, wait_s, card_key)
     w = read_card(link, card_key, uid)
     cur = w.current
     if cur is None:
@@ -462,7 +468,7 @@ def issue(link, card_key, balance=0, tier="", wait_s=30, say=print):
     """Issue the blank card on the reader with an opening balance; returns its description."""
     if not 0 <= balance <= W.BALANCE_MAX:
         raise CardToolError("the opening balance must be 0 or more minor units")
-    uid, sak = wait_for_card(link, wait_s)
+    uid, sak = wait_for_card(link, wait_s, card_key)
     if sak != 0x08:
         raise CardToolError(f"card {uid.hex()} is not a MIFARE Classic 1K (SAK 0x{sak:02x})")
     blocks = W.issue_blocks(card_key, uid, balance, tier)  # checks the tier too
@@ -659,4 +665,4 @@ def main(args):
             link.finish(reset=not args.no_reset)
     except (CardToolError, W.WalletError) as e:
         print(f"washpay card: {e}", file=sys.stderr)
-        return 1
+        return 2

@@ -193,6 +193,8 @@ class World:
             self.pay.quiet_present_card()
         elif kind == "start":
             await self.engine.on_button("start")
+        elif kind == "coin":  # a coin of ev[1] minor units, decoded by the acceptor
+            await self.engine.on_coin(("coin", ev[1], 2))
         elif kind == "finish":
             self.washer.running = False
             for _ in range(500):

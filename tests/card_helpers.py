@@ -75,12 +75,12 @@ def journal_charged(result):
     return sum(debits.values())
 
 
-def check_accounting(result, uid, opening, price=PRICE):
-    """The money rule for cards: what left the card is what the journal says, and equals
-    the vends started plus the credit the machine holds for it."""
+def check_accounting(result, uid, opening, price=PRICE, coins=0):
+    """The money rule for cards: what left the card is what the journal says, and with
+    the coins inserted equals the vends started plus the credit the machine holds."""
     w = card_wallet(result, uid)
     charged = opening - w.balance
     assert all(rec[-1] for rec in result["journal"]), "a journal record does not verify"
     assert charged == journal_charged(result), (charged, result["journal"])
-    assert charged == price * result["starts"] + result["credit"], result
+    assert charged + coins == price * result["starts"] + result["credit"], result
     return charged

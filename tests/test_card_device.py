@@ -142,6 +142,8 @@ def test_issue_top_up_and_pay_with_the_card_tool(sim, tmp_path):
                                                                              0)
     assert (topped["amount"], topped["balance_before"], topped["balance_after"],
             topped["card_counter"]) == (500, 1000, 1500, 1)
+    # every card record names its source as a card (docs/journal-format.md, source kind)
+    assert {r["source_kind"] for r in (issued, topped, debit)} == {"card"}
     assert (debit["amount"], debit["balance_before"], debit["balance_after"],
             debit["card_counter"], debit["source"]) == (250, 1500, 1250, 2, UID4.hex())
     assert recs[-1]["type"] == "vend_running"
@@ -326,3 +328,42 @@ def test_the_same_card_again_is_not_charged_twice(tmp_path):
         st = tap(sim, UID4)  # again, soon after: not a second payment
         assert card(st)["counts"]["paid"] == 1 and st["relay_pulses"] == 1
         assert st["state"] == "idle" and wallet_of(sim, dump(sim)).balance == 750
+
+
+def test_coins_then_a_card_the_card_pays_only_the_rest(sim, tmp_path):
+    """Issue 12, item 1: 1.00 of coins in, then a card: the card pays 1.50, not 2.50."""
+    sim.insert_coin(100)
+    st = tap(sim, issued_image(UID4, 1000, card_key=card_key(sim)))
+    st = sim.wait_for(lambda s: s["state"] == "running", what="the vend paid by both")
+    assert st["credit"] == 0 and st["relay_pulses"] == 1
+    assert wallet_of(sim, dump(sim)).balance == 850
+    assert card(st)["last"]["result"] == "paid 150"
+    debit = [r for r in journal(sim, tmp_path) if r["type"] == "card_debit"]
+    # amount: the card's part; price: the vend; credit after: what the coins left
+    assert [(r["amount"], r["price"], r["credit"], r["balance_before"], r["balance_after"])
+            for r in debit] == [(150, 250, 0, 1000, 850)]
+
+
+def test_coins_then_a_card_then_a_power_cut_after_the_card_write(sim, tmp_path):
+    """The card's new copy landed, the power went before any vend record: at boot the coins
+    are credit again; the card's next tap gives its 1.50 as credit; START runs the wash.
+    Nothing lost, nobody charged twice."""
+    sim.insert_coin(100)
+    img = issued_image(UID4, 1000, card_key=card_key(sim))
+    tap(sim, img, remove_after=9, torn="old")  # the copy is written, its read-back cut off
+    sim.wait_for(lambda s: card(s)["waiting"] == UID4.hex(), what="waiting for the card")
+    sim.call("power", state="cut")
+    sim.call("power", state="on")
+    st = sim.wait_ready()
+    assert st["state"] == "credit" and st["credit"] == 100 and card(st)["pending"] == 1
+    assert st["relay_pulses"] == 0
+    st = tap(sim, UID4)
+    assert st["credit"] == 250 and st["display"].startswith("Paid earlier")
+    assert wallet_of(sim, dump(sim)).balance == 850
+    sim.call("button", name="start")
+    st = sim.wait_for(lambda s: s["state"] == "running", what="the vend")
+    assert st["relay_pulses"] == 1 and st["credit"] == 0
+    recs = [r for r in journal(sim, tmp_path) if r["type"] not in ("boot",)]
+    assert [(r["type"], r["amount"], r["credit"]) for r in recs] == [
+        ("coin", 100, 100), ("card_debit", 150, 0), ("card_unresolved", 150, 100),
+        ("card_settled", 150, 250), ("vend_start", 250, 0), ("vend_running", 0, 0)]

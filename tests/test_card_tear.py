@@ -179,3 +179,108 @@ def test_torn_payment_then_paid_elsewhere_is_not_taken_for_ours(tmp_path):
     # one payment there, one here; this board's journal accounts for its own
     assert card_wallet(r, UID4).balance == OPENING - 2 * PRICE
     assert r["journal"][-2][1] == PRICE
+
+
+# ---- coins already in, then a card (issue 12, item 1): the card pays only the rest
+COIN = 100
+
+
+def test_a_card_pays_only_what_the_credit_does_not_cover(tmp_path):
+    img = issued_image(UID4, OPENING)
+    (r,) = run_harness(tmp_path, [{"image": img, "events": [["coin", COIN],
+                                                            ["tap", None, None]]}])
+    assert check_accounting(r, UID4, OPENING, coins=COIN) == PRICE - COIN
+    assert r["starts"] == 1 and r["credit"] == 0
+    # card part + credit part on the display, then the card's balance
+    assert r["display"] == ["Paid 1.50+1.00", "balance 8.50"]
+    debit = [rec for rec in r["journal"] if rec[0] == "card_debit"]
+    # amount: what the card paid; price: the vend; credit after: what the coins left
+    assert [rec[:6] + [rec[8]] for rec in debit] == [
+        ["card_debit", PRICE - COIN, PRICE, 1, OPENING, OPENING - PRICE + COIN, 0]]
+
+
+def test_credit_and_card_at_every_tear_point(tmp_path):
+    """The card torn away at every exchange of the debit (and the wait expiring, or the
+    power cut before the card is back), with 1.00 of coins already in: the card is charged
+    1.50 once, the coins once, one wash; the credit is back whenever the vend is not on."""
+    img = issued_image(UID4, OPENING)
+    scenarios = []
+    for k in [*range(EXCHANGES[UID4] + 1), None]:
+        for mode in MODES:
+            for between in ([], [["expire"]], [["reboot"]]):
+                events = [["coin", COIN], ["tap", k, mode], *between, ["tap", None, None],
+                          ["start"]]
+                scenarios.append({"image": img, "events": events, "k": k, "mode": mode,
+                                  "between": between[0][0] if between else None})
+    results = run_harness(tmp_path, scenarios)
+    for sc, r in zip(scenarios, results, strict=True):
+        where = f"removed after {sc['k']} exchanges ({sc['mode']}), then {sc['between']}"
+        charged = check_accounting(r, UID4, OPENING, coins=COIN)
+        assert charged == PRICE - COIN, where
+        assert r["starts"] == 1 and r["credit"] == 0, where
+        assert not r["waiting"] and r["pending"] == 0, where
+        # whenever a card payment did not go through, the coins are credit again at once
+        for rec in r["journal"]:
+            if rec[0] in ("card_cancel", "card_unresolved"):
+                assert rec[8] == COIN and rec[1] == PRICE - COIN and rec[2] == PRICE, where
+
+
+def test_a_power_cut_after_the_card_write_loses_nothing(tmp_path):
+    """The copy landed on the card, its read-back was cut off, and the power went before
+    the card came back (after the card write, before any vend record): at boot the coins
+    are credit again, the card's next tap turns its 1.50 into credit, START runs the wash."""
+    img = issued_image(UID4, OPENING)
+    (r,) = run_harness(tmp_path, [{"image": img, "events": [
+        ["coin", COIN], ["tap", 9, "old"], ["reboot"]]}])
+    assert r["starts"] == 0 and r["credit"] == COIN and r["pending"] == 1
+    assert card_wallet(r, UID4).balance == OPENING - PRICE + COIN  # it did land
+    (r,) = run_harness(tmp_path, [{"image": img, "events": [
+        ["coin", COIN], ["tap", 9, "old"], ["reboot"], ["tap", None, None], ["start"]]}])
+    types = [rec[0] for rec in r["journal"]]
+    assert types[-5:] == ["card_unresolved", "boot", "card_settled", "vend_start",
+                          "vend_running"], types
+    settled = r["journal"][-3]
+    assert settled[1] == PRICE - COIN and settled[8] == PRICE  # 1.50 + the 1.00 back
+    assert check_accounting(r, UID4, OPENING, coins=COIN) == PRICE - COIN
+    assert r["starts"] == 1 and r["credit"] == 0
+
+
+# ---- overdraft (issue 12, item 22): a card in the red pays on within its tier's limit
+def test_a_card_below_zero_pays_again_within_its_overdraft(tmp_path):
+    img = issued_image(UID4, 200, tier="trusted")
+    cfg = {"card": {"repeat_ms": 0}, "pricing": {"tiers": {"trusted": {"overdraft": 300}}}}
+    tap = ["tap", None, None]
+    (r,) = run_harness(tmp_path, [{"image": img, "config": cfg, "events": [
+        tap, ["finish"], tap, ["finish"], tap]}])
+    # 2.00 -> -0.50 -> -3.00 (exactly the limit); the third would end at -5.50: refused
+    assert r["starts"] == 2 and card_wallet(r, UID4).balance == 200 - 2 * PRICE
+    debits = [rec[4:6] for rec in r["journal"] if rec[0] == "card_debit"]
+    assert debits == [[200, -50], [-50, -300]]
+    refused = [rec for rec in r["journal"] if rec[0] == "card_refused"]
+    assert [(rec[6], rec[4]) for rec in refused] == [("overdraft limit -3.00", -300)]
+    assert r["display"] == ["Balance -3.00", "quick costs 2.50"]
+
+
+def test_credit_covering_the_cards_discounted_price_charges_the_card_nothing(tmp_path):
+    """2.00 of coins, a staff card (-50 %: 1.25): the credit covers the card's price but not
+    the coin price (2.50). The cycle starts at the card's price from the credit alone; the
+    card_debit says the card paid 0 and the credit kept the change."""
+    img = issued_image(UID4, OPENING, tier="staff")
+    cfg = {"pricing": {"tiers": {"staff": {"percent": -50}}}}
+    (r,) = run_harness(tmp_path, [{"image": img, "config": cfg, "events": [
+        ["coin", 200], ["tap", None, None]]}])
+    assert r["starts"] == 1 and r["credit"] == 75
+    assert card_wallet(r, UID4).balance == OPENING
+    debit = [rec for rec in r["journal"] if rec[0] == "card_debit"]
+    assert [[rec[1], rec[2], rec[8]] for rec in debit] == [[0, 125, 75]]
+
+
+def test_a_card_short_of_its_part_is_refused_and_the_credit_stays(tmp_path):
+    img = issued_image(UID4, 100)
+    (r,) = run_harness(tmp_path, [{"image": img, "events": [["coin", COIN],
+                                                            ["tap", None, None]]}])
+    # 1.00 on the card does not pay the 1.50 the credit leaves: refused, nothing written
+    assert r["starts"] == 0 and r["credit"] == COIN and card_wallet(r, UID4).balance == 100
+    assert r["display"] == ["Low balance 1.00", "quick +1.50"]
+    refused = [rec for rec in r["journal"] if rec[0] == "card_refused"]
+    assert [rec[1:3] + [rec[6]] for rec in refused] == [[PRICE - COIN, PRICE, "low balance"]]

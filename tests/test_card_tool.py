@@ -9,6 +9,7 @@ import sys
 import pytest
 from card_helpers import UID4, UID7, issued_image
 from conftest import ROOT
+from token_env import journal_records
 
 from host_tools import card as C
 from host_tools import journal as J
@@ -73,7 +74,7 @@ def test_no_card_on_the_reader(sim):
         sim.call("card", action="remove")
     r = washpay("card", "read", "--port", sim.wait_ready()["console"], "--site-key",
                 sim.state / "site.key", "--wait", 1)
-    assert r.returncode == 1
+    assert r.returncode == 2
     assert "no card on the reader within 1 s: put the card on the reader" in r.stderr
     sim.wait_ready()
 
@@ -106,9 +107,9 @@ def test_missing_site_key_and_bad_uid(sim, tmp_path):
     r = washpay("card", "read", "--port", port, "--site-key", tmp_path / "nokey")
     assert r.returncode == 2 and "no site key at" in r.stderr and "washpay site init" in r.stderr
     r = washpay("card", "blacklist", "--port", port, "--add", "zz")
-    assert r.returncode == 1 and "'zz' is not a UID in hex" in r.stderr
+    assert r.returncode == 2 and "'zz' is not a UID in hex" in r.stderr
     r = washpay("card", "blacklist", "--port", port, "--add", "0102", "--json")
-    assert r.returncode == 1 and "4, 7 or 10 bytes" in r.stderr
+    assert r.returncode == 2 and "4, 7 or 10 bytes" in r.stderr
     r = washpay("card", "blacklist", "--port", port, "--json")  # nothing was added
     assert r.returncode == 0 and json.loads(r.stdout)["entries"] == []
     sim.wait_ready()
@@ -197,3 +198,66 @@ def test_issue_torn_in_the_trailer_write(sim, link, mode, outcome):
         C.issue(link, ck, 700, wait_s=3, say=operator)
     if outcome == "blank":
         assert C.issue(link, ck, 700, wait_s=3)["balance"] == 700
+
+
+def test_another_sites_key_is_refused_before_anything_is_written(sim, tmp_path):
+    """Issue 12, item 2: `card issue` / `card topup` with a site key that is not the board's
+    stop with one line and exit 2; the card is untouched and nothing is journaled. The board
+    checks the key (the site id it makes) itself: its card key never leaves it."""
+    other = tmp_path / "other.key"
+    other.write_text((b"\x05" * 32).hex() + "\n")
+    other.chmod(0o600)
+    st = sim.wait_ready()
+    port, seen = st["console"], st["journal"]["last_seq"]
+    blank = bytes.fromhex("0c0d0e0f")
+    put(sim, blank)
+    before = sim.call("card", action="dump")["image"]["blocks"]
+    r = washpay("card", "issue", "--port", port, "--site-key", other, "--balance", 1000)
+    assert r.returncode == 2, r.stdout + r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and "the site key is not this board's" in lines[0]
+    assert "check --site-key" in lines[0] and "Traceback" not in r.stderr
+    assert sim.call("card", action="dump")["image"]["blocks"] == before  # still blank
+    # a card of this site, topped up with the other key: refused the same way
+    put(sim, issued_image(UID4, 300, card_key=key(sim)))
+    r = washpay("card", "topup", 500, "--port", port, "--site-key", other)
+    assert r.returncode == 2 and "the site key is not this board's" in r.stderr
+    assert stored(sim, UID4).balance == 300
+    sim.wait_ready()
+    assert {r["type"] for r in journal_records(sim.state) if r["seq"] > seen} == {"boot"}
+    # the board's own key still issues the blank card
+    put(sim, blank)
+    r = washpay("card", "issue", "--port", port, "--site-key", sim.state / "site.key",
+                "--balance", 1000, "--json")
+    assert r.returncode == 0 and json.loads(r.stdout)["balance"] == 1000, r.stderr
+    sim.wait_ready()
+
+
+def test_the_board_checks_the_site_key_without_giving_its_own(tmp_path):
+    """The card tool's "site" step under MicroPython: the site id the board's card key makes
+    must be the host's; a board without a card key refuses too. Only site ids (public) are
+    compared and said; the board's card key is never in the result."""
+    import os
+
+    from conftest import run_micropython
+
+    ck = W.site_card_key(bytes(range(32)))
+    mine = W.site_id(ck).hex()
+    other = W.site_id(W.site_card_key(b"\x05" * 32)).hex()
+    code = (
+        "import json\n"
+        "from washpay import config\n"
+        "from washpay.payments import cardtool\n"
+        "for secrets, site in %r:\n"
+        "    config.load_secrets = lambda: secrets\n"
+        "    print('R', json.dumps(cardtool.execute(None, [['site', site]])))\n"
+    ) % [({"card_key": ck.hex()}, mine), ({"card_key": ck.hex()}, other),
+         ({"device_secret": os.urandom(32).hex()}, mine)]
+    _, out, _ = run_micropython(code)
+    same, wrong, keyless = (json.loads(line[2:]) for line in out.splitlines()
+                            if line.startswith("R "))
+    assert same["ok"] and same["done"] == 1
+    assert (wrong["ok"], wrong["kind"], wrong["step"]) == (False, "SiteMismatch", 0)
+    assert f"its cards are of site {mine}, the key given makes site {other}" in wrong["error"]
+    assert keyless["kind"] == "SiteMismatch" and "no card key" in keyless["error"]
+    assert ck.hex() not in out

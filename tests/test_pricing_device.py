@@ -154,3 +154,25 @@ def test_a_bad_price_table_is_a_config_error(sim_with_config, bad, why):
     st = sim_with_config(config(bad)).status()
     assert why in st["firmware"]["config_error"]
     assert st["state"] == "out_of_order"
+
+
+def test_a_card_in_the_red_pays_again_within_its_overdraft(sim_with_config, tmp_path):
+    """Issue 12, item 22: a card below zero was refused ("min 0.00 to pay"), so the
+    overdraft allowed one payment into the red. Every payment within the limit is taken."""
+    pricing = dict(PRICING, tiers={"resident": {"overdraft": 500}})
+    sim = sim_with_config(config(pricing))
+    tap(sim, issued_image(UID4, 200, "resident", card_key=card_key(sim)))
+    sim.wait_for(lambda s: s["state"] == "running", what="paid into the red")
+    end_cycle(sim)
+    lift(sim)
+    tap(sim, UID4)  # at -1.00: 3.00 more ends at -4.00, within -5.00
+    st = sim.wait_for(lambda s: s["state"] == "running", what="paid again in the red")
+    assert card(st)["last"]["result"] == "paid 300"
+    end_cycle(sim)
+    lift(sim)
+    st = tap(sim, UID4)  # at -4.00: -7.00 would be past the limit
+    assert card(st)["last"]["reason"] == "overdraft limit -5.00" and st["relay_pulses"] == 2
+    assert st["display"] == "Balance -4.00\nquick costs 3.00"
+    recs = [r for r in journal(sim, tmp_path) if r["type"] in ("card_debit", "card_refused")]
+    assert [(r["type"], r["balance_before"], r["balance_after"]) for r in recs] == [
+        ("card_debit", 200, -100), ("card_debit", -100, -400), ("card_refused", -400, 0)]

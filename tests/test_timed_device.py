@@ -232,3 +232,19 @@ def test_card_tap_buys_one_step_at_the_cards_price(start_dryer, tmp_path):
     recs = journal(sim, tmp_path)
     debits = [r for r in recs if r["type"] == "card_debit"]
     assert [(r["price"], r["left_s"]) for r in debits] == [(200, 4), (50, 4)]
+
+
+def test_a_card_tops_the_credit_up_to_one_step(start_dryer, tmp_path):
+    """Issue 12, item 1, for a dryer: 0.50 of coins in, a card tap buys one step (1.00) and
+    pays only the 0.50 the credit does not cover."""
+    from card_helpers import UID4, issued_image
+    from test_card_device import card_key, dump, tap, wallet_of
+
+    sim = start_dryer()
+    sim.insert_coin(50)
+    tap(sim, issued_image(UID4, 1000, card_key=card_key(sim)))
+    st = sim.wait_for(lambda s: s["state"] == "running", what="the step paid by both")
+    assert st["credit"] == 0 and wallet_of(sim, dump(sim)).balance == 950
+    debit = [r for r in journal(sim, tmp_path) if r["type"] == "card_debit"]
+    assert [(r["amount"], r["price"], r["credit"], r["left_s"]) for r in debit] == [
+        (50, 100, 0, 4)]

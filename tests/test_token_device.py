@@ -210,3 +210,19 @@ def test_power_cut_at_every_flash_operation_of_a_redemption(sim):
     # the sweep went through every window: before the journal record, between the record
     # and the replay cache (repaired at boot), after both, and past the whole redemption
     assert seen == {"untouched", "cache repaired at boot", "redeemed", "complete"}, seen
+
+
+def test_a_token_pays_its_own_price_and_the_coins_stay_credit(sim):
+    """Issue 12, item 1, decided for tokens (docs/pricing.md): a token was paid in full
+    online, so it pays the whole wash; the coins already in stay the customer's credit,
+    shown after the wash, for the next purchase (or a refund by staff)."""
+    sim.insert_coin(100)
+    E.scan(sim, E.issue(sim.state, "quick"))
+    st = sim.wait_for(lambda s: s["state"] == "running", what="the wash to start")
+    assert st["credit"] == 100 and st["relay_pulses"] == 1
+    sim.call("washer", state="idle")
+    st = sim.wait_for(lambda s: s["state"] == "credit" and
+                      s["firmware"]["lines"][0] == "Credit 1.00", what="the credit kept")
+    sim.call("washer", state="auto")
+    redeem = records(sim, "token_redeem")
+    assert [(r["amount"], r["price"], r["credit"]) for r in redeem] == [(250, 250, 100)]

@@ -263,12 +263,15 @@ class VendEngine:
             return "Close the door"
         return None
 
-    def commit_vend(self, rtype, price, program=None, tier=None, seconds=None, **fields):
+    def commit_vend(self, rtype, price, program=None, tier=None, seconds=None, from_credit=0,
+                    **fields):
         """Make the payment durable: one record in state STARTING, before the relay moves.
 
         The caller has already taken `price` from wherever it came from (machine credit,
-        a card, a token); from this record on, boot recovery either confirms the vend or
-        returns `price` as machine credit.
+        a card, a token), except `from_credit`: the part of it the machine's credit pays
+        (a card pays the rest: docs/pricing.md), taken here in the same record. From this
+        record on, boot recovery either confirms the vend or returns `price` as machine
+        credit.
 
         A timed program buys `seconds`, or by default what `price` buys at the step price
         now for `tier` (at least one step: the price was taken at that step price a moment
@@ -278,6 +281,7 @@ class VendEngine:
         if program is not None:
             self.program = program
         p = self.program
+        self.credit -= from_credit
         if is_timed(p):
             price = self._timed().commit(self, price, tier, seconds)
         self.state = R.STARTING
@@ -291,13 +295,15 @@ class VendEngine:
         self.show()
         return seq
 
-    def cancel_vend(self, rtype=None, **fields):
+    def cancel_vend(self, rtype=None, credit_back=0, **fields):
         """The committed vend will not run and its price was not collected (a card write
         that never landed), or is settled later by its payment source (a card write not
         confirmed): back to idle/credit, with one record saying why (none if rtype is None:
-        the commit itself failed). Nothing becomes credit. The caller updates the coin
+        the commit itself failed). Nothing becomes credit but `credit_back`, the machine
+        credit the vend had taken (commit_vend's from_credit). The caller updates the coin
         inhibit and the display (boot recovery must not release the inhibit early)."""
         price = self.vend_price
+        self.credit += credit_back
         self.state = R.CREDIT if self.credit else R.IDLE
         self.vend_price = 0
         if rtype is None:

@@ -40,6 +40,9 @@ MAX_AHEAD = 4096  # records parked beyond a gap, per board
 # records of a card wallet write (docs/wallet-format.md): each is the card's next counter,
 # and moves its balance by -amount (a debit) or +amount (a top-up)
 CARD_WRITES = {"card_debit": -1, "card_topup": 1}
+# records that may say a card write of their board never reached the card (store.VOIDS_WRITE)
+CARD_VOIDS = ("card_cancel", "card_settled")
+NOT_LANDED = "payment had not landed"  # card_settled's reason when the write never landed
 FRAUD = ("fork", "rollback", "card_counter_reuse", "card_balance_mismatch",
          "card_balance_rise", "card_arith")
 
@@ -157,6 +160,8 @@ class Ingest:
                             "board after the record before it", raw)
                 elif fields.get("type") in CARD_WRITES:
                     self._card(tx, device, seq, fields, problem, now)
+                elif fields.get("type") in CARD_VOIDS:
+                    self._void(tx, device, seq, fields, now)
                 tx.insert_records([(device, seq, raw, ok, fields, now)])
                 pending[seq] = raw
                 high = seq
@@ -204,6 +209,17 @@ class Ingest:
         shadow = tx.card(uid)
         if shadow is None or counter > shadow["counter"]:
             tx.put_card(uid, counter, after, device, seq, now)
+
+    def _void(self, tx, device, seq, f, now):
+        """A card write of this board never reached the card: the card's shadow goes back
+        to what the card still holds, if that write was the newest the server knew."""
+        if f["type"] == "card_settled" and (f.get("amount") or f.get("reason") != NOT_LANDED):
+            return
+        uid = f.get("source") or ""
+        counter = f.get("card_counter", 0)
+        shadow = tx.card(uid)
+        if shadow is not None and shadow["counter"] == counter and shadow["device"] == device:
+            tx.put_card(uid, counter - 1, f.get("balance_before"), device, seq, now)
 
     # ---- other messages
     def state(self, device, payload):

@@ -33,15 +33,16 @@ def build(store, since=None):
     types = tuple(PAYMENT_TYPES) + ("refund",) + DEVICE_FAULTS
     marks = ", ".join("?" for _ in types)
     rows = store.query(
-        f"SELECT device, type, t, clock_ok, currency, amount, verified FROM records "
+        f"SELECT device, seq, type, t, clock_ok, currency, amount, verified FROM records "
         f"WHERE type IN ({marks})",
         types,
     )
+    voided = store.voided_card_debits()  # cancelled: the card was never charged
     revenue = defaultdict(lambda: [0, 0])  # (device, day, kind, currency) -> [count, sum]
     refunds = defaultdict(lambda: [0, 0])
     faults = defaultdict(int)  # (device, type) -> count
-    for device, rtype, t, clock_ok, currency, amount, verified in rows:
-        if not verified:
+    for device, seq, rtype, t, clock_ok, currency, amount, verified in rows:
+        if not verified or (device, seq) in voided:
             continue  # bad tags are in problems, never in the money
         day = _day(t, clock_ok)
         if since and day != "clock not set" and day < since:

@@ -17,6 +17,20 @@ import sqlite3
 import time
 from pathlib import Path
 
+# (Boards before December 2026 journaled card_* records other than card_debit with source
+# kind 0: their type says the source is a card UID, so queries take kind 0 too.)
+# A board's later record that says its card write (card_debit, card_topup) at the same card
+# and counter never reached the card (docs/sync.md): a cancel, or an unresolved payment its
+# next tap found not landed. A card wallet has one copy per counter: the next write at that
+# counter is the card's, not a reuse; a voided debit is no revenue.
+VOIDS_WRITE = (
+    "EXISTS (SELECT 1 FROM records v WHERE v.source_kind IN ('', 'card') "
+    "AND v.device = r.device AND v.source = r.source AND v.card_counter = r.card_counter "
+    "AND v.seq > r.seq "
+    "AND v.verified = 1 AND (v.type = 'card_cancel' OR (v.type = 'card_settled' "
+    "AND v.amount = 0 AND v.reason = 'payment had not landed')))"
+)
+
 RECORD_COLUMNS = (
     "type", "t", "clock_ok", "boot", "amount", "credit", "price", "currency", "program",
     "source_kind", "source", "card_counter", "balance_before", "balance_after", "reason",
@@ -189,10 +203,12 @@ class Tx:
         return bytes(row[0])
 
     def card_debit_at(self, uid, counter):
+        """The card writes (debits, top-ups) at this counter that reached the card, as far
+        as the boards' journals say (not voided)."""
         return self.all(
-            "SELECT device, seq, raw, balance_before, balance_after FROM records "
-            "WHERE source_kind = 'card' AND source = ? AND card_counter = ? "
-            "AND type IN ('card_debit', 'card_topup') AND verified = 1",
+            "SELECT device, seq, raw, balance_before, balance_after FROM records r "
+            "WHERE source_kind IN ('', 'card') AND source = ? AND card_counter = ? "
+            "AND type IN ('card_debit', 'card_topup') AND verified = 1 AND NOT " + VOIDS_WRITE,
             (uid, counter),
         )
 
@@ -208,8 +224,9 @@ class Tx:
 
     # ---- cards
     def card(self, uid):
-        row = self.one("SELECT counter, balance FROM cards WHERE uid = ?", (uid,))
-        return None if row is None else {"counter": row[0], "balance": row[1]}
+        row = self.one("SELECT counter, balance, device FROM cards WHERE uid = ?", (uid,))
+        return None if row is None else {"counter": row[0], "balance": row[1],
+                                         "device": row[2]}
 
     def put_card(self, uid, counter, balance, device, seq, now=None):
         now = time.time() if now is None else now
@@ -245,6 +262,12 @@ class Store:
     def query(self, sql, args=()):
         with self.transaction() as tx:
             return tx.all(sql, args)
+
+    def voided_card_debits(self):
+        """{(device, seq)} of the card_debit records a later record of their board voided."""
+        return {tuple(row) for row in self.query(
+            "SELECT device, seq FROM records r WHERE type = 'card_debit' AND verified = 1 "
+            "AND " + VOIDS_WRITE)}
 
     def close(self):
         self.conn.close()

@@ -339,7 +339,9 @@ class Journal:
             if "state" not in fields:
                 fields["state"] = last["state"]
         if "source" in fields and "source_kind" not in fields:
-            fields["source_kind"] = _SOURCE_OF.get(rtype, 0)
+            # every card_* record's source is the card's UID (docs/journal-format.md)
+            fields["source_kind"] = _SOURCE_OF.get(
+                rtype, R.SOURCE_CARD if rtype.startswith("card_") else 0)
         if "t" not in fields:
             fields["t"] = time.time()
         flags = 0

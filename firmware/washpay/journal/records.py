@@ -25,7 +25,7 @@ CARD_REFUSED = "card_refused"  # a card refused on purpose: blacklisted (reason 
 CARD_FRAUD = "card_fraud"  # a signal for the server: MAC failure, counter rollback, foreign site
 CARD_CANCEL = "card_cancel"  # a committed card payment whose write provably never landed
 CARD_UNRESOLVED = "card_unresolved"  # a card write not confirmed: no vend, settled at next tap
-CARD_SETTLED = "card_settled"  # an unresolved payment settled: amount = price now credited
+CARD_SETTLED = "card_settled"  # an unresolved payment settled: amount = card's part, credited
 # QR tokens and remote starts (docs/token-format.md, docs/remote-start.md): an authentic one
 # that did not start a wash; source = token / command id, reason says why, amount = its amount
 TOKEN_REFUSED = "token_refused"

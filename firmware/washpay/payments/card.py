@@ -48,6 +48,11 @@ _OVERDRAFT = "overdraft limit "
 _LOW_BALANCE = "low balance"
 
 
+def _low_balance(text):
+    """A balance that is too low, in 16 columns: "Low balance 1.20", "Balance -12.50"."""
+    return ("Low balance " if len(text) < 5 else "Balance ") + text
+
+
 class CardPayment:
     def __init__(self, reader, keys, engine, journal, blacklist, cfg, pending_path="/card_pending",
                  seen_path="/card_seen", tiers=None):
@@ -226,9 +231,13 @@ class CardPayment:
                          "Not for card", "choose another")
             return
         price = e.price_of(program, tier)
-        why = self._short_of(balance, price, tier)
+        # the machine's credit pays first, the card the rest (docs/pricing.md): the coins
+        # already in are never paid a second time by the card
+        used = min(e.credit, price)
+        pay = price - used
+        why = self._short_of(balance, pay, tier)
         if why:
-            self._refuse_balance(uid, why, balance, counter, price, program["name"])
+            self._refuse_balance(uid, why, balance, counter, price, pay, program["name"])
             return
         if counter >= W.COUNTER_MAX:
             self._say("Card worn out", "reissue card")
@@ -241,21 +250,23 @@ class CardPayment:
         # -- the payment
         target = W.COPY_B if i == 0 else W.COPY_A
         seq = self.journal.last_seq + 1  # the card_debit record's number: the writer tag
-        after = balance - price
+        after = balance - pay
         W.pack_copy(self._new, mac, target, head, after, counter + 1, seq & 0xFF)
         try:
-            # tier: a timed program buys one step at the card's price (docs/pricing.md)
-            got = e.commit_vend(R.CARD_DEBIT, price, program=program, tier=tier, amount=price,
-                                source=uid, balance_before=balance, balance_after=after,
-                                card_counter=counter + 1)
+            # tier: a timed program buys one step at the card's price (docs/pricing.md);
+            # amount: what the card pays, price - amount: what the credit pays
+            got = e.commit_vend(R.CARD_DEBIT, price, program=program, tier=tier, amount=pay,
+                                from_credit=used, source=uid, balance_before=balance,
+                                balance_after=after, card_counter=counter + 1)
         except JournalError as err:
-            e.cancel_vend(None)
+            e.cancel_vend(None, credit_back=used)
             e.update_inhibit()
             self._say("Cards not taken", "sync required")
             self.fault = str(err)
             return
         w = {"uid": uid, "counter": counter + 1, "tag": seq & 0xFF, "before": balance,
-             "after": after, "price": price, "seq": got, "target": target,
+             "after": after, "price": price, "pay": pay, "used": used, "seq": got,
+             "target": target,
              "new": bytes(self._new), "deadline": 0}
         if got != seq:  # the journal numbered it otherwise: the tag would not match it
             self._cancel(w, "journal sequence moved")
@@ -315,26 +326,31 @@ class CardPayment:
         self._note(self._pays, w["uid"])
         self.counts["paid"] += 1
         self.last = {"uid": w["uid"].hex(), "balance": w["after"], "counter": w["counter"],
-                     "result": "paid %d" % w["price"]}
+                     "result": "paid %d" % w["pay"]}
         self.timings["card_to_relay_us"] = time.ticks_diff(time.ticks_us(), t0)
         self.timings["exchanges"] = r.exchanges - self._ex0
         ok = await e.drive()
         self.seen.save()
         if ok:
             m = e.screen.money
-            if w["after"] < self.low_balance:
+            low = w["after"] < self.low_balance
+            if w["used"]:  # card + credit, and the card's balance (16 columns)
+                e.notice("Paid %s+%s" % (m(w["pay"]), m(w["used"])),
+                         _low_balance(m(w["after"])) if low else "balance " + m(w["after"]),
+                         _NOTICE_MS)
+            elif low:
                 e.notice("Low balance", "left " + m(w["after"]), _NOTICE_MS)
             else:
-                e.notice("Paid " + m(w["price"]), "balance " + m(w["after"]), _NOTICE_MS)
+                e.notice("Paid " + m(w["pay"]), "balance " + m(w["after"]), _NOTICE_MS)
 
     # ---- torn payments
     def _cancel(self, w, why):
         self.waiting = None
         self.counts["cancelled"] += 1
         e = self.engine
-        e.cancel_vend(R.CARD_CANCEL, amount=w["price"], source=w["uid"], reason=why,
-                      balance_before=w["before"], balance_after=w["after"],
-                      card_counter=w["counter"])
+        e.cancel_vend(R.CARD_CANCEL, credit_back=w["used"], amount=w["pay"],
+                      source=w["uid"], reason=why, balance_before=w["before"],
+                      balance_after=w["after"], card_counter=w["counter"])
         e.update_inhibit()
         self.last = {"uid": w["uid"].hex(), "result": "not charged: " + why}
         self._say("Not charged", "tap card again")
@@ -370,7 +386,7 @@ class CardPayment:
     def _give_up(self, w):
         """The card did not come back: no vend; its next tap settles the payment."""
         self.waiting = None
-        self.pending.put(w["uid"], w["counter"], w["tag"], w["before"], w["after"], w["price"],
+        self.pending.put(w["uid"], w["counter"], w["tag"], w["before"], w["after"], w["pay"],
                          w["seq"])
         self._unresolved(w, "card gone during the write", "unresolved: settled at next tap",
                          "tap card to check")
@@ -380,8 +396,8 @@ class CardPayment:
         record, nothing charged as machine credit."""
         self.counts["unresolved"] += 1
         e = self.engine
-        e.cancel_vend(R.CARD_UNRESOLVED, amount=w["price"], source=w["uid"],
-                      balance_before=w["before"], balance_after=w["after"],
+        e.cancel_vend(R.CARD_UNRESOLVED, credit_back=w["used"], amount=w["pay"],
+                      source=w["uid"], balance_before=w["before"], balance_after=w["after"],
                       card_counter=w["counter"], reason=reason)
         e.update_inhibit()
         self.last = {"uid": w["uid"].hex(), "result": result}
@@ -389,12 +405,15 @@ class CardPayment:
 
     def recover_unconfirmed(self, last):
         """Boot recovery found a card_debit in STARTING: the card write was never confirmed
-        (or was, and the relay never moved). Keep it for the card's next tap; no credit."""
+        (or was, and the relay never moved). Keep it for the card's next tap; the machine
+        credit it had taken (price - amount) is credit again, the card's part is not."""
         uid = last["source"]
+        pay = last["amount"]
         self.pending.put(uid, last["card_counter"], last["seq"] & 0xFF, last["balance_before"],
-                         last["balance_after"], last["price"], last["seq"])
+                         last["balance_after"], pay, last["seq"])
         self.counts["unresolved"] += 1
-        self.engine.cancel_vend(R.CARD_UNRESOLVED, amount=last["price"], source=uid,
+        self.engine.cancel_vend(R.CARD_UNRESOLVED, credit_back=last["price"] - pay,
+                                amount=pay, source=uid,
                                 balance_before=last["balance_before"],
                                 balance_after=last["balance_after"],
                                 card_counter=last["card_counter"],
@@ -469,7 +488,7 @@ class CardPayment:
         prices = self.engine.prices
         m = self.engine.screen.money
         least = prices.min_balance(tier)
-        if balance < least:
+        if least and balance < least:  # none set: a card in its overdraft pays on (floor)
             return _MIN_BALANCE + m(least)
         # an overdraft tier may go below zero, down to its limit; the next top-up settles it
         floor = prices.floor_balance(tier)
@@ -477,7 +496,7 @@ class CardPayment:
             return None
         return (_OVERDRAFT + m(floor)) if floor < 0 else _LOW_BALANCE
 
-    def _refuse_balance(self, uid, why, balance, counter, price, name):
+    def _refuse_balance(self, uid, why, balance, counter, price, pay, name):
         """Too little money: said at every tap; journaled (card_refused, the rule in the
         reason) at most once per card per fail_window_ms, so that an empty card tapped ten
         times writes one record. Never a failed payment: no lockout comes of it."""
@@ -486,15 +505,17 @@ class CardPayment:
                      "result": "low balance", "reason": why}
         if not self._recent(self._shorts, uid, self.risk.get("fail_window_ms", 0)):
             if self._journal(R.CARD_REFUSED, uid, reason=why, balance_before=balance,
-                             price=price, amount=price, card_counter=counter,
+                             price=price, amount=pay, card_counter=counter,
                              program=name) is not None:
                 self._note(self._shorts, uid)
         m = self.engine.screen.money
         if why.startswith(_MIN_BALANCE):  # 4.99 covers a 3.00 cycle: say what is missing
             line2 = "min %s to pay" % why[len(_MIN_BALANCE):]
+        elif pay < price:  # the credit pays part: what the card would have to pay
+            line2 = "%s +%s" % (name, m(pay))
         else:
             line2 = "%s costs %s" % (name, m(price))
-        self._say("Low balance " + m(balance), line2)
+        self._say(_low_balance(m(balance)), line2)
 
     # ---- risk control: per-card counts over a sliding window, in RAM, rebuilt at boot
     def _recent(self, table, uid, window_ms):

@@ -3,6 +3,8 @@
 # implementation of docs/wallet-format.md and verifies what comes back; this runs the RF
 # steps it sends, in order, and stops at the first that fails:
 #
+#   ["site", site_id_hex]                 this board's card key must make this site id (the
+#                                         host's key is the board's): refused otherwise
 #   ["select", uid_hex | None, wait_ms]   wait for a card (WUPA: halted cards too) and select
 #   ["auth", block, "A" | "B", key_hex]
 #   ["read", block]                       -> reads[block] = hex
@@ -23,6 +25,27 @@ from washpay.drivers.mfrc522 import CardError, NoCard
 
 class StepError(Exception):
     pass
+
+
+class SiteMismatch(StepError):
+    """The host's card key is not this board's: nothing may be written or journaled."""
+
+
+def _same_site(site_hex):
+    """The site id (docs/wallet-format.md: public, on every card of the site) that this
+    board's card key makes must be the one the host's key makes: a key check that keeps the
+    board's key on the board and tells a wrong --site-key before any write or record."""
+    from washpay import config
+    from washpay.payments.wallet import CardKeys, load_card_key
+
+    key = load_card_key(config.load_secrets())
+    if key is None:
+        raise SiteMismatch("this board has no card key (/secrets.json card_key): provision "
+                           "it with the site key")
+    mine = hexlify(CardKeys(key).site_id).decode()
+    if mine != site_hex:
+        raise SiteMismatch("the site key is not this board's (its cards are of site %s, the "
+                           "key given makes site %s): check --site-key" % (mine, site_hex))
 
 
 def _select(reader, uid, wait_ms, result):
@@ -49,7 +72,9 @@ def execute(reader, steps, journal=None):
     for i, step in enumerate(steps):
         op = step[0]
         try:
-            if op == "select":
+            if op == "site":
+                _same_site(step[1])
+            elif op == "select":
                 _select(reader, step[1], step[2] if len(step) > 2 else 0, result)
             elif op == "auth":
                 reader.auth(step[1], unhexlify(step[3]), step[2] == "B")
