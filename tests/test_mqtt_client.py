@@ -651,7 +651,7 @@ async def publisher(t):
             b = memoryview(bytearray(HEADROOM + len(m)))
             b[HEADROOM:] = m
         while True:
-            while not ready[0]:
+            while not (ready[0] and c.connected):  # a lost connection is not ready either
                 await asyncio.sleep_ms(5)
             try:
                 if t % 3 == 2:
