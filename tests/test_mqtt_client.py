@@ -729,3 +729,65 @@ def test_concurrent_publishers_send_whole_frames_under_load_and_across_reconnect
     assert done["connects"] == resets + 1, done  # only the test's cuts ended connections
     text = log.read_text()[log_from:]
     assert "protocol error" not in text and "malformed" not in text.lower(), text[-2000:]
+
+
+def test_a_publish_queued_across_a_reconnect_never_precedes_connect(broker):
+    # A publish waits for the write lock while the connection dies and a new one starts:
+    # on the new connection CONNECT must be the first packet (a broker drops a client
+    # whose first packet is anything else). Streams in memory: the test needs a write
+    # that blocks at a chosen moment.
+    events = run(broker, """
+class Sock:
+    def close(self):
+        pass
+class Stream:
+    def __init__(self, name):
+        self.name = name
+        self.s = Sock()
+        self.out = bytearray()
+        self.hold = None
+        self.feed = bytearray(b"\\x20\\x02\\x00\\x00")   # CONNACK
+        self.more = asyncio.Event()
+    def write(self, b):
+        self.out += b
+    async def drain(self):
+        if self.hold is not None:
+            await self.hold.wait()
+            raise OSError(104)   # the connection was reset under the blocked write
+    async def readinto(self, mv):
+        while not self.feed:
+            self.more.clear()
+            await self.more.wait()
+        n = min(len(mv), len(self.feed))
+        mv[:n] = self.feed[:n]
+        self.feed = self.feed[n:]
+        return n
+async def pub(c, tag):
+    try:
+        await c.publish(b"wp/dev-1/j", tag, qos=0)
+        ev(pub=tag.decode(), ok=True)
+    except (MQTTError, OSError) as e:
+        ev(pub=tag.decode(), ok=False)
+async def main():
+    c = client(keepalive=0)
+    s1 = Stream("s1")
+    await c.connect(s1, s1)
+    s1.hold = asyncio.Event()
+    a = asyncio.create_task(pub(c, b"A"))   # holds the lock, blocked in its write
+    await asyncio.sleep_ms(10)
+    b = asyncio.create_task(pub(c, b"B"))   # waits for the lock
+    await asyncio.sleep_ms(10)
+    c.close()                               # the connection is lost
+    s2 = Stream("s2")
+    t = asyncio.create_task(c.connect(s2, s2))
+    await asyncio.sleep_ms(10)
+    s1.hold.set()                           # the blocked write ends
+    await t
+    await asyncio.gather(a, b)
+    ev(first=s2.out[0], connected=c.connected)
+asyncio.run(main())
+""")
+    first = events[-1]
+    assert first["first"] == 0x10, events  # CONNECT, not B's PUBLISH
+    assert first["connected"] is True
+    assert {e["pub"]: e["ok"] for e in events if "pub" in e} == {"A": False, "B": False}

@@ -121,7 +121,7 @@ class MQTTClient:
         """
         if self._w is not None or self._tasks:
             self._fail("replaced by a new connection")  # its reader must not read on
-        self._r, self._w = reader, writer
+        self._r = reader
         self.lost = asyncio.Event()
         self.error = None
         self.connack = -1
@@ -156,7 +156,12 @@ class MQTTClient:
         slot = await self._slot(_K_CONNACK << 16)
         try:
             try:
-                await self._send(slot, memoryview(pkt)[:pos])
+                async with self._wlock:
+                    # the writer is published under the lock, with CONNECT written first:
+                    # a task waiting to publish can follow CONNECT, never precede it
+                    self._w = writer
+                    self._write(slot, (memoryview(pkt)[:pos],))
+                    await self._drain(writer)
             except (OSError, ValueError) as e:
                 # the TLS layer reports a certificate it refuses as ValueError, with the reason
                 why = "cannot reach the broker: %s" % (str(e).strip() or type(e).__name__)
