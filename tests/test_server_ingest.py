@@ -322,21 +322,37 @@ def test_evidence_stays_open_until_an_operator_resolves_it(ingest, day):
     assert problems(ingest)[("bad_tag", 6)][0] == "open"
 
 
-def test_a_ledger_made_before_problems_had_a_state_gets_one(tmp_path):
-    import sqlite3
+OLD_PROBLEMS = (
+    "CREATE TABLE problems (device TEXT NOT NULL, seq BIGINT NOT NULL, kind TEXT NOT NULL, "
+    "detail TEXT, evidence {blob}, first_at {real}, last_at {real}, count BIGINT NOT NULL "
+    "DEFAULT 1, UNIQUE (device, kind, seq))"
+)
 
-    path = tmp_path / "old.db"
-    c = sqlite3.connect(path)
-    c.execute("CREATE TABLE problems (device TEXT NOT NULL, seq BIGINT NOT NULL, kind TEXT "
-              "NOT NULL, detail TEXT, evidence BLOB, first_at REAL, last_at REAL, count "
-              "BIGINT NOT NULL DEFAULT 1, UNIQUE (device, kind, seq))")
-    c.execute("INSERT INTO problems (device, seq, kind, detail) VALUES "
-              "('sim-0001', 0, 'malformed', 'batch format version 0')")
-    c.commit()
-    c.close()
-    store = open_store(f"sqlite:///{path}")
+
+def test_a_ledger_made_before_problems_had_a_state_gets_one(store_url):
+    old = "INSERT INTO problems (device, seq, kind, detail) VALUES " \
+          "('sim-0001', 0, 'malformed', 'batch format version 0')"
+    if store_url.startswith("sqlite"):
+        import sqlite3
+
+        c = sqlite3.connect(store_url[len("sqlite:///"):])
+        c.execute(OLD_PROBLEMS.format(blob="BLOB", real="REAL"))
+        c.execute(old)
+        c.commit()
+        c.close()
+    else:
+        import psycopg
+
+        with psycopg.connect(store_url, autocommit=True) as c:
+            c.execute(OLD_PROBLEMS.format(blob="BYTEA", real="DOUBLE PRECISION"))
+            c.execute(old)
+    store = open_store(store_url)
     try:
-        assert store.query("SELECT rowid, state, data_lost, upto FROM problems") == [
+        key = store.problem_id
+        assert store.query(f"SELECT {key}, state, data_lost, upto FROM problems") == [
             (1, "open", None, None)]
+        ing = Ingest(store, SITE_KEY)
+        ing.batch("sim-0001", b"\x00")  # counted again on the migrated row
+        assert store.query("SELECT count, state FROM problems") == [(2, "open")]
     finally:
         store.close()
