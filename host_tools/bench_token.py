@@ -45,6 +45,58 @@ print(json.dumps(out))
 """
 
 
+# The worst case of the single-use cache (replay.py): the board's /used_commands with
+# every slot of both pools holding an unexpired id (32 payment + 16 admin), then a
+# remote start checked against it (a miss: every slot compared) and added (the pool is
+# full: the first id to expire is dropped, the file rewritten).
+_FULL = """
+import sys, time, gc, json, os
+sys.path.append(%(fw)r)
+from binascii import unhexlify
+from washpay.payments.remote import CommandVerifier
+from washpay.replay import ReplayCache, ADMIN
+gc.collect()
+free = gc.mem_free()
+cache = ReplayCache(%(dir)r + "/used", 32, admin=16, clock=lambda: %(now)d)
+gc.collect()
+out = {"cache_bytes": free - gc.mem_free()}
+for i in range(32):
+    cache.add(b"p" + i.to_bytes(7, "big"), %(now)d, %(now)d + 600 + i)
+for i in range(16):
+    cache.add(b"a" + i.to_bytes(7, "big"), %(now)d, %(now)d + 300 + i, ADMIN)
+c = CommandVerifier(unhexlify(%(ckey)r), %(dev)r, cache)
+cmd = unhexlify(%(cmd)r)
+c.check(cmd)
+gc.collect()
+free = gc.mem_free()
+t0 = time.ticks_us()
+for _ in range(100):
+    c.check(cmd)
+out["check_us"] = time.ticks_diff(time.ticks_us(), t0) / 100
+out["check_bytes"] = (free - gc.mem_free()) // 100
+gc.collect()
+free = gc.mem_free()
+t0 = time.ticks_us()
+for i in range(100):
+    cache.add(b"q" + i.to_bytes(7, "big"), %(now)d, %(now)d + 700 + i)
+out["add_us"] = time.ticks_diff(time.ticks_us(), t0) / 100
+out["add_bytes"] = (free - gc.mem_free()) // 100
+out["file"] = os.stat(%(dir)r + "/used")[6]
+print(json.dumps(out))
+"""
+
+
+def full_cache_figures():
+    secret = K.device_secret(SITE_KEY, DEVICE)
+    cmd = T.build_command(K.command_key(secret), DEVICE, "quick", T0, T0 + 300)
+    with tempfile.TemporaryDirectory() as d:
+        code = _FULL % {"fw": str(ROOT / "firmware"), "dir": d, "now": T0 + 60,
+                        "ckey": K.command_key(secret).hex(), "dev": DEVICE, "cmd": cmd.hex()}
+        out = subprocess.run([_micropython(), "-X", "heapsize=256k", "-c", code],
+                             capture_output=True, text=True, timeout=120, check=True).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
 _IMPORTS = """
 import sys, gc
 sys.path.insert(0, %(rom)r)
@@ -139,6 +191,17 @@ def bench():
         ("  heap allocated per command check", f["command_bytes"], "bytes"),
         ("heap for the QR/remote-start modules (.mpy; incl. qstr pool growth)",
          module_ram(), "bytes"),
+    ]
+    f = full_cache_figures()
+    rows += [
+        ("remote-start check, /used_commands full (32 + 16 ids)", round(f["check_us"]),
+         "us"),
+        ("  heap allocated per check with the full cache", f["check_bytes"], "bytes"),
+        ("  add to the full payment pool (drop one, rewrite the file)", round(f["add_us"]),
+         "us"),
+        ("  heap allocated per add", f["add_bytes"], "bytes"),
+        ("  the cache object, 48 slots (live heap)", f["cache_bytes"], "bytes"),
+        ("  /used_commands file, full", f["file"], "bytes"),
     ]
     return rows + sim_figures()
 

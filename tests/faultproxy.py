@@ -237,7 +237,9 @@ class FaultProxy:
             due += self.latency_ms / 1000
         due = max(due, p.last_due[dst])
         p.last_due[dst] = due
-        if due > time.monotonic() + 0.0005:
+        # behind data still waiting for the same side, even if due now: delivered straight
+        # away it would overtake it (a short read right after a long one, at a set rate)
+        if due > time.monotonic() + 0.0005 or any(d is dst for _, d, _ in p.pending):
             p.pending.append((due, dst, data))
         else:
             self._deliver(p, dst, data)

@@ -142,3 +142,49 @@ def test_server_run_with_no_broker_there(tmp_path):
     r = washpay("server", "run", "--site-key", key, "--db", tmp_path / "l.db",
                 "--broker", "mqtt://127.0.0.1:9")
     assert r.returncode == 2 and "no connection to the broker" in r.stderr
+
+
+def test_server_problems_lists_and_resolves(tmp_path):
+    from sync_env import SITE_KEY, coin_day, firmware_records
+
+    from host_tools.server import wire
+    from host_tools.server.ingest import Ingest
+
+    db = tmp_path / "ledger.db"
+    store = open_store(db)
+    ing = Ingest(store, SITE_KEY)
+    day = firmware_records(tmp_path / "j", [("boot", {})] + coin_day(6))
+    ing.batch("sim-0001", wire.build_batch(day[:3], 7))
+    ing.batch("sim-0001", b"\x07")  # malformed
+    ing.batch("sim-0001", wire.build_batch([day[2][:40] + bytes([day[2][40] ^ 1]) + day[2][41:]],
+                                           7))  # record 3 again, different
+    store.close()
+    r = washpay("server", "problems", "--db", db, "--json")
+    assert r.returncode == 0, r.stderr
+    found = {p["kind"]: p for p in json.loads(r.stdout)}
+    assert set(found) == {"malformed", "fork"}
+    assert found["malformed"]["state"] == "open" and found["malformed"]["data_lost"] is None
+    fork = found["fork"]["id"]
+    r = washpay("server", "problems", "--db", db)
+    assert "fork at 3  open, data lost: no" in r.stdout, r.stdout
+    # a problem whose loss is not known needs the operator to say
+    r = washpay("server", "problems", "--db", db, "--resolve", found["malformed"]["id"])
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "--lost or --no-loss" in r.stderr
+    r = washpay("server", "problems", "--db", db, "--resolve", 999)
+    assert r.returncode == 2 and "no problem 999" in r.stderr
+    r = washpay("server", "problems", "--db", db, "--resolve", fork, "--note", "board swapped")
+    assert r.returncode == 0 and "data lost: no" in r.stdout, r.stderr
+    r = washpay("server", "problems", "--db", db, "--resolve", found["malformed"]["id"],
+                "--lost")
+    assert r.returncode == 0, r.stderr
+    r = washpay("server", "problems", "--db", db)
+    assert r.stdout.strip() == "no open problems"
+    r = washpay("server", "problems", "--db", db, "--all", "--json")
+    got = {p["kind"]: (p["state"], p["data_lost"], p["resolution"]) for p in json.loads(r.stdout)}
+    assert got == {"fork": ("resolved", "no", "operator: board swapped"),
+                   "malformed": ("resolved", "yes", "operator: data lost")}
+    r = washpay("server", "report", "--db", db, "--format", "json")
+    rep = json.loads(r.stdout)
+    assert rep["problems"] == []
+    assert {(p["kind"], p["data_lost"]) for p in rep["resolved"]} == {("fork", "no"),
+                                                                      ("malformed", "yes")}

@@ -266,3 +266,93 @@ def test_ack_messages_round_trip_and_refuse_forgery():
     forged[7] ^= 1
     with pytest.raises(wire.WireError, match="does not verify"):
         wire.parse_ack(key, "sim-0001", bytes(forged))
+
+
+# ---- problems: open until what they concern is settled (docs/sync.md, "Problems")
+def problems(ingest):
+    key = ingest.store.problem_id
+    return {(k, s): (st, lost, upto, pid) for pid, k, s, st, lost, upto in ingest.store.query(
+        f"SELECT {key}, kind, seq, state, data_lost, upto FROM problems")}
+
+
+def test_a_malformed_batch_resolves_once_the_ledger_holds_its_records(ingest, day):
+    # the case: a frame mixed up on the way; the board sends the records again
+    ingest.batch("sim-0001", batch(day[:5], last=8))
+    out = ingest.batch("sim-0001", b"\x00" + bytes(20))
+    assert kinds(out) == ["malformed"]
+    assert problems(ingest)[("malformed", 0)][:3] == ("open", None, 8)  # loss not yet known
+    out = ingest.batch("sim-0001", batch(day[5:7], last=8))
+    assert out.resolved == 0 and problems(ingest)[("malformed", 0)][0] == "open"
+    out = ingest.batch("sim-0001", batch(day[7:8], last=8))
+    assert out.resolved == 1
+    assert problems(ingest)[("malformed", 0)][:2] == ("resolved", "no")
+    # the same problem again later is open again
+    ingest.batch("sim-0001", b"\x00")
+    assert problems(ingest)[("malformed", 0)][:3] == ("open", None, 9)
+
+
+def test_a_gap_resolves_when_its_records_arrive(ingest, day, monkeypatch):
+    from host_tools.server import ingest as ingest_mod
+
+    monkeypatch.setattr(ingest_mod, "MAX_AHEAD", 5)
+    ingest.batch("sim-0001", batch(day[:10]))
+    ingest.batch("sim-0001", batch(day[20:30]))
+    assert problems(ingest)[("gap", 11)][:3] == ("open", None, 20)
+    ingest.batch("sim-0001", batch(day[10:15]))
+    assert problems(ingest)[("gap", 11)][0] == "open"  # 16..20 still missing
+    out = ingest.batch("sim-0001", batch(day[15:30]))
+    assert out.resolved == 1 and problems(ingest)[("gap", 11)][:2] == ("resolved", "no")
+
+
+def test_evidence_stays_open_until_an_operator_resolves_it(ingest, day):
+    ingest.batch("sim-0001", batch(day[:5]))
+    bad = bytearray(day[5])
+    bad[50] ^= 1
+    ingest.batch("sim-0001", batch([bytes(bad)]))
+    ingest.batch("sim-0001", batch(day[:5] + [day[5]]))  # a fork of 6, then more records
+    ingest.batch("sim-0001", batch(day[6:40]))
+    p = problems(ingest)
+    assert p[("bad_tag", 6)][:3] == ("open", "yes", None)  # its money is not counted
+    assert p[("fork", 6)][:3] == ("open", "no", None)  # the first copy is kept
+    with ingest.store.transaction() as tx:
+        was = tx.resolve_problem(p[("fork", 6)][3], "no", "operator: flash replaced")
+        assert tx.resolve_problem(10**9, "no", "x") is None
+    assert was["kind"] == "fork" and was["state"] == "open"
+    assert problems(ingest)[("fork", 6)][:2] == ("resolved", "no")
+    assert problems(ingest)[("bad_tag", 6)][0] == "open"
+
+
+OLD_PROBLEMS = (
+    "CREATE TABLE problems (device TEXT NOT NULL, seq BIGINT NOT NULL, kind TEXT NOT NULL, "
+    "detail TEXT, evidence {blob}, first_at {real}, last_at {real}, count BIGINT NOT NULL "
+    "DEFAULT 1, UNIQUE (device, kind, seq))"
+)
+
+
+def test_a_ledger_made_before_problems_had_a_state_gets_one(store_url):
+    old = "INSERT INTO problems (device, seq, kind, detail) VALUES " \
+          "('sim-0001', 0, 'malformed', 'batch format version 0')"
+    if store_url.startswith("sqlite"):
+        import sqlite3
+
+        c = sqlite3.connect(store_url[len("sqlite:///"):])
+        c.execute(OLD_PROBLEMS.format(blob="BLOB", real="REAL"))
+        c.execute(old)
+        c.commit()
+        c.close()
+    else:
+        import psycopg
+
+        with psycopg.connect(store_url, autocommit=True) as c:
+            c.execute(OLD_PROBLEMS.format(blob="BYTEA", real="DOUBLE PRECISION"))
+            c.execute(old)
+    store = open_store(store_url)
+    try:
+        key = store.problem_id
+        assert store.query(f"SELECT {key}, state, data_lost, upto FROM problems") == [
+            (1, "open", None, None)]
+        ing = Ingest(store, SITE_KEY)
+        ing.batch("sim-0001", b"\x00")  # counted again on the migrated row
+        assert store.query("SELECT count, state FROM problems") == [(2, "open")]
+    finally:
+        store.close()

@@ -158,3 +158,32 @@ def test_a_top_up_that_does_not_continue_from_the_card_is_reported(tmp_path):
     out = Ingest(store, SITE_KEY).batch("sim-0001", wire.build_batch(recs, len(recs)))
     assert [p[0] for p in out.problems] == ["card_balance_rise"]
     store.close()
+
+
+def test_problems_say_their_state_and_whether_data_was_lost(tmp_path):
+    store = open_store(f"sqlite:///{tmp_path}/p.db")
+    try:
+        ing = Ingest(store, SITE_KEY)
+        day = firmware_records(tmp_path / "a", [("boot", {})] + coin_day(10))
+        ing.batch("sim-0001", wire.build_batch(day[:4], 11))
+        ing.batch("sim-0001", b"\x00" * 8)  # malformed: a frame mixed up on the way
+        bad = bytearray(day[4])
+        bad[50] ^= 4
+        ing.batch("sim-0001", wire.build_batch([bytes(bad)], 11))  # an altered record
+        rep = report.build(store)
+        assert {(p["kind"], p["data_lost"]) for p in rep["problems"]} == {
+            ("malformed", "not yet known"), ("bad_tag", "yes")}
+        ing.batch("sim-0001", wire.build_batch(day[5:], 11))  # the board sends the rest
+        rep = report.build(store)
+        # the malformed batch lost nothing: it leaves the open problems
+        assert [(p["kind"], p["data_lost"]) for p in rep["problems"]] == [("bad_tag", "yes")]
+        assert [(p["kind"], p["data_lost"], p["records"]) for p in rep["resolved"]] == [
+            ("malformed", "no", 1)]
+        out = io.StringIO()
+        report.format_text(rep, out)
+        text = out.getvalue()
+        opened = text.split("Problems found by the server")[1].split("Problems resolved")[0]
+        assert "bad_tag" in opened and "malformed" not in opened
+        assert "malformed" in text.split("Problems resolved")[1]
+    finally:
+        store.close()

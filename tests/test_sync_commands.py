@@ -153,3 +153,35 @@ def test_malformed_operator_command_is_invalid(rig):
     good, cid = C.build(SITE_KEY, "sim-0001", "status")
     res, _ = send(server, "status", payload=good[:40])  # cut short
     assert res["result"] == "invalid" and res["reason"] == "malformed command"
+
+
+def test_an_operators_busy_day_never_locks_out_a_paid_remote_start(rig):
+    # 40 admin commands inside their expiry: more than the old 32-slot cache held, after
+    # which it refused everything ("replay cache full"), a customer's paid start included
+    sim, server = rig
+    sent = []
+    for _ in range(40):
+        res, payload = send(server, "status")
+        assert res["result"] == "done", res
+        sent.append(payload)
+    sim.wait_for(lambda s: s["state"] in ("idle", "credit"), timeout=60, what="an idle machine")
+    pulses = sim.status()["relay_pulses"]
+    price = {p["name"]: p["price"] for p in sim.status()["firmware"]["programs"]}["quick"]
+    res, paid = send(server, "start", program="quick", amount=price)  # what the app took
+    assert res["result"] == "started", res
+    sim.wait_for(lambda s: s["state"] == "running", what="the paid start running")
+    for payloads, state in ((sent, "before"), (sent, "after a power cut")):
+        if state != "before":
+            sim.call("power", state="cut")
+            sim.call("power", state="on")
+            sim.wait_for(lambda s: sync_of(s).get("link") == "up", timeout=60,
+                         what="the board online again")
+        # none of them runs again: the newest are held, the oldest dropped and refused as
+        # expired (the admin pool's expiry floor)
+        res, _ = send(server, "start", payload=paid)
+        assert res["result"] == "duplicate", (state, res)
+        res, _ = send(server, "status", payload=payloads[-1])
+        assert (res["result"], res["reason"]) == ("refused", "replayed: already executed")
+        res, _ = send(server, "status", payload=payloads[0])
+        assert (res["result"], res["reason"]) == ("refused", "expired"), (state, res)
+    assert sim.status()["relay_pulses"] == pulses + 1

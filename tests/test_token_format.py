@@ -14,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from washpay import keys as FK
 from washpay.payments import token as FT
-from washpay.replay import CacheFull, ReplayCache
+from washpay.replay import ReplayCache
 
 from host_tools import cli
 from host_tools import token as T
@@ -175,7 +175,7 @@ def test_journal_flag_decides_trust(tmp_path):
     assert v.cache.clock_trusted()
 
 
-def test_replay_cache_persists_prunes_and_fills(tmp_path):
+def test_replay_cache_persists_prunes_and_makes_room(tmp_path):
     path = str(tmp_path / "used")
     t = [T0]
     c = ReplayCache(path, 3, clock=lambda: t[0])
@@ -185,15 +185,46 @@ def test_replay_cache_persists_prunes_and_fills(tmp_path):
     c2 = ReplayCache(path, 3, clock=lambda: t[0])  # after a reboot
     assert [c2.used(x * 8) for x in (b"A", b"B", b"C", b"D")] == [True, True, True, False]
     assert c2.floor == T0 and not c2.damaged
-    assert not c2.room()
-    with pytest.raises(CacheFull):
-        c2.add(b"D" * 8, T0, T0 + 400)  # never evicts an id that could still be used
-    assert c2.used(b"A" * 8) and not c2.used(b"D" * 8)
-    t[0] = T0 + 150  # A expired: its slot is free
-    assert c2.room()
-    c2.add(b"D" * 8, T0, T0 + 400)
+    assert c2.room()  # a full cache never refuses
+    c2.add(b"D" * 8, T0, T0 + 400)  # A, the first to expire, goes: its expiry is the floor
+    assert c2.check_time(T0, T0 + 100) == "expired"  # A can never run again
+    assert c2.check_time(T0, T0 + 101) is None and c2.used(b"B" * 8)
+    c2.add(b"E" * 8, T0, T0 + 50)  # expires before every id held: the floor covers it
+    assert c2.check_time(T0, T0 + 50) == "expired" and c2.used(b"D" * 8)
+    t[0] = T0 + 250  # B expired: pruned when a slot is needed
+    c2.add(b"F" * 8, T0, T0 + 500)
     c3 = ReplayCache(path, 3, clock=lambda: t[0])
-    assert not c3.used(b"A" * 8) and c3.used(b"D" * 8) and c3.count == 3
+    assert [c3.used(x * 8) for x in (b"C", b"D", b"F")] == [True, True, True]
+    assert c3.count == 3 and c3.expired_to[0] == T0 + 100
+
+
+def test_operator_commands_never_take_a_payments_room(tmp_path):
+    path = str(tmp_path / "used")
+    c = ReplayCache(path, 2, admin=2, clock=lambda: T0)
+    c.add(b"P" * 8, T0, T0 + 600)
+    for i in range(10):  # an operator's busy afternoon
+        c.add(bytes([i]) * 8, T0, T0 + 300 + i, 1)
+    assert c.used(b"P" * 8) and c.n == [1, 2]
+    assert c.check_time(T0, T0 + 307, 1) == "expired"  # dropped admin ids stay refused
+    assert c.check_time(T0, T0 + 307) is None  # ... and payments are not touched
+    c2 = ReplayCache(path, 2, admin=2, clock=lambda: T0)
+    assert c2.used(b"P" * 8) and c2.used(bytes([9]) * 8) and not c2.used(bytes([0]) * 8)
+    assert c2.check_time(T0, T0 + 307, 1) == "expired"
+
+
+def test_a_version_1_replay_file_is_read(tmp_path):
+    import binascii
+
+    path = tmp_path / "used"
+    entries = b"".join(bytes([i]) * 8 + struct.pack(">I", T0 + 100 + i) for i in range(4))
+    head = b"WPRC\x01\x08\x20\x04" + struct.pack(">I", T0)
+    crc = binascii.crc32(entries, binascii.crc32(head))
+    path.write_bytes(head + struct.pack(">I", crc) + entries)
+    c = ReplayCache(str(path), 3, admin=2, clock=lambda: T0)
+    assert not c.damaged and c.floor == T0
+    # four ids into three payment slots: the first to expire is dropped, and refused
+    assert [c.used(bytes([i]) * 8) for i in range(4)] == [False, True, True, True]
+    assert c.check_time(T0, T0 + 100) == "expired"
 
 
 def test_damaged_replay_cache_starts_empty_and_says_so(tmp_path):
@@ -213,14 +244,21 @@ def test_replay_file_layout_matches_the_page(tmp_path):
     import binascii
 
     path = tmp_path / "used"
-    c = ReplayCache(str(path), 64, clock=lambda: T0)
+    c = ReplayCache(str(path), 64, admin=3, clock=lambda: T0)
     c.add(bytes(range(8)), T0 - 5, T0 + 100)
+    c.add(bytes(range(1, 9)), T0 - 7, T0 + 200, 1)
+    c.expired_to = [T0 + 1, T0 + 2]
+    c.add(bytes(range(2, 10)), T0 - 9, T0 + 300, 1)
     data = path.read_bytes()
-    assert data[:8] == b"WPRC\x01\x08\x40\x01"
+    assert data[:8] == b"WPRC\x02\x08\x40\x03"
     assert struct.unpack(">I", data[8:12])[0] == T0 - 5  # the time floor
     crc = binascii.crc32(data[16:], binascii.crc32(data[:12]))
     assert struct.unpack(">I", data[12:16])[0] == crc
-    assert data[16:] == bytes(range(8)) + struct.pack(">I", T0 + 100)
+    assert data[16:20] == b"\x01\x02\x00\x00"  # ids held per pool, reserved
+    assert struct.unpack(">II", data[20:28]) == (T0 + 1, T0 + 2)  # expiry floors
+    assert data[28:] == (bytes(range(8)) + struct.pack(">I", T0 + 100)
+                         + bytes(range(1, 9)) + struct.pack(">I", T0 + 200)
+                         + bytes(range(2, 10)) + struct.pack(">I", T0 + 300))
 
 
 # ---- fuzz under CPython, then the same corpus under micropython

@@ -144,7 +144,8 @@ class App:
             tokens = TokenPayments(self.engine, self.journal,
                                    TokenVerifier(token_key(secret), self.device_id, cache),
                                    log=log)
-        cache = ReplayCache("/used_commands", 32, trusted=trusted)
+        # remote starts (paid) and the operator's commands in separate pools (replay.py)
+        cache = ReplayCache("/used_commands", 32, admin=16, trusted=trusted)
         remote = RemoteStart(self.engine, self.journal, command_key(secret), self.device_id,
                              cache, log=log)
         if self.sync is not None and self.sync.commands is None:

@@ -102,6 +102,61 @@ def cmd_server_report(args):
     return 0
 
 
+def cmd_server_problems(args):
+    store = _open_ledger(args.db, "problems")
+    if store is None:
+        return 2
+    try:
+        if args.resolve is not None:
+            return _resolve_problem(store, args)
+        key = store.problem_id
+        where = "" if args.all else " WHERE state = 'open'"
+        rows = store.query(
+            f"SELECT {key}, device, kind, seq, state, data_lost, count, first_at, last_at, "
+            f"resolution, detail FROM problems{where} ORDER BY {key}")
+    finally:
+        store.close()
+    names = ("id", "device", "kind", "seq", "state", "data_lost", "times", "first_at",
+             "last_at", "resolution", "detail")
+    problems = [dict(zip(names, r, strict=True)) for r in rows]
+    if args.json:
+        json.dump(problems, sys.stdout, indent=1)
+        sys.stdout.write("\n")
+        return 0
+    if not problems:
+        print("no open problems" if not args.all else "no problems")
+        return 0
+    for p in problems:
+        lost = p["data_lost"] or "not yet known"
+        when = time.strftime("%Y-%m-%d %H:%M", time.gmtime(p["last_at"] or 0))
+        print(f"{p['id']:>5}  {p['device']}  {p['kind']} at {p['seq']}  {p['state']}, "
+              f"data lost: {lost}, {p['times']}x, last {when} UTC")
+        print(f"       {p['resolution'] or p['detail'] or ''}")
+    return 0
+
+
+def _resolve_problem(store, args):
+    lost = "yes" if args.lost else "no" if args.no_loss else None
+    with store.transaction() as tx:
+        row = tx.one(f"SELECT data_lost, state FROM problems WHERE {store.problem_id} = ?",
+                     (args.resolve,))
+        if row is None:
+            print(f"washpay server problems: no problem {args.resolve} (list them with "
+                  "`washpay server problems --all`)", file=sys.stderr)
+            return 2
+        if lost is None:
+            lost = row[0]
+        if lost is None:
+            print(f"washpay server problems: say whether data was lost with problem "
+                  f"{args.resolve}: --lost or --no-loss", file=sys.stderr)
+            return 2
+        note = "operator: " + (args.note or ("data lost" if lost == "yes" else "no data lost"))
+        p = tx.resolve_problem(args.resolve, lost, note)
+    print(f"problem {p['id']} ({p['device']} {p['kind']} at {p['seq']}) resolved, "
+          f"data lost: {lost}")
+    return 0
+
+
 def _ledger(db):
     """The ledger store; a ValueError says why there is none."""
     from host_tools.server.store import StoreError, open_store
@@ -408,6 +463,23 @@ def add_parsers(sub):
     rep.add_argument("--since", default=None, metavar="YYYY-MM-DD",
                      help="revenue from this day on")
     rep.set_defaults(func=cmd_server_report)
+    prob = srv.add_parser(
+        "problems", help="list the problems the server found; resolve one",
+        description="Lists the open problems (--all: resolved ones too). A gap or a "
+        "malformed batch resolves by itself once the ledger holds every record it concerned "
+        "(nothing was lost); the others (bad_tag, fork, rollback, card findings) stay open "
+        "until an operator resolves them after looking: --resolve ID, saying whether data "
+        "was lost (docs/sync.md, \"Problems\").")
+    prob.add_argument("--db", default=os.environ.get("WASHPAY_DB", "ledger.db"))
+    prob.add_argument("--all", action="store_true", help="resolved problems too")
+    prob.add_argument("--json", action="store_true", help="print JSON")
+    prob.add_argument("--resolve", type=int, default=None, metavar="ID",
+                      help="mark problem ID resolved")
+    loss = prob.add_mutually_exclusive_group()
+    loss.add_argument("--lost", action="store_true", help="--resolve: data was lost")
+    loss.add_argument("--no-loss", action="store_true", help="--resolve: no data was lost")
+    prob.add_argument("--note", default=None, help="--resolve: what was found or done")
+    prob.set_defaults(func=cmd_server_problems)
     cards = srv.add_parser(
         "cards", help="each card's credit score (laundry not collected) and tier by policy",
         description="Per card UID over the policy's window (default 90 days): cycles paid "

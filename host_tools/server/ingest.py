@@ -55,6 +55,7 @@ class Outcome:
     duplicates: int = 0
     parked: int = 0  # records kept beyond a gap until the records before them arrive
     problems: list = field(default_factory=list)  # (kind, seq, detail)
+    resolved: int = 0  # open problems this batch resolved (their records are all in)
     records: list = field(default_factory=list)  # decoded fields of what was stored
 
 
@@ -94,7 +95,10 @@ class Ingest:
         except wire.WireError as e:
             with self.store.transaction() as tx:
                 dev = tx.lock_device(device, now)
-                tx.problem(device, 0, "malformed", str(e), bytes(payload[:256]), now)
+                # what it carried is unknown: it resolves once the ledger holds every record
+                # the board had said it had, and at least one more than now
+                tx.problem(device, 0, "malformed", str(e), bytes(payload[:256]), now,
+                           upto=max(dev["reported_seq"], dev["high_seq"] + 1))
                 out.ack = dev["high_seq"]
             out.problems.append(("malformed", 0, str(e)))
             return out
@@ -105,8 +109,8 @@ class Ingest:
             last_tag = dev["last_tag"] or ZERO_TAG
             pending = {}  # seq -> raw stored in this transaction
 
-            def problem(kind, seq, detail, evidence=None):
-                tx.problem(device, seq, kind, detail, evidence, now)
+            def problem(kind, seq, detail, evidence=None, upto=None):
+                tx.problem(device, seq, kind, detail, evidence, now, upto)
                 out.problems.append((kind, seq, detail))
 
             if batch.device_last_seq < high:
@@ -126,7 +130,8 @@ class Ingest:
             for raw, parked in records():
                 seq = struct.unpack_from(">I", raw, 4)[0]
                 if seq == 0:
-                    problem("malformed", 0, "a record with sequence number 0", raw)
+                    problem("malformed", 0, "a record with sequence number 0", raw,
+                            upto=max(batch.device_last_seq, high + 1))
                     continue
                 if seq <= high:
                     have = pending.get(seq) or tx.record_raw(device, seq)
@@ -142,7 +147,8 @@ class Ingest:
                     if seq - high > MAX_AHEAD:
                         problem("gap", high + 1,
                                 f"records {high + 1}..{seq - 1} missing (received {seq}); "
-                                "too far ahead to keep: the board sends it again")
+                                "too far ahead to keep: the board sends it again",
+                                upto=seq - 1)
                         break
                     tx.park(device, seq, raw, now)
                     out.parked += 1
@@ -178,6 +184,8 @@ class Ingest:
                 batches=dev["batches"] + 1,
                 duplicates=dev["duplicates"] + out.duplicates,
             )
+            if high > dev["high_seq"]:
+                out.resolved = tx.resolve_caught_up(device, high, now)
         out.ack = high
         return out
 

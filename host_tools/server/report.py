@@ -6,7 +6,8 @@
 - offline backlog per device: records the board said it had that the server does not,
   when it was last heard from, whether it is online;
 - faults: fault records on the boards (rejected coins, failed starts, faults) and what the
-  server found (gaps, forks, bad tags, rollbacks, card fraud), with counts.
+  server found (gaps, forks, bad tags, rollbacks, card fraud), with counts: the open
+  problems in full, the resolved ones by whether data was lost (docs/sync.md, "Problems").
 """
 
 import json
@@ -62,15 +63,24 @@ def build(store, since=None):
     )
     waiting = {d: (n, lo) for d, n, lo in store.query(
         "SELECT device, count(*), min(seq) FROM pending GROUP BY device")}
-    problems = store.query(
-        "SELECT device, kind, count(*), sum(count), max(last_at) FROM problems "
-        "GROUP BY device, kind ORDER BY device, kind"
-    )
+    key = store.problem_id
+    open_ = defaultdict(lambda: {"ids": [], "records": 0, "times": 0, "lost": set()})
+    resolved = defaultdict(lambda: {"records": 0, "times": 0, "last": 0.0})
     latest = {}
-    for device, kind, seq, detail in store.query(
-        "SELECT device, kind, seq, detail FROM problems ORDER BY last_at"
+    for pid, device, kind, seq, detail, n, state, lost, at in store.query(
+        f"SELECT {key}, device, kind, seq, detail, count, state, data_lost, "
+        f"coalesce(resolved_at, last_at) FROM problems ORDER BY last_at, {key}"
     ):
-        latest[(device, kind)] = (seq, detail)
+        if state == "resolved":
+            r = resolved[(device, kind, lost or "unknown")]
+            r["last"] = max(r["last"], at or 0)
+        else:
+            r = open_[(device, kind)]
+            r["ids"].append(pid)
+            r["lost"].add(lost)
+            latest[(device, kind)] = (seq, detail)
+        r["records"] += 1
+        r["times"] += n
 
     def money(d):
         return [{"device": k[0], "day": k[1], "type": k[2], "currency": k[3],
@@ -91,10 +101,15 @@ def build(store, since=None):
         "faults": [{"device": k[0], "type": k[1], "count": v}
                    for k, v in sorted(faults.items())],
         "problems": [
-            {"device": d, "kind": k, "records": n, "times": int(total),
-             "last_seq": latest.get((d, k), (None, None))[0],
-             "last": latest.get((d, k), (None, ""))[1]}
-            for d, k, n, total, _ in problems
+            {"device": d, "kind": k, "state": "open", "ids": v["ids"],
+             "records": v["records"], "times": v["times"], "data_lost": _lost(v["lost"]),
+             "last_seq": latest[(d, k)][0], "last": latest[(d, k)][1]}
+            for (d, k), v in sorted(open_.items())
+        ],
+        "resolved": [
+            {"device": d, "kind": k, "state": "resolved", "data_lost": lost,
+             "records": v["records"], "times": v["times"], "last_resolved": v["last"]}
+            for (d, k, lost), v in sorted(resolved.items())
         ],
     }
 
@@ -108,6 +123,16 @@ COUNTED = {"cash": ("coin", "coins"), "card": ("card payment", "card payments"),
 def _counted(kind, n):
     one, many = COUNTED.get(kind, ("record", "records"))
     return f"{n} {one if n == 1 else many}"
+
+
+def _lost(values):
+    """Whether open problems of one kind lost data: yes if any did, else not yet known if
+    any may still heal, else no."""
+    if "yes" in values:
+        return "yes"
+    if None in values or "unknown" in values:
+        return "not yet known"
+    return "no"
 
 
 def format_text(rep, out):
@@ -144,9 +169,18 @@ def format_text(rep, out):
            for d in rep["devices"]])
     table("Faults on the boards", ["device", "record type", "records"],
           [[f["device"], f["type"], f["count"]] for f in rep["faults"]])
-    table("Problems found by the server", ["device", "kind", "records", "times", "latest"],
-          [[p["device"], p["kind"], p["records"], p["times"], (p["last"] or "")[:70]]
-           for p in rep["problems"]])
+    table("Problems found by the server, open (`washpay server problems` to list and "
+          "resolve)", ["device", "kind", "ids", "records", "times", "data lost", "latest"],
+          [[p["device"], p["kind"], _ids(p["ids"]), p["records"], p["times"], p["data_lost"],
+            (p["last"] or "")[:60]] for p in rep["problems"]])
+    if rep["resolved"]:
+        table("Problems resolved", ["device", "kind", "records", "data lost"],
+              [[p["device"], p["kind"], p["records"], p["data_lost"]]
+               for p in rep["resolved"]])
+
+
+def _ids(ids):
+    return ",".join(str(i) for i in ids[:5]) + (f" +{len(ids) - 5}" if len(ids) > 5 else "")
 
 
 def format_json(rep, out):

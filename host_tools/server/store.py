@@ -77,6 +77,7 @@ CREATE TABLE IF NOT EXISTS records (
 );
 CREATE INDEX IF NOT EXISTS records_card ON records (source_kind, source, card_counter);
 CREATE TABLE IF NOT EXISTS problems (
+    id {serial},
     device TEXT NOT NULL,
     seq BIGINT NOT NULL,
     kind TEXT NOT NULL,
@@ -85,6 +86,11 @@ CREATE TABLE IF NOT EXISTS problems (
     first_at {real},
     last_at {real},
     count BIGINT NOT NULL DEFAULT 1,
+    state TEXT NOT NULL DEFAULT 'open',
+    upto BIGINT,
+    data_lost TEXT,
+    resolved_at {real},
+    resolution TEXT,
     UNIQUE (device, kind, seq)
 );
 CREATE TABLE IF NOT EXISTS pending (
@@ -115,6 +121,23 @@ CREATE TABLE IF NOT EXISTS commands (
     done_at {real}
 );
 """
+
+
+# columns added to the problems table after its first release: a ledger made before gets
+# them when it is opened (a problem then is open, whether data was lost not yet known)
+PROBLEM_STATE_COLUMNS = (
+    ("state", "TEXT NOT NULL DEFAULT 'open'"),
+    ("upto", "BIGINT"),
+    ("data_lost", "TEXT"),
+    ("resolved_at", "{real}"),
+    ("resolution", "TEXT"),
+)
+# Whether a problem's kind lost data, as far as the server knows when it finds it (None:
+# not yet known), and whether it resolves by itself once the ledger holds every record up
+# to its `upto` (docs/sync.md, "Problems").
+PROBLEM_LOSS = {"bad_tag": "yes", "fork": "no", "card_arith": "no",
+                "card_counter_reuse": "no", "card_balance_rise": "no",
+                "card_balance_mismatch": "no"}
 
 
 class StoreError(Exception):
@@ -213,14 +236,46 @@ class Tx:
         )
 
     # ---- problems
-    def problem(self, device, seq, kind, detail, evidence=None, now=None):
+    def problem(self, device, seq, kind, detail, evidence=None, now=None, upto=None):
+        """Record (or count again, and reopen) a problem. `upto`: the sequence number up
+        to which the ledger must hold every record for the problem to resolve by itself
+        (None: only an operator resolves it)."""
         now = time.time() if now is None else now
         self.execute(
-            "INSERT INTO problems (device, seq, kind, detail, evidence, first_at, last_at) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (device, kind, seq) DO UPDATE SET "
-            "count = problems.count + 1, last_at = excluded.last_at",
-            (device, seq, kind, detail, evidence, now, now),
+            "INSERT INTO problems (device, seq, kind, detail, evidence, first_at, last_at, "
+            "state, upto, data_lost) VALUES (?, ?, ?, ?, ?, ?, ?, 'open', ?, ?) "
+            "ON CONFLICT (device, kind, seq) DO UPDATE SET "
+            "count = problems.count + 1, last_at = excluded.last_at, "
+            "detail = excluded.detail, state = 'open', upto = excluded.upto, "
+            "data_lost = excluded.data_lost, resolved_at = NULL, resolution = NULL",
+            (device, seq, kind, detail, evidence, now, now, upto, PROBLEM_LOSS.get(kind)),
         )
+
+    def resolve_caught_up(self, device, high, now=None):
+        """Resolve the device's open problems whose records the ledger now holds, every one
+        up to `high`: nothing of them was lost. Returns how many."""
+        now = time.time() if now is None else now
+        return self.execute(
+            "UPDATE problems SET state = 'resolved', data_lost = 'no', resolved_at = ?, "
+            "resolution = ? WHERE device = ? AND state = 'open' AND upto IS NOT NULL "
+            "AND upto <= ?",
+            (now, f"the ledger holds every record up to {high}", device, high),
+        ).rowcount
+
+    def resolve_problem(self, pid, data_lost, note, now=None):
+        """An operator's resolution of problem `pid`: the row as it was, or None."""
+        now = time.time() if now is None else now
+        key = self.store.problem_id
+        row = self.one(
+            f"SELECT {key}, device, kind, seq, state, data_lost FROM problems "
+            f"WHERE {key} = ?", (pid,))
+        if row is None:
+            return None
+        self.execute(
+            f"UPDATE problems SET state = 'resolved', data_lost = ?, resolved_at = ?, "
+            f"resolution = ? WHERE {key} = ?", (data_lost, now, note, pid))
+        return {"id": row[0], "device": row[1], "kind": row[2], "seq": row[3],
+                "state": row[4], "data_lost": row[5]}
 
     # ---- cards
     def card(self, uid):
@@ -251,6 +306,7 @@ def _col(fields, name):
 class Store:
     dialect = "?"
     for_update = ""
+    problem_id = "id"  # the problems table's row id
 
     def q(self, sql):
         return sql
@@ -275,6 +331,7 @@ class Store:
 
 class SQLiteStore(Store):
     dialect = "sqlite"
+    problem_id = "rowid"  # a ledger made before problems had an id has its rowid
 
     def __init__(self, path):
         self.path = str(path)
@@ -288,11 +345,17 @@ class SQLiteStore(Store):
         try:
             self.conn.execute("PRAGMA journal_mode=WAL")
             self.conn.execute("PRAGMA synchronous=NORMAL")
-            self.conn.executescript(SCHEMA.format(blob="BLOB", real="REAL"))
+            self.conn.executescript(SCHEMA.format(blob="BLOB", real="REAL",
+                                                  serial="INTEGER PRIMARY KEY"))
         except sqlite3.DatabaseError as e:  # e.g. "file is not a database": nothing written
             self.conn.close()
             raise StoreError(f"{self.path} is not a washpay ledger ({e}): name the ledger "
                              "file with --db (or $WASHPAY_DB)") from None
+        have = {r[1] for r in self.conn.execute("PRAGMA table_info(problems)")}
+        for name, decl in PROBLEM_STATE_COLUMNS:
+            if name not in have:
+                self.conn.execute(f"ALTER TABLE problems ADD COLUMN {name} "
+                                  + decl.format(real="REAL"))
 
     def __repr__(self):
         return f"sqlite:{self.path}"
@@ -329,7 +392,12 @@ class PostgresStore(Store):
         with self.conn.cursor() as cur:
             # several ingest processes may start at once: one creates the schema
             cur.execute("SELECT pg_advisory_xact_lock(727460)")
-            cur.execute(SCHEMA.format(blob="BYTEA", real="DOUBLE PRECISION"))
+            cur.execute(SCHEMA.format(blob="BYTEA", real="DOUBLE PRECISION",
+                                      serial="BIGSERIAL PRIMARY KEY"))
+            cur.execute("ALTER TABLE problems ADD COLUMN IF NOT EXISTS id BIGSERIAL")
+            for name, decl in PROBLEM_STATE_COLUMNS:
+                cur.execute(f"ALTER TABLE problems ADD COLUMN IF NOT EXISTS {name} "
+                            + decl.format(real="DOUBLE PRECISION"))
         self.conn.commit()
 
     def __repr__(self):

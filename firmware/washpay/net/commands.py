@@ -39,6 +39,7 @@ _ACTION_AT = const(29)
 _HEAD = const(32)  # bytes before the body
 _TAG = const(16)
 _FORGED_EVERY_S = const(60)
+_ADMIN = const(1)  # replay.py's pool of the operator's commands
 
 PRICE = const(2)
 BLACKLIST_ADD = const(3)
@@ -120,12 +121,13 @@ class Commands:
         try:
             cid, action, body, issued, expires = self._verify(payload)
             cache = self.cache
-            why = cache.check_time(issued, expires)
+            # the operator's commands have their own pool: they never take a payment's room
+            why = cache.check_time(issued, expires, _ADMIN)
             if why:
                 raise _Refused(_TIME_REASONS.get(why, why), cid)
             if cache.used(cid):
                 raise _Refused("replayed: already executed", cid)
-            if not cache.room():
+            if not cache.room(_ADMIN):
                 raise _Refused("replay cache full", cid)
             try:
                 what, extra = self._execute(action, body, issued)
@@ -135,7 +137,7 @@ class Commands:
             seq = self.journal.append(R.COMMAND_DONE, source=cid, source_kind=R.SOURCE_COMMAND,
                                       reason=what)
             try:
-                cache.add(cid, issued, expires)
+                cache.add(cid, issued, expires, _ADMIN)
             except Exception as e:  # noqa: BLE001 - executed and journaled regardless
                 self.log("command cache not written:", e)
             self.done += 1

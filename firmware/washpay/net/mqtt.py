@@ -19,6 +19,15 @@
 # another, so a publish allocates nothing but what the stream layer does. An incoming QoS 1
 # message is acknowledged after on_message returns: a handler that journals a command before
 # returning gets it again if the board dies first, never loses it.
+#
+# Any number of tasks may publish at once. What they share is guarded: a header is built
+# and written while its task holds the write lock (a frame leaves whole, never one task's
+# header with another's payload); the read buffers belong to the one reader task of the
+# connection; a task that waits for an acknowledgement holds one of _WAITERS slots, taken
+# before its packet leaves (so the ack cannot come first), and a connection that ends wakes
+# every waiter with the loss. A packet from the broker that MQTT 3.1.1 does not allow here
+# (wrong length, reserved flags, a type a client never receives) ends the connection with
+# the reason; nothing in it is acted on.
 import asyncio
 from time import ticks_diff, ticks_ms
 
@@ -39,7 +48,9 @@ _K_PUBACK = const(4)
 _K_SUBACK = const(9)
 _TOPIC_MAX = const(64)  # longest topic this client publishes to
 HEADROOM = const(5 + 2 + _TOPIC_MAX + 2)  # the largest PUBLISH header this client writes
-_DONE_SLOTS = const(16)  # acknowledgements remembered for waiters
+_WAITERS = const(8)  # tasks waiting for an acknowledgement at once; more wait for a slot
+_PENDING = const(-1)  # a waiter slot's value until its acknowledgement comes
+_LOST = const(-2)  # ... or its connection ends
 _ACK_WAIT_MS = const(10000)
 
 CONNACK_ERRORS = (
@@ -90,8 +101,8 @@ class MQTTClient:
         self._head = bytearray(HEADROOM)
         self._puback = bytearray(b"\x40\x02\x00\x00")
         self._ping = b"\xc0\x00"
-        self._done = [0] * _DONE_SLOTS  # (packet type << 16 | packet id) of recent acks
-        self._done_at = 0
+        self._want = [0] * _WAITERS  # kind << 16 | packet id awaited in each slot; 0: free
+        self._got = [0] * _WAITERS  # its acknowledgement's value, _PENDING or _LOST
         self._event = asyncio.Event()
         self._wlock = asyncio.Lock()
         self._pid = 0
@@ -108,12 +119,12 @@ class MQTTClient:
         `will` is (topic, message, retain): published at QoS 1 by the broker if this
         connection dies without a DISCONNECT.
         """
-        self._r, self._w = reader, writer
+        if self._w is not None or self._tasks:
+            self._fail("replaced by a new connection")  # its reader must not read on
+        self._r = reader
         self.lost = asyncio.Event()
         self.error = None
         self.connack = -1
-        for i in range(_DONE_SLOTS):
-            self._done[i] = 0
         flags = 0x02 if clean else 0
         size = 10 + 2 + len(self.client_id)
         if will:
@@ -142,15 +153,25 @@ class MQTTClient:
         if self.password is not None:
             pos = _put_str(pkt, pos, self.password)
         self._last_rx = ticks_ms()
+        slot = await self._slot(_K_CONNACK << 16)
         try:
-            await self._send(memoryview(pkt)[:pos])
-        except (OSError, ValueError) as e:
-            # the TLS layer reports a certificate it refuses as ValueError, with the reason
-            why = "cannot reach the broker: %s" % (str(e).strip() or type(e).__name__)
-            self._fail(why)
-            raise MQTTError(why)
-        self._tasks.append(asyncio.create_task(self._reader()))
-        await self._wait(_K_CONNACK << 16, timeout_ms, "CONNACK")
+            try:
+                async with self._wlock:
+                    # the writer is published under the lock, with CONNECT written first:
+                    # a task waiting to publish can follow CONNECT, never precede it
+                    self._w = writer
+                    self._write(slot, (memoryview(pkt)[:pos],))
+                    await self._drain(writer)
+            except (OSError, ValueError) as e:
+                # the TLS layer reports a certificate it refuses as ValueError, with the reason
+                why = "cannot reach the broker: %s" % (str(e).strip() or type(e).__name__)
+                self._fail(why)
+                self.error = why
+                raise MQTTError(why)
+            self._tasks.append(asyncio.create_task(self._reader()))
+            await self._wait(slot, timeout_ms, "CONNACK")
+        finally:
+            self._free(slot)
         code = self.connack & 0xFF
         if code:
             why = CONNACK_ERRORS[code] if code < len(CONNACK_ERRORS) else "code %d" % code
@@ -168,7 +189,7 @@ class MQTTClient:
         """Say goodbye (the broker then discards the will) and close."""
         self.error = self.error or "disconnected"
         try:
-            await asyncio.wait_for_ms(self._send(b"\xe0\x00"), 2000)
+            await asyncio.wait_for_ms(self._send(-1, b"\xe0\x00"), 2000)
         except Exception:  # noqa: S110 - closing anyway
             pass
         self.close()
@@ -192,22 +213,49 @@ class MQTTClient:
                 w.s.close()
             except OSError:
                 pass
+        got = self._got
+        for i in range(_WAITERS):
+            if self._want[i] and got[i] == _PENDING:
+                got[i] = _LOST  # its packet went out on this connection: no ack will come
         self.lost.set()
         self._event.set()  # waiters see the loss
 
     # ---- sending
-    async def _send(self, *parts):
-        if self._w is None:
-            raise MQTTError(self.error or "not connected")
+    async def _send(self, slot, *parts):
+        """Write one packet (`parts` in order) under the write lock. `slot` (or -1) is the
+        waiter slot of its acknowledgement: armed here, for the connection it leaves on."""
         async with self._wlock:
             w = self._w
             if w is None:
                 raise MQTTError(self.error or "not connected")
+            self._write(slot, parts)
+            await self._drain(w)
+
+    def _write(self, slot, parts):
+        # call with the write lock held; synchronous, so a frame goes to the stream whole
+        if slot >= 0:
+            self._got[slot] = _PENDING
+        w = self._w
+        try:
             for p in parts:
-                w.write(p)
+                w.write(p)  # the stream sends or copies it: the buffer is free again after
                 self.sent += len(p)
+        except OSError as e:
+            self._broken(w, e)
+            raise
+
+    async def _drain(self, w):
+        try:
             await w.drain()
-            self._last_tx = ticks_ms()
+        except OSError as e:
+            self._broken(w, e)
+            raise
+        self._last_tx = ticks_ms()
+
+    def _broken(self, w, e):
+        # part of a frame may be out: this connection cannot carry another one
+        if w is self._w:
+            self._fail("write failed: %s" % (str(e) or type(e).__name__))
 
     def _next_pid(self):
         self._pid = self._pid % 0xFFFF + 1
@@ -225,71 +273,105 @@ class MQTTClient:
         n = len(topic)
         if n > _TOPIC_MAX:
             raise MQTTError("topic longer than %d bytes" % _TOPIC_MAX)
-        h = self._head
-        h[0] = _PUBLISH | (qos << 1) | (1 if retain else 0)
-        size = 2 + n + len(payload) - headroom + (2 if qos else 0)
-        pos = _put_str(h, _put_len(h, 1, size), topic)
-        pid = 0
-        if qos:
-            pid = self._next_pid()
-            h[pos] = pid >> 8
-            h[pos + 1] = pid & 0xFF
-            pos += 2
-        if headroom:
-            start = headroom - pos
-            payload[start:headroom] = memoryview(h)[:pos]
-            await self._send(payload[start:])
-        else:
-            await self._send(memoryview(h)[:pos], payload)
-        if qos and wait:
-            await self._wait(_K_PUBACK << 16 | pid, timeout_ms, "PUBACK")
+        pid = self._next_pid() if qos else 0
+        slot = await self._slot(_K_PUBACK << 16 | pid) if qos and wait else -1
+        try:
+            async with self._wlock:
+                w = self._w
+                if w is None:
+                    raise MQTTError(self.error or "not connected")
+                # the shared header is filled only now, with the lock held, up to the write
+                h = self._head
+                h[0] = _PUBLISH | (qos << 1) | (1 if retain else 0)
+                size = 2 + n + len(payload) - headroom + (2 if qos else 0)
+                pos = _put_str(h, _put_len(h, 1, size), topic)
+                if qos:
+                    h[pos] = pid >> 8
+                    h[pos + 1] = pid & 0xFF
+                    pos += 2
+                if headroom:
+                    start = headroom - pos
+                    payload[start:headroom] = memoryview(h)[:pos]
+                    self._write(slot, (payload[start:],))
+                else:
+                    self._write(slot, (memoryview(h)[:pos], payload))
+                await self._drain(w)
+            if slot >= 0:
+                await self._wait(slot, timeout_ms, "PUBACK")
+        finally:
+            self._free(slot)
         return pid
 
     async def subscribe(self, topic, qos=1, timeout_ms=_ACK_WAIT_MS):
         pid = self._next_pid()
-        h = self._head
-        h[0] = _SUBSCRIBE
-        pos = _put_len(h, 1, 2 + 2 + len(topic) + 1)
-        h[pos] = pid >> 8
-        h[pos + 1] = pid & 0xFF
-        pos = _put_str(h, pos + 2, topic)
-        h[pos] = qos
-        await self._send(memoryview(h)[: pos + 1])
-        granted = await self._wait(_K_SUBACK << 16 | pid, timeout_ms, "SUBACK")
+        slot = await self._slot(_K_SUBACK << 16 | pid)
+        try:
+            async with self._wlock:
+                w = self._w
+                if w is None:
+                    raise MQTTError(self.error or "not connected")
+                h = self._head
+                h[0] = _SUBSCRIBE
+                pos = _put_len(h, 1, 2 + 2 + len(topic) + 1)
+                h[pos] = pid >> 8
+                h[pos + 1] = pid & 0xFF
+                pos = _put_str(h, pos + 2, topic)
+                h[pos] = qos
+                self._write(slot, (memoryview(h)[: pos + 1],))
+                await self._drain(w)
+            granted = await self._wait(slot, timeout_ms, "SUBACK")
+        finally:
+            self._free(slot)
         if granted & 0x80:
             raise MQTTError("subscription to %s refused by the broker" % topic.decode())
         return granted
 
-    async def wait_puback(self, pid, timeout_ms=_ACK_WAIT_MS):
-        await self._wait(_K_PUBACK << 16 | pid, timeout_ms, "PUBACK")
-
     # ---- waiting for the broker
-    async def _wait(self, key, timeout_ms, what):
+    async def _slot(self, key):
+        """Take a waiter slot for the acknowledgement `key`, waiting while all are taken."""
+        want = self._want
+        while True:
+            for i in range(_WAITERS):
+                if not want[i]:
+                    want[i] = key
+                    self._got[i] = _PENDING
+                    return i
+            self._event.clear()
+            await self._event.wait()
+
+    def _free(self, slot):
+        if slot >= 0:
+            self._want[slot] = 0
+            self._event.set()  # a task waiting for a slot may take it
+
+    async def _wait(self, slot, timeout_ms, what):
         try:
-            return await asyncio.wait_for_ms(self._until(key), timeout_ms)
+            return await asyncio.wait_for_ms(self._until(slot), timeout_ms)
         except asyncio.TimeoutError:
             why = "no %s from the broker within %d ms" % (what, timeout_ms)
             self._fail(why)
             raise MQTTError(why)
 
-    async def _until(self, key):
-        done = self._done
+    async def _until(self, slot):
+        got = self._got
         while True:
-            for i in range(_DONE_SLOTS):
-                v = done[i]
-                if v >> 8 == key:
-                    done[i] = 0
-                    return v & 0xFF
-            if self.lost.is_set():
+            v = got[slot]
+            if v == _LOST:
                 raise MQTTError(self.error or "connection lost")
+            if v != _PENDING:
+                return v
             # nothing else runs between the check and the wait: no set() can slip between
             self._event.clear()
             await self._event.wait()
 
     def _ack(self, key, value=0):
-        self._done[self._done_at] = key << 8 | value
-        self._done_at = (self._done_at + 1) % _DONE_SLOTS
-        self._event.set()
+        # an ack nobody waits for (a publish without wait) is dropped
+        want = self._want
+        for i in range(_WAITERS):
+            if want[i] == key and self._got[i] == _PENDING:
+                self._got[i] = value
+                self._event.set()
+                return
 
     # ---- receiving
     async def _read_into(self, mv):
@@ -324,6 +406,10 @@ class MQTTClient:
                     if shift > 21:
                         raise MQTTError("malformed remaining length from the broker")
                 kind = first & 0xF0
+                if kind != _PUBLISH:
+                    _check_fixed(first, n)  # before reading: nothing of it is used if wrong
+                if self.connack < 0 and kind != _CONNACK:
+                    raise MQTTError("the broker sent packet type %d before CONNACK" % (first >> 4))
                 if n > len(buf) and kind != _PUBLISH:
                     raise MQTTError("a %d-byte packet does not fit the %d-byte buffer"
                                     % (n, len(buf)))
@@ -335,11 +421,16 @@ class MQTTClient:
                 elif kind == _PUBACK:
                     self._ack(_K_PUBACK << 16 | buf[0] << 8 | buf[1])
                 elif kind == _SUBACK:
+                    if buf[2] not in (0, 1, 2, 0x80):
+                        raise MQTTError("malformed SUBACK from the broker: return code %d"
+                                        % buf[2])
                     self._ack(_K_SUBACK << 16 | buf[0] << 8 | buf[1], buf[2])
                 elif kind == _CONNACK:
+                    if self.connack >= 0 or buf[0] & 0xFE:
+                        raise MQTTError("malformed CONNACK from the broker")
                     self.connack = (buf[0] & 1) << 8 | buf[1]
                     self._ack(_K_CONNACK << 16)
-                # PINGRESP only refreshes _last_rx; anything else is ignored
+                # PINGRESP only refreshes _last_rx
         except asyncio.CancelledError:
             raise
         except Exception as e:  # noqa: BLE001 - the connection is gone, whatever broke it
@@ -348,16 +439,24 @@ class MQTTClient:
     async def _incoming(self, first, n):
         buf = self._buf
         qos = (first >> 1) & 3
+        if qos == 3:
+            raise MQTTError("malformed PUBLISH from the broker: QoS 3")
         if qos == 2:
             raise MQTTError("the broker sent QoS 2, which this client never asks for")
-        tl = buf[0] << 8 | buf[1]
-        pos = 2 + tl
+        # what the topic length and packet id claim must lie inside this packet: bytes past
+        # its end are an earlier packet's
+        tl = buf[0] << 8 | buf[1] if n >= 2 else 0
+        pos = 2 + tl + (2 if qos else 0)
+        if not tl or pos > n:
+            raise MQTTError("malformed PUBLISH from the broker: %d bytes, topic length %d%s"
+                            % (n, tl, " and packet id" if qos else ""))
+        if pos > len(buf):
+            raise MQTTError("a %d-byte topic does not fit the buffer" % tl)
         pid = 0
         if qos:
-            if pos + 2 > len(buf):
-                raise MQTTError("a %d-byte topic does not fit the buffer" % tl)
-            pid = buf[pos] << 8 | buf[pos + 1]
-            pos += 2
+            pid = buf[pos - 2] << 8 | buf[pos - 1]
+            if not pid:
+                raise MQTTError("malformed PUBLISH from the broker: packet id 0")
         topic = bytes(self._mv[2 : 2 + tl])
         payload = self._mv[pos:n]
         if n > len(buf):
@@ -378,10 +477,10 @@ class MQTTClient:
             except Exception as e:  # noqa: BLE001 - a handler's bug must not drop the link
                 print("mqtt: message handler failed:", repr(e))
         if qos:
-            a = self._puback
+            a = self._puback  # the reader's own: only this task fills it
             a[2] = pid >> 8
             a[3] = pid & 0xFF
-            await self._send(a)
+            await self._send(-1, a)
 
     async def _keepalive(self):
         ka = self.keepalive * 1000
@@ -398,7 +497,27 @@ class MQTTClient:
                 ticks_diff(now, self._last_tx) >= quiet or ticks_diff(now, self._last_rx) >= quiet
             ) and not self._wlock.locked():
                 try:
-                    await self._send(self._ping)
+                    await self._send(-1, self._ping)
                 except Exception as e:  # noqa: BLE001
                     self._fail(str(e) or type(e).__name__)
                     return
+
+
+def _check_fixed(first, n):
+    """Refuse a packet other than PUBLISH unless MQTT 3.1.1 allows it to a client with
+    exactly this length and zero flags (a SUBACK answers one topic: this client's)."""
+    kind = first & 0xF0
+    if kind == _CONNACK:
+        what, want = "CONNACK", 2
+    elif kind == _PUBACK:
+        what, want = "PUBACK", 2
+    elif kind == _SUBACK:
+        what, want = "SUBACK", 3
+    elif kind == _PINGRESP:
+        what, want = "PINGRESP", 0
+    else:
+        raise MQTTError("the broker sent packet type %d, which a client never receives"
+                        % (first >> 4))
+    if n != want or first & 0x0F:
+        raise MQTTError("malformed %s from the broker: %d bytes, flags %d (MQTT 3.1.1: %d, 0)"
+                        % (what, n, first & 0x0F, want))
