@@ -1,0 +1,307 @@
+"""Pay by phone, without a browser or a broker: the machine page, checkout, the sandbox
+provider's signed webhooks, the payment's way to started / credit kept / refunded, and the
+security rules (docs/phone-payment.md). The board's part is played in the ledger: the
+command's reply in the commands table, its journal records in the records table."""
+
+import json
+import time
+
+import pytest
+from web_env import DEVICE, SITE_KEY, Clock, add_record, csrf, make_web, reply, set_online
+
+from host_tools import keys as K
+from host_tools import token as T
+from host_tools.server.web import db as D
+from host_tools.server.web.providers import sign
+
+
+@pytest.fixture
+def web(tmp_path):
+    clock = Clock()
+    w = make_web(tmp_path, clock=clock)
+    w.clock = clock
+    set_online(w)
+    yield w
+    w.side.close()
+    w.stop()
+
+
+def client(web):
+    c = web.app.test_client()
+    return c
+
+
+def checkout(web, c, program="quick"):
+    """(payment id, sandbox ref) of a new checkout for `program` through the pages."""
+    page = c.get(f"/m/{DEVICE}").get_data(as_text=True)
+    r = c.post(f"/m/{DEVICE}/pay", data={"program": program, "csrf": csrf(page)})
+    assert r.status_code == 303, r.get_data(as_text=True)
+    ref = r.headers["Location"].rsplit("/", 1)[1]
+    pid = web.provider.session(ref)["payment"]
+    return pid, ref
+
+
+def pay(web, ref):
+    """The customer pays in the sandbox; the webhooks are delivered here, in order."""
+    web.provider.sessions[ref]["status"] = "paid"
+    web.provider.sessions[ref]["charge"] = "sbx_ch_test"
+    out = []
+    for ev in web.provider.events_for(ref):
+        body, headers = web.provider.signed(ev)
+        out.append(client(web).post("/webhook/sandbox", data=body, headers=headers))
+    return out
+
+
+def state(web, pid):
+    return web.db.get(pid)["state"]
+
+
+# ---- the machine page
+def test_machine_page_shows_name_state_and_prices(web):
+    html = client(web).get(f"/m/{DEVICE}").get_data(as_text=True)
+    assert "Washer 1" in html and 'data-state="free"' in html
+    for name, price in (("quick", "2.50 EUR"), ("standard", "3.50 EUR"), ("heavy", "4.50 EUR")):
+        assert f'id="pay-{name}"' in html and price in html
+
+
+def test_prices_follow_what_the_board_took(web):
+    """A price command the board answered done re-prices; a price table's rule applies
+    now; a refused push changes nothing."""
+    for cid, kind, args, status in (
+            ("01", "price", {"prices": {"quick": 300}}, "done"),
+            ("02", "price", {"prices": {"quick": 999}}, "refused"),
+            ("03", "price-table", {"table": {"version": 2, "rules": [
+                {"days": "mon-sun", "from": "00:00", "to": "24:00", "percent": 10}]}}, "done")):
+        with web.side.transaction() as tx:
+            tx.execute("INSERT INTO commands (id, device, kind, args, created, status, "
+                       "done_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                       (cid, DEVICE, kind, json.dumps(args), time.time(), status,
+                        time.time() + int(cid)))
+    html = client(web).get(f"/m/{DEVICE}").get_data(as_text=True)
+    assert "3.30 EUR" in html  # 300 + 10 %
+    assert "3.85 EUR" in html and "(base 3.50 EUR)" in html
+    assert "9.99" not in html and "10.99" not in html
+
+
+def test_unknown_device_is_404(web):
+    r = client(web).get("/m/no-such-board")
+    assert r.status_code == 404 and "No such machine" in r.get_data(as_text=True)
+    assert client(web).post("/m/no-such-board/pay", data={"program": "quick"}).status_code \
+        == 404
+
+
+def test_offline_board_takes_no_money(web):
+    set_online(web, online=False)
+    c = client(web)
+    html = c.get(f"/m/{DEVICE}").get_data(as_text=True)
+    assert 'data-state="offline"' in html and "last seen" in html
+    assert 'id="pay-quick"' not in html
+    # a form posted anyway (an old page) opens no checkout
+    c.get("/")
+    with c.session_transaction() as s:
+        s["csrf"] = "tok"
+    r = c.post(f"/m/{DEVICE}/pay", data={"program": "quick", "csrf": "tok"})
+    assert r.status_code == 409 and "offline" in r.get_data(as_text=True)
+    assert web.db.query("SELECT COUNT(*) FROM payments")[0][0] == 0
+
+
+def test_running_machine_shows_time_left_and_no_pay_button(web):
+    add_record(web, DEVICE, "vend_running", "running", program="quick",
+               t=time.time() - 10 * 60)
+    html = client(web).get(f"/m/{DEVICE}").get_data(as_text=True)
+    assert 'data-state="running"' in html and "20 min left" in html
+    assert 'id="pay-quick"' not in html
+
+
+def test_out_of_order(web):
+    add_record(web, DEVICE, "fault", "out_of_order", reason="coin line stuck")
+    html = client(web).get(f"/m/{DEVICE}").get_data(as_text=True)
+    assert 'data-state="out_of_order"' in html and 'id="pay-quick"' not in html
+
+
+# ---- security
+def test_csrf_missing_or_wrong_opens_no_checkout(web):
+    c = client(web)
+    c.get(f"/m/{DEVICE}")
+    assert c.post(f"/m/{DEVICE}/pay", data={"program": "quick"}).status_code == 400
+    assert c.post(f"/m/{DEVICE}/pay", data={"program": "quick", "csrf": "x"}
+                  ).status_code == 400
+    assert web.db.query("SELECT COUNT(*) FROM payments")[0][0] == 0
+
+
+def test_checkout_creation_is_rate_limited(web):
+    c = client(web)
+    for _ in range(6):
+        checkout(web, c)
+    page = c.get(f"/m/{DEVICE}").get_data(as_text=True)
+    r = c.post(f"/m/{DEVICE}/pay", data={"program": "quick", "csrf": csrf(page)})
+    assert r.status_code == 429
+    assert web.db.query("SELECT COUNT(*) FROM payments")[0][0] == 6
+
+
+def test_unknown_program_is_refused(web):
+    c = client(web)
+    page = c.get(f"/m/{DEVICE}").get_data(as_text=True)
+    r = c.post(f"/m/{DEVICE}/pay", data={"program": "nosuch", "csrf": csrf(page)})
+    assert r.status_code == 409
+
+
+def test_forged_stale_and_unsigned_webhooks_change_nothing(web):
+    c = client(web)
+    pid, ref = checkout(web, c)
+    web.provider.sessions[ref].update(status="paid", charge="ch")
+    ev = web.provider.events_for(ref)[-1]
+    body, headers = web.provider.signed(ev)
+    forged = dict(headers, **{"Sandbox-Signature": sign("wrong", body, time.time())})
+    stale = web.provider.signed(ev, t=time.time() - 3600)[1]
+    altered = body.replace(b'"amount": 250', b'"amount": 1')
+    for h, b in ((forged, body), (stale, body), ({}, body), (headers, altered),
+                 (headers, b"not json")):
+        r = c.post("/webhook/sandbox", data=b, headers=h)
+        assert r.status_code == 400, r.get_data(as_text=True)
+    assert state(web, pid) == D.CREATED and web.sender.sent == []
+    assert c.post("/webhook/stripe", data=body, headers=headers).status_code == 404
+
+
+def test_pages_show_no_secrets_and_no_other_payment(web):
+    c = client(web)
+    pid, ref = checkout(web, c)
+    pid2, _ = checkout(web, client(web))
+    pay(web, ref)
+    pages = [c.get(f"/m/{DEVICE}"), c.get(f"/p/{pid}"), c.get(f"/p/{pid}/status"),
+             c.get(f"/sandbox/checkout/{ref}")]
+    secret = K.device_secret(SITE_KEY, DEVICE)
+    for r in pages:
+        text = r.get_data(as_text=True)
+        for s in ("s3cr3t-sandbox-key", SITE_KEY.hex(), secret.hex(), pid2,
+                  web.app.config["SECRET_KEY"]):
+            assert s not in text
+    assert len(pid) >= 24  # 18 random bytes, URL-safe base64
+    assert c.get("/p/" + pid[:-1] + ("A" if pid[-1] != "A" else "B")).status_code == 404
+    assert c.get("/p/").status_code == 404
+
+
+# ---- paid -> started, credit kept or refunded
+def test_paid_sends_one_signed_start_and_runs(web):
+    c = client(web)
+    pid, ref = checkout(web, c, "standard")
+    assert c.get(f"/p/{pid}/status").get_json()["state"] == D.CREATED
+    rs = pay(web, ref)
+    assert [r.status_code for r in rs] == [200, 200]
+    assert state(web, pid) == D.SENT
+    [(device, cid, kind, body, args, expires)] = web.sender.sent
+    key = K.command_key(K.device_secret(SITE_KEY, DEVICE))
+    cmd = T.decode_command(body, key, DEVICE)
+    assert cmd["tag_ok"] and cmd["program"] == "standard" and cmd["amount"] == 350
+    assert cmd["expires"] - cmd["issued"] == 20 and kind == "start"
+    # the board answers started and journals remote_start, then the washer confirms
+    reply(web, cid, "started", seq=1)
+    assert web.payments.step(pid) == D.STARTED
+    seq = add_record(web, DEVICE, "remote_start", "starting", source=cid, amount=350)
+    add_record(web, DEVICE, "vend_running", "running")
+    assert web.payments.step(pid) == D.RUNNING
+    s = c.get(f"/p/{pid}/status").get_json()
+    assert s["final"] and s["label"] == "Started" and all(done for _, done in s["steps"])
+    row = web.db.get(pid)
+    assert row["start_seq"] == seq and row["refund_ref"] is None
+    kinds = [e["kind"] for e in web.db.events(pid)]
+    for k in ("created", "paid", "command", "start", "running"):
+        assert k in kinds
+
+
+def test_duplicate_and_reordered_webhooks_send_one_start(tmp_path):
+    w = make_web(tmp_path, {"sandbox": {"secret": "k", "duplicates": 2, "reorder": True}})
+    try:
+        set_online(w)
+        pid, ref = checkout(w, client(w))
+        rs = pay(w, ref)
+        assert len(rs) == 6 and all(r.status_code == 200 for r in rs)
+        assert [r.get_json()["ok"] for r in rs].count("paid") == 1
+        assert len(w.sender.sent) == 1 and state(w, pid) == D.SENT
+        # the "pending" notice arriving after the payment does not move it back
+        assert w.db.get(pid)["paid_at"] is not None
+    finally:
+        w.side.close()
+        w.stop()
+
+
+def test_refused_start_is_refunded(web):
+    c = client(web)
+    pid, ref = checkout(web, c)
+    pay(web, ref)
+    cid = web.sender.sent[0][1]
+    reply(web, cid, "refused", reason="close the door")
+    assert web.payments.step(pid) == D.REFUNDING
+    assert web.payments.step(pid) == D.REFUNDED
+    [(rid, refund)] = web.provider.refunds.items()
+    assert refund["amount"] == 250 and web.db.get(pid)["refund_ref"] == rid
+    s = c.get(f"/p/{pid}/status").get_json()
+    assert s["label"] == "Refunded" and s["final"]
+    html = c.get(f"/p/{pid}").get_data(as_text=True)
+    assert "refunded" in html
+
+
+def test_no_answer_within_the_window_is_refunded_once(web):
+    pid, ref = checkout(web, client(web))
+    pay(web, ref)
+    web.clock.t += 10
+    assert web.payments.step(pid) == D.SENT  # still inside the window
+    web.clock.t += 15
+    web.provider.fail_refunds = 1  # the provider fails once: the refund is retried
+    assert web.payments.step(pid) == D.REFUNDING
+    assert web.payments.step(pid) == D.REFUNDING
+    assert [e["kind"] for e in web.db.events(pid)].count("refund_error") == 1
+    web.clock.t += 6
+    assert web.payments.step(pid) == D.REFUNDED
+    web.payments.settle()
+    assert len(web.provider.refunds) == 1
+    # a late reply changes nothing: the command had expired at the board
+    cid = web.sender.sent[0][1]
+    reply(web, cid, "started")
+    web.payments.settle()
+    assert state(web, pid) == D.REFUNDED
+
+
+def test_start_failed_keeps_credit_and_is_not_refunded(web):
+    """The board's rule (firmware/washpay/vend.py drive()): a washer that does not confirm
+    a remote start leaves the price as machine credit; refunding too would pay twice."""
+    pid, ref = checkout(web, client(web))
+    pay(web, ref)
+    cid = web.sender.sent[0][1]
+    reply(web, cid, "started", seq=1)
+    add_record(web, DEVICE, "remote_start", "starting", source=cid, amount=250)
+    add_record(web, DEVICE, "start_failed", "credit", amount=250)
+    web.payments.settle()
+    web.payments.settle()
+    assert state(web, pid) == D.CREDIT_KEPT
+    assert web.provider.refunds == {}
+    s = client(web).get(f"/p/{pid}/status").get_json()
+    assert s["label"] == "Credit kept on the machine" and s["final"]
+
+
+def test_journal_start_without_a_reply_counts_as_started(web):
+    pid, ref = checkout(web, client(web))
+    pay(web, ref)
+    cid = web.sender.sent[0][1]
+    add_record(web, DEVICE, "remote_start", "starting", source=cid, amount=250)
+    web.clock.t += 60  # the reply was lost; the journal says the board started
+    assert web.payments.step(pid) == D.STARTED
+
+
+def test_cancelled_checkout_takes_nothing(web):
+    c = client(web)
+    pid, ref = checkout(web, c)
+    page = c.get(f"/sandbox/checkout/{ref}").get_data(as_text=True)
+    web.provider.post = lambda url, body, headers: client(web).post(
+        "/webhook/sandbox", data=body, headers=headers).status_code
+    r = c.post(f"/sandbox/checkout/{ref}", data={"action": "cancel", "csrf": csrf(page)})
+    assert r.status_code == 303 and r.headers["Location"].endswith(f"/p/{pid}")
+    web.provider.join()
+    assert state(web, pid) == D.CANCELLED and web.sender.sent == []
+
+
+def test_sandbox_checkout_form_needs_csrf(web):
+    c = client(web)
+    pid, ref = checkout(web, c)
+    assert c.post(f"/sandbox/checkout/{ref}", data={"action": "pay"}).status_code == 400
+    assert web.provider.session(ref)["status"] == "open"
