@@ -35,6 +35,9 @@ def load_config(path):
         raise WebError(f"web config {p} is not JSON: {e}") from None
     if not isinstance(cfg, dict):
         raise WebError(f"web config {p}: a JSON object")
+    if cfg.get("stripe") and p.stat().st_mode & 0o077:
+        raise WebError(f"web config {p} holds payment keys and others may read it: "
+                       f"chmod 600 {p}")
     cfg.setdefault("_dir", str(p.resolve().parent))
     return cfg
 
