@@ -252,6 +252,8 @@ class Payments:
         if row is None:
             return None
         label, text = LABELS[row["state"]]
+        if row["detail"] and row["state"] in (D.REFUNDING, D.REFUNDED):
+            text += f" ({row['detail'][0].upper()}{row['detail'][1:]}.)"
         return {"id": pid, "state": row["state"], "label": label, "text": text,
                 "final": row["state"] in D.FINAL, "device": row["device"],
                 "program": row["program"], "amount": row["amount"],
