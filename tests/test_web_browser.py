@@ -210,3 +210,33 @@ def test_unknown_device_is_404(rig):
     with pytest.raises(urllib.error.HTTPError) as e:
         urllib.request.urlopen(f"{web.url}/m/no-such-washer", timeout=10)
     assert e.value.code == 404
+
+
+def test_offline_board_token_bought_shown_scanned(rig):
+    from selenium.webdriver.common.by import By
+
+    sim, b, web = rig["sim"], rig["browser"], rig["web"]
+    idle(sim)
+    sim.call("net", state="down")
+    try:
+        # the broker publishes the board's last will when the link dies
+        wait(lambda: web.machines.state(DEVICE)["state"] == "offline", timeout=30,
+             what="the server seeing the board offline")
+        b.get(f"{web.url}/m/{DEVICE}")
+        assert not b.find_elements(By.ID, "pay-quick")  # no remote start for an offline board
+        shot(b, "offline-1-machine")
+        b.find_element(By.ID, "token-quick").click()
+        wait(lambda: b.find_elements(By.ID, "sandbox-pay"), what="the sandbox checkout")
+        b.find_element(By.ID, "sandbox-pay").click()
+        wait(lambda: b.find_elements(By.ID, "token-qr"), what="the QR code on the phone")
+        shot(b, "offline-2-qr-code")
+        text = b.find_element(By.ID, "token-text").text
+        before = sim.status()["relay_pulses"]
+        sim.call("qr", text=text)  # held to the machine's scanner
+        sim.wait_for(lambda s: s["relay_pulses"] == before + 1, timeout=20,
+                     what="the relay for the token")
+    finally:
+        sim.call("net", state="up")
+    wait(lambda: page_state(b) == D.USED, timeout=60, what="the page saying the code was used")
+    shot(b, "offline-3-used")
+    assert not b.find_elements(By.ID, "token-qr")

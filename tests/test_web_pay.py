@@ -305,3 +305,67 @@ def test_sandbox_checkout_form_needs_csrf(web):
     pid, ref = checkout(web, c)
     assert c.post(f"/sandbox/checkout/{ref}", data={"action": "pay"}).status_code == 400
     assert web.provider.session(ref)["status"] == "open"
+
+
+# ---- offline: a QR token instead of a remote start
+def token_checkout(web, c, program="quick"):
+    page = c.get(f"/m/{DEVICE}").get_data(as_text=True)
+    assert f'id="token-{program}"' in page
+    r = c.post(f"/m/{DEVICE}/pay", data={"program": program, "kind": "token",
+                                         "csrf": csrf(page)})
+    assert r.status_code == 303, r.get_data(as_text=True)
+    ref = r.headers["Location"].rsplit("/", 1)[1]
+    return web.provider.session(ref)["payment"], ref
+
+
+def test_offline_board_sells_a_token_bound_to_device_and_program(web):
+    set_online(web, online=False)
+    c = client(web)
+    pid, ref = token_checkout(web, c, "standard")
+    pay(web, ref)
+    assert state(web, pid) == D.TOKEN and web.sender.sent == []  # no command to the board
+    row = web.db.get(pid)
+    key = K.token_key(K.device_secret(SITE_KEY, DEVICE))
+    tok = T.decode_token(row["token"], key, DEVICE)
+    assert tok["tag_ok"] and tok["program"] == "standard" and tok["amount"] == 350
+    assert tok["expires"] - tok["issued"] == 3600
+    html = c.get(f"/p/{pid}").get_data(as_text=True)
+    assert 'id="token-qr" src="data:image/svg+xml' in html and row["token"] in html
+    # the board redeems it offline; its journal arrives later
+    web.payments.settle()
+    assert state(web, pid) == D.TOKEN
+    add_record(web, DEVICE, "token_redeem", "starting", program="standard",
+               source=row["token_id"], amount=350)
+    web.payments.settle()
+    assert state(web, pid) == D.USED
+    s = c.get(f"/p/{pid}/status").get_json()
+    assert s["final"] and s["label"] == "Code used"
+    assert row["token"] not in c.get(f"/p/{pid}").get_data(as_text=True)
+
+
+def test_unused_token_is_refunded_only_once_the_board_has_reported_since(web):
+    set_online(web, online=False)
+    pid, ref = token_checkout(web, client(web))
+    pay(web, ref)
+    web.clock.t += 3700  # expired, but the board has not been heard from since
+    web.payments.settle()
+    assert state(web, pid) == D.TOKEN
+    with web.side.transaction() as tx:  # the board's journal uploaded after the expiry
+        tx.execute("UPDATE devices SET last_seen = ?, high_seq = 5, reported_seq = 5",
+                   (web.clock.t,))
+    web.payments.settle()
+    web.payments.settle()
+    assert state(web, pid) == D.REFUNDED and len(web.provider.refunds) == 1
+    assert "expired" in web.db.get(pid)["detail"]
+
+
+def test_token_refused_for_an_online_machine(web):
+    c = client(web)
+    page = c.get(f"/m/{DEVICE}").get_data(as_text=True)
+    assert 'id="token-quick"' not in page
+    r = c.post(f"/m/{DEVICE}/pay", data={"program": "quick", "kind": "token",
+                                         "csrf": csrf(page)})
+    assert r.status_code == 409
+    r = c.post(f"/m/{DEVICE}/pay", data={"program": "quick", "kind": "bogus",
+                                         "csrf": csrf(page)})
+    assert r.status_code == 409

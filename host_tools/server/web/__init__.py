@@ -66,7 +66,8 @@ class Web:
             self.store.close()
             raise WebError(str(e)) from None
         self.payments = Payments(self.db, self.machines, self.provider, send, site_key,
-                                 confirm_s=float(config.get("confirm_s", 30)), clock=clock,
+                                 confirm_s=float(config.get("confirm_s", 30)),
+                                 token_ttl_s=int(config.get("token_ttl_s", 3600)), clock=clock,
                                  log=log)
         rl = config.get("rate_limit") or {}
         self.app = A.create_app(self.payments, self.machines, secret_key=config.get("secret"),

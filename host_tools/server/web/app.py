@@ -70,6 +70,7 @@ def create_app(payments, machines, secret_key=None, rate=None):
                       SESSION_COOKIE_HTTPONLY=True, SESSION_COOKIE_SAMESITE="Lax",
                       MAX_CONTENT_LENGTH=64 * 1024)
     app.jinja_env.globals["money"] = money
+    app.jinja_env.filters["utc"] = lambda t: time.strftime("%H:%M UTC", time.gmtime(t))
     limiter = rate or RateLimit()
     provider = payments.provider
 
@@ -131,10 +132,11 @@ def create_app(payments, machines, secret_key=None, rate=None):
         if not limiter.allow(request.remote_addr or "?"):
             abort(429, "Too many payments started from here: wait a minute and try again.")
         program = request.form.get("program", "")
+        kind = request.form.get("kind", "start")
         try:
             pid, url = payments.create(device, program,
                                        url_for("payment", pid="{id}", _external=True)
-                                       .replace("%7Bid%7D", "{id}"))
+                                       .replace("%7Bid%7D", "{id}"), kind=kind)
         except (Refused, MachineError) as e:
             return render_template("error.html", code=409, message=str(e),
                                    back=url_for("machine", device=device)), 409
@@ -145,7 +147,12 @@ def create_app(payments, machines, secret_key=None, rate=None):
         v = payments.view(pid)
         if v is None:
             abort(404, "No such payment.")
-        return render_template("payment.html", v=v, name=machines.name(v["device"]))
+        qr = None
+        if v["token"]:
+            import segno
+
+            qr = segno.make(v["token"], error="m").svg_data_uri(scale=6, border=3)
+        return render_template("payment.html", v=v, name=machines.name(v["device"]), qr=qr)
 
     @app.get("/p/<pid>/status")
     def payment_status(pid):

@@ -16,6 +16,7 @@ CREATE TABLE IF NOT EXISTS payments (
     id TEXT PRIMARY KEY,
     device TEXT NOT NULL,
     program TEXT NOT NULL,
+    kind TEXT NOT NULL DEFAULT 'start',
     amount BIGINT NOT NULL,
     currency TEXT NOT NULL,
     provider TEXT NOT NULL,
@@ -26,6 +27,9 @@ CREATE TABLE IF NOT EXISTS payments (
     command_id TEXT,
     start_seq BIGINT,
     refund_ref TEXT,
+    token TEXT,
+    token_id TEXT,
+    token_expires {real},
     created {real} NOT NULL,
     paid_at {real},
     sent_at {real},
@@ -53,11 +57,13 @@ SENT = "sent"  # the signed remote start went to the board
 STARTED = "started"  # the board journaled remote_start and is starting the washer
 RUNNING = "running"  # the washer confirmed: the wash runs (final)
 CREDIT_KEPT = "credit_kept"  # the washer did not confirm: the board kept it as credit (final)
+TOKEN = "token"  # the board was offline: an offline QR token was issued, not yet used
+USED = "used"  # the token was redeemed on the board (its journal says so) (final)
 REFUNDING = "refunding"  # the board refused or never answered: refund due
 REFUNDED = "refunded"  # the provider refunded (final)
 CANCELLED = "cancelled"  # the checkout was abandoned or expired, nothing taken (final)
-FINAL = (RUNNING, CREDIT_KEPT, REFUNDED, CANCELLED)
-OPEN = (PAID, SENT, STARTED, REFUNDING)  # what the settler moves on
+FINAL = (RUNNING, CREDIT_KEPT, USED, REFUNDED, CANCELLED)
+OPEN = (PAID, SENT, STARTED, TOKEN, REFUNDING)  # what the settler moves on
 
 
 class PaymentDB:
@@ -99,19 +105,22 @@ class PaymentDB:
         return _T()
 
     # ---- payments
-    COLUMNS = ("id", "device", "program", "amount", "currency", "provider", "provider_ref",
-               "provider_charge", "state", "detail", "command_id", "start_seq", "refund_ref",
-               "created", "paid_at", "sent_at", "started_at", "settled_at", "updated")
+    COLUMNS = ("id", "device", "program", "kind", "amount", "currency", "provider",
+               "provider_ref", "provider_charge", "state", "detail", "command_id",
+               "start_seq", "refund_ref", "token", "token_id", "token_expires", "created",
+               "paid_at", "sent_at", "started_at", "settled_at", "updated")
 
-    def create(self, pid, device, program, amount, currency, provider, now=None):
+    def create(self, pid, device, program, amount, currency, provider, kind="start",
+               now=None):
         now = time.time() if now is None else now
         with self.tx() as tx:
             tx.execute(
-                "INSERT INTO payments (id, device, program, amount, currency, provider, state, "
-                "created, updated) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (pid, device, program, amount, currency, provider, CREATED, now, now))
+                "INSERT INTO payments (id, device, program, kind, amount, currency, provider, "
+                "state, created, updated) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (pid, device, program, kind, amount, currency, provider, CREATED, now, now))
             _event(tx, pid, provider, f"{pid}:created", "created",
-                   {"device": device, "program": program, "amount": amount}, now)
+                   {"device": device, "program": program, "amount": amount, "kind": kind},
+                   now)
 
     def get(self, pid):
         rows = self.query(f"SELECT {', '.join(self.COLUMNS)} FROM payments WHERE id = ?",

@@ -8,6 +8,13 @@
     refunding --provider refunds--> refunded          (retried until the provider does)
     created --cancelled at the provider, or left open for checkout_ttl_s--> cancelled
 
+A machine that is offline takes no money for a remote start; the customer may buy an
+offline QR token instead (kind "token", host_tools/token.py's format, bound to the device
+and program, valid token_ttl_s):
+
+    paid --token issued--> token --journal: token_redeem of this token--> used
+    token --expired, and the board has uploaded its journal since, without it--> refunding
+
 Each move is one conditional UPDATE (PaymentDB.move): a duplicated or reordered webhook, a
 second thread or a restarted server never moves a payment twice, so a payment sends at
 most one start command and is refunded at most once. The remote start expires when the
@@ -20,6 +27,7 @@ import secrets
 import threading
 import time
 
+from host_tools import token as T
 from host_tools.server import commands as C
 from host_tools.server.web import db as D
 from host_tools.server.web.providers import ProviderError
@@ -33,6 +41,10 @@ LABELS = {
     D.CREDIT_KEPT: ("Credit kept on the machine",
                     "The washer did not start. The machine keeps your payment as credit: "
                     "check the door and press START on the machine."),
+    D.TOKEN: ("Show this code to the machine",
+              "The machine is offline. Hold this QR code to the machine's scanner to start "
+              "your wash."),
+    D.USED: ("Code used", "The machine took your code. Your wash is running. Thank you!"),
     D.REFUNDING: ("Refunding", "The machine could not start. Your money is being refunded..."),
     D.REFUNDED: ("Refunded", "The machine could not start. Your payment was refunded."),
     D.CANCELLED: ("Cancelled", "No payment was taken."),
@@ -46,7 +58,7 @@ class Refused(Exception):
 
 class Payments:
     def __init__(self, db, machines, provider, send, site_key, confirm_s=30.0,
-                 checkout_ttl_s=1800, clock=time.time, log=None):
+                 checkout_ttl_s=1800, token_ttl_s=3600, clock=time.time, log=None):
         """`send(device, cid_hex, kind, payload, args, expires)` publishes a command (the
         ledger server's Server.send_command)."""
         self.db = db
@@ -56,6 +68,7 @@ class Payments:
         self.site_key = site_key
         self.confirm_s = confirm_s
         self.checkout_ttl_s = checkout_ttl_s
+        self.token_ttl_s = token_ttl_s
         self.clock = clock
         self.log = log or (lambda m: None)
         self._stop = threading.Event()
@@ -64,11 +77,17 @@ class Payments:
         self.timings = []  # (webhook received, command published) monotonic, for the bench
 
     # ---- a customer buys
-    def create(self, device, program, return_url):
+    def create(self, device, program, return_url, kind="start"):
         """(payment id, checkout URL) for `program` on `device` at the price it charges
-        now; Refused if no money should be taken now."""
+        now; Refused if no money should be taken now. kind "start": a remote start, only
+        for a machine online; "token": an offline QR token, only for a machine offline."""
         st = self.machines.state(device)
-        if st["state"] == "offline":
+        if kind == "token":
+            if st["state"] != "offline":
+                raise Refused("This machine is online: pay for a remote start.")
+        elif kind != "start":
+            raise Refused("Unknown kind of payment.")
+        elif st["state"] == "offline":
             raise Refused("This machine is offline: no payment can start it now.")
         if st["state"] == "out_of_order":
             raise Refused("This machine is out of order.")
@@ -81,7 +100,7 @@ class Payments:
         pid = secrets.token_urlsafe(18)
         amount = int(p["price"])
         self.db.create(pid, device, program, amount, prices["currency"], self.provider.name,
-                       now=self.clock())
+                       kind=kind, now=self.clock())
         desc = f"{self.machines.name(device)}: {program}"
         try:
             co = self.provider.checkout(pid, amount, prices["currency"], desc,
@@ -123,6 +142,8 @@ class Payments:
     def _send(self, pid):
         row = self.db.get(pid)
         now = self.clock()
+        if row["kind"] == "token":
+            return self._issue(row, now)
         ttl = max(1, int(self.confirm_s))
         payload, cid = C.build(self.site_key, row["device"], "start", ttl_s=ttl,
                                issued=int(now), program=row["program"], amount=row["amount"])
@@ -136,6 +157,31 @@ class Payments:
         except Exception as e:  # noqa: BLE001 - no answer then: refunded at the window's end
             self.db.note(pid, "send_error", {"error": str(e)})
 
+    def _issue(self, row, now):
+        text, tid = T.issue_token(self.site_key, row["device"], row["program"],
+                                  self.token_ttl_s, amount=row["amount"], issued=int(now))
+        self.db.move(row["id"], D.PAID, D.TOKEN, "token",
+                     {"token_id": tid.hex(), "expires": int(now) + self.token_ttl_s},
+                     token=text, token_id=tid.hex(), token_expires=int(now) + self.token_ttl_s)
+
+    def _token(self, row, now):
+        used = self.db.query(
+            "SELECT seq FROM records WHERE device = ? AND type = 'token_redeem' AND "
+            "source = ? AND verified = 1", (row["device"], row["token_id"]))
+        if used:
+            self.db.move(row["id"], D.TOKEN, D.USED, "token_redeem", {"seq": used[0][0]},
+                         start_seq=used[0][0], settled_at=now)
+            return
+        if now <= row["token_expires"]:
+            return
+        # expired: refunded once the board has been heard from since, with everything it
+        # journaled uploaded (a redemption before the expiry would be in the ledger by then)
+        dev = self.db.query("SELECT last_seen, high_seq, reported_seq FROM devices "
+                            "WHERE device = ?", (row["device"],))
+        if dev and dev[0][0] and dev[0][0] > row["token_expires"] and dev[0][1] >= dev[0][2]:
+            self.db.move(row["id"], D.TOKEN, D.REFUNDING, "token_expired",
+                         detail="the code was not used before it expired")
+
     def step(self, pid):
         """Move one open payment on if what it waits for has happened."""
         row = self.db.get(pid)
@@ -148,6 +194,8 @@ class Payments:
             self._sent(row, now)
         elif st == D.STARTED:
             self._started(row)
+        elif st == D.TOKEN:
+            self._token(row, now)
         elif st == D.REFUNDING:
             self._refund(row, now)
         return self.db.get(pid)["state"]
@@ -258,11 +306,19 @@ class Payments:
                 "final": row["state"] in D.FINAL, "device": row["device"],
                 "program": row["program"], "amount": row["amount"],
                 "currency": row["currency"], "detail": row["detail"],
+                "kind": row["kind"],
+                "token": row["token"] if row["state"] == D.TOKEN else None,
+                "token_expires": row["token_expires"],
                 "steps": self.steps(row)}
 
     def steps(self, row):
         """The progress line: (step, done?) for paid, sent, started."""
         st = row["state"]
+        if row["kind"] == "token":
+            reached = {D.CREATED: -1, D.CANCELLED: -1, D.PAID: 0, D.TOKEN: 1, D.USED: 2,
+                       D.REFUNDING: 1, D.REFUNDED: 1}[st]
+            names = ("Paid", "Code ready", "Code used at the machine")
+            return [(n, i <= reached) for i, n in enumerate(names)]
         order = [D.PAID, D.SENT, D.STARTED, D.RUNNING]
         reached = {D.CREATED: -1, D.CANCELLED: -1, D.PAID: 0, D.SENT: 1, D.STARTED: 2,
                    D.RUNNING: 3, D.CREDIT_KEPT: 2,

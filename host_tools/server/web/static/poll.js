@@ -5,6 +5,10 @@
   var url = box.dataset.status;
   function show(s) {
     var st = document.getElementById("pay-state");
+    // the offline code is drawn by the server: load the page again to show it
+    if (s.state === "token" && st.dataset.state !== "token") { location.reload(); return; }
+    var code = document.getElementById("token-box");
+    if (code && s.state !== "token") code.parentNode.removeChild(code);
     st.textContent = s.label;
     st.className = "state state-" + s.state;
     st.dataset.state = s.state;
