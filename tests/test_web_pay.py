@@ -369,3 +369,63 @@ def test_token_refused_for_an_online_machine(web):
     r = c.post(f"/m/{DEVICE}/pay", data={"program": "quick", "kind": "bogus",
                                          "csrf": csrf(page)})
     assert r.status_code == 409
+
+
+# ---- server report: payments reconciled against starts and refunds
+def test_report_reconciles_payments_starts_and_refunds(web):
+    import io
+
+    from host_tools.server import report
+
+    c = client(web)
+    done, ref = checkout(web, c)
+    pay(web, ref)
+    cid = web.sender.sent[-1][1]
+    reply(web, cid, "started")
+    add_record(web, DEVICE, "remote_start", "starting", source=cid, amount=250)
+    add_record(web, DEVICE, "vend_running", "running")
+    web.payments.settle()
+    web.payments.settle()
+    add_record(web, DEVICE, "vend_done", "idle")
+    refused, ref = checkout(web, c)
+    pay(web, ref)
+    reply(web, web.sender.sent[-1][1], "refused", reason="machine busy")
+    web.payments.settle()
+    web.payments.settle()
+    hanging, ref = checkout(web, c, "heavy")
+    pay(web, ref)
+    checkout(web, c)  # never paid: not in the money
+    assert [state(web, p) for p in (done, refused, hanging)] == [D.RUNNING, D.REFUNDED,
+                                                                 D.SENT]
+    rep = report.build(web.side)
+    [day] = rep["phone_payments"]["days"]
+    assert day["paid"] == {"count": 3, "amount": 950}
+    assert day["started"] == {"count": 1, "amount": 250}
+    assert day["refunded"] == {"count": 1, "amount": 250}
+    assert day["open"] == {"count": 1, "amount": 450}
+    assert day["balanced"] and rep["phone_payments"]["anomalies"] == []
+    out = io.StringIO()
+    report.format_text(rep, out)
+    assert "Phone payments" in out.getvalue() and "3 / 9.50 EUR" in out.getvalue()
+    # an hour later the open one hangs; a refunded payment whose start the board journaled
+    # anyway (a late command) is paid back and washed: both are shown
+    r_cid = web.db.get(refused)["command_id"]
+    add_record(web, DEVICE, "remote_start", "starting", source=r_cid, amount=250)
+    rep = report.build(web.side)
+    later = __import__("host_tools.server.web.reconcile", fromlist=["build"]).build(
+        web.side, now=time.time() + 7200)
+    problems = sorted(a["problem"] for a in later["anomalies"])
+    assert any(p.startswith("refunded, but the board journaled") for p in problems)
+    assert any(p.startswith("sent for ") for p in problems)
+    assert not rep["phone_payments"]["days"][0]["balanced"]
+
+
+def test_report_without_payments_table_is_unchanged(tmp_path):
+    from host_tools.server import report
+    from host_tools.server.store import open_store
+
+    store = open_store(tmp_path / "plain.db")
+    try:
+        assert "phone_payments" not in report.build(store)
+    finally:
+        store.close()
