@@ -78,8 +78,12 @@ class Web:
         self.url = None
 
     def start(self, host="127.0.0.1", port=8080):
+        import logging
+
         from werkzeug.serving import make_server
 
+        # no access log line per request (the payment's events are in the ledger)
+        logging.getLogger("werkzeug").setLevel(logging.WARNING)
         try:
             self.httpd = make_server(host, port, self.app, threaded=True)
         except OSError as e:
