@@ -84,9 +84,16 @@ class Web:
 
         # no access log line per request (the payment's events are in the ledger)
         logging.getLogger("werkzeug").setLevel(logging.WARNING)
+        import socket
+
         try:
+            # werkzeug exits the process on a port in use: find out first, say it our way
+            with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                probe.bind((host, port))
             self.httpd = make_server(host, port, self.app, threaded=True)
-        except OSError as e:
+        except (OSError, SystemExit) as e:
+            e = e if isinstance(e, OSError) else OSError("address in use")
             self.store.close()
             raise WebError(f"cannot serve http on {host}:{port}: {e.strerror or e}") from None
         port = self.httpd.server_port
