@@ -429,3 +429,28 @@ def test_report_without_payments_table_is_unchanged(tmp_path):
         assert "phone_payments" not in report.build(store)
     finally:
         store.close()
+
+
+def test_the_flow_on_postgresql(tmp_path):
+    """The same tables and moves on PostgreSQL (a throwaway cluster): one start for a
+    duplicated webhook, a refusal refunded once, the reconciliation."""
+    from sync_env import postgres_cluster
+
+    from host_tools.server import report
+
+    with postgres_cluster() as url:
+        w = make_web(tmp_path, {"sandbox": {"secret": "k", "duplicates": 1}}, store_url=url)
+        try:
+            set_online(w)
+            pid, ref = checkout(w, client(w))
+            assert [r.get_json()["ok"] for r in pay(w, ref)].count("paid") == 1
+            assert len(w.sender.sent) == 1
+            reply(w, w.sender.sent[0][1], "refused", reason="machine busy")
+            w.payments.settle()
+            w.payments.settle()
+            assert state(w, pid) == D.REFUNDED and len(w.provider.refunds) == 1
+            [day] = report.build(w.side)["phone_payments"]["days"]
+            assert day["refunded"]["count"] == 1 and day["balanced"]
+        finally:
+            w.side.close()
+            w.stop()

@@ -35,15 +35,16 @@ class Sender:
         return 0
 
 
-def make_web(tmp, config=None, provider=None, clock=None):
+def make_web(tmp, config=None, provider=None, clock=None, store_url=None):
     cfg = {"machines": {DEVICE: {"name": "Washer 1"}}, "confirm_s": 20,
            "sandbox": {"secret": "s3cr3t-sandbox-key"}}
     cfg.update(config or {})
     from host_tools.server.store import open_store
 
-    side = open_store(f"sqlite:///{tmp / 'ledger.db'}")
+    url = store_url or f"sqlite:///{tmp / 'ledger.db'}"
+    side = open_store(url)
     sender = Sender(side)
-    web = Web(cfg, f"sqlite:///{tmp / 'ledger.db'}", SITE_KEY, sender, log=lambda m: None,
+    web = Web(cfg, url, SITE_KEY, sender, log=lambda m: None,
               provider=provider, clock=clock)
     web.side, web.sender = side, sender
     return web
