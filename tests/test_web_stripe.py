@@ -151,7 +151,7 @@ def test_refund_by_payment_intent(stripe):
 
 
 def test_whole_flow_with_stripe(tmp_path, stripe):
-    w = make_web(tmp_path, {"provider": "stripe",
+    w = make_web(tmp_path, {"provider": "stripe", "base_url": "https://pay.example.org/",
                             "stripe": {"secret_key": SK, "webhook_secret": WHSEC,
                                        "api": stripe.url}})
     try:
@@ -163,7 +163,7 @@ def test_whole_flow_with_stripe(tmp_path, stripe):
             "https://checkout.example/")
         form = stripe.calls[0][2]
         pid = form["client_reference_id"]
-        assert form["success_url"].endswith(f"/p/{pid}")
+        assert form["success_url"] == f"https://pay.example.org/p/{pid}"
         body, h = signed(event("cs_test_1", evid="evt_a"))
         assert c.post("/webhook/stripe", data=body, headers=h).status_code == 200
         assert c.post("/webhook/stripe", data=body, headers=h).get_json()["ok"] == "duplicate"

@@ -72,7 +72,8 @@ class Web:
         rl = config.get("rate_limit") or {}
         self.app = A.create_app(self.payments, self.machines, secret_key=config.get("secret"),
                                 rate=A.RateLimit(int(rl.get("checkouts", 6)),
-                                                 float(rl.get("per_s", 60))))
+                                                 float(rl.get("per_s", 60))),
+                                base_url=config.get("base_url"))
         self.log = log
         self.httpd = None
         self.url = None

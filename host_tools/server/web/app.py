@@ -64,7 +64,9 @@ class RateLimit:
             return True
 
 
-def create_app(payments, machines, secret_key=None, rate=None):
+def create_app(payments, machines, secret_key=None, rate=None, base_url=None):
+    """The Flask app. `base_url`: where customers reach the pages (the provider sends them
+    back to base_url/p/<id>); None: the address the request came to."""
     app = Flask(__name__)
     app.config.update(SECRET_KEY=secret_key or secrets.token_hex(32),
                       SESSION_COOKIE_HTTPONLY=True, SESSION_COOKIE_SAMESITE="Lax",
@@ -133,10 +135,12 @@ def create_app(payments, machines, secret_key=None, rate=None):
             abort(429, "Too many payments started from here: wait a minute and try again.")
         program = request.form.get("program", "")
         kind = request.form.get("kind", "start")
+        if base_url:
+            back = base_url.rstrip("/") + "/p/{id}"
+        else:
+            back = url_for("payment", pid="{id}", _external=True).replace("%7Bid%7D", "{id}")
         try:
-            pid, url = payments.create(device, program,
-                                       url_for("payment", pid="{id}", _external=True)
-                                       .replace("%7Bid%7D", "{id}"), kind=kind)
+            pid, url = payments.create(device, program, back, kind=kind)
         except (Refused, MachineError) as e:
             return render_template("error.html", code=409, message=str(e),
                                    back=url_for("machine", device=device)), 409
