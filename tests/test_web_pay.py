@@ -454,3 +454,27 @@ def test_the_flow_on_postgresql(tmp_path):
         finally:
             w.side.close()
             w.stop()
+
+
+def test_sandbox_delivers_late_twice_and_reordered_until_accepted():
+    """The sandbox's own delivery thread: after delay_ms, each event 1 + duplicates times,
+    the pending notice after the completion when reordered, retried until a 2xx."""
+    from host_tools.server.web.providers import SandboxProvider
+
+    got, answers = [], [500, 200]  # the first delivery fails: it is sent again
+
+    def post(url, body, headers):
+        got.append((time.monotonic(), json.loads(body)["type"], headers, body))
+        return answers.pop(0) if answers else 200
+
+    p = SandboxProvider(secret="k", webhook_url="http://x/webhook/sandbox", delay_ms=300,
+                        duplicates=1, reorder=True, post=post)
+    co = p.checkout("pid", 250, "EUR", "d", "http://x/p/pid")
+    t0 = time.monotonic()
+    p.complete(co.ref)
+    assert p.complete(co.ref) is None  # a second press changes nothing
+    p.join()
+    assert got[0][0] - t0 >= 0.3
+    assert [g[1] for g in got] == ["checkout.completed"] * 3 + ["payment.pending"] * 2
+    for _, _, headers, body in got:  # each one signed
+        assert p.verify(headers, body).ref == co.ref
