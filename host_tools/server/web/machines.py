@@ -10,8 +10,9 @@ charges now.
   own code (firmware/washpay/config.py validates, prices.py/pricing.py price) under
   micropython, as commands.check_table does: one definition of a price, no firmware module
   imported into this process. Cached per machine for the minute.
-- **State**: offline (the board's last will on wp/<id>/state, or nothing heard for
-  `offline_after_s`) with the time last seen; else from the board's newest journal record
+- **State**: offline (the board's last will on wp/<id>/state, retained by the broker; a
+  board that never sent a state message: nothing heard for `offline_after_s`) with the
+  time last seen; else from the board's newest journal record
   in the ledger: running (with the time left: the program's minutes since the vend_running
   record), out of order, or free.
 """
