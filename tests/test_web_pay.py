@@ -478,3 +478,33 @@ def test_sandbox_delivers_late_twice_and_reordered_until_accepted():
     assert [g[1] for g in got] == ["checkout.completed"] * 3 + ["payment.pending"] * 2
     for _, _, headers, body in got:  # each one signed
         assert p.verify(headers, body).ref == co.ref
+
+
+# ---- washpay sticker
+def test_sticker_points_at_the_machine_page(tmp_path):
+    import io
+    import subprocess
+    import sys
+
+    import segno
+
+    png = tmp_path / "s.png"
+    p = subprocess.run([sys.executable, "-m", "host_tools.cli", "sticker", "--device",
+                        "laundry-7", "--base-url", "https://pay.example.org/", "--png",
+                        str(png)], capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0 and p.stdout.strip() == "https://pay.example.org/m/laundry-7"
+    want = io.BytesIO()
+    segno.make("https://pay.example.org/m/laundry-7", error="m").save(
+        want, kind="png", scale=10, border=4)
+    assert png.read_bytes() == want.getvalue()
+    p = subprocess.run([sys.executable, "-m", "host_tools.cli", "sticker", "--device", "d1"],
+                       capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0 and "http://127.0.0.1:8080/m/d1" in p.stdout
+    assert "█" in p.stdout or "▀" in p.stdout  # drawn on the terminal
+    for args, msg in ((["--device", "a/b"], "device id"),
+                      (["--device", "d1", "--base-url", "ftp://x"], "--base-url"),
+                      (["--device", "d1", "--png", str(tmp_path / "no" / "dir.png")],
+                       "cannot write")):
+        p = subprocess.run([sys.executable, "-m", "host_tools.cli", "sticker", *args],
+                           capture_output=True, text=True, timeout=60)
+        assert p.returncode == 2 and msg in p.stderr and "Traceback" not in p.stderr
