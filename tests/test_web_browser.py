@@ -175,6 +175,43 @@ def test_refused_start_is_refunded_and_shown(rig):
         sim.call("door", state="closed")
 
 
+def test_no_answer_is_refunded_and_the_late_command_starts_nothing(rig):
+    """The board drops off between checkout and payment: no answer within the window →
+    refunded; when it comes back, its persistent session brings it the command, which has
+    expired (its validity is the window): refused, nothing starts."""
+    from selenium.webdriver.common.by import By
+
+    sim, b, web = rig["sim"], rig["browser"], rig["web"]
+    idle(sim)
+    web.payments.confirm_s = 3  # a short window for the test (the rig's is 15 s)
+    before = sim.status()["relay_pulses"]
+    try:
+        b.get(f"{web.url}/m/{DEVICE}")
+        b.find_element(By.ID, "pay-quick").click()
+        wait(lambda: b.find_elements(By.ID, "sandbox-pay"), what="the sandbox checkout")
+        sim.call("net", state="down")
+        sim.wait_for(lambda s: ((s.get("firmware") or {}).get("sync") or {}).get("link")
+                     != "up", timeout=20, what="the board's link down")
+        b.find_element(By.ID, "sandbox-pay").click()
+        wait(lambda: "/p/" in b.current_url, what="the payment page")
+        pid = b.current_url.rsplit("/", 1)[1]
+        wait(lambda: page_state(b) == D.REFUNDED, what="the page saying refunded")
+        shot(b, "noanswer-3-refunded")
+        assert "did not answer" in b.page_source
+    finally:
+        web.payments.confirm_s = 15
+        sim.call("net", state="up")
+    idle(sim)
+    row = web.db.get(pid)
+    # the board's session kept the command: it gets it now, and refuses it as expired
+    late = wait(lambda: [r for r in web.db.query(
+        "SELECT status, result FROM commands WHERE id = ?", (row["command_id"],))
+        if r[0] != "sent"], timeout=30, what="the board's answer to the late command")
+    assert late[0][0] == "refused" and json.loads(late[0][1])["reason"] == "expired"
+    assert sim.status()["relay_pulses"] == before
+    assert row["state"] == D.REFUNDED and row["refund_ref"] in web.provider.refunds
+
+
 def test_forged_webhook_starts_nothing(rig):
     from selenium.webdriver.common.by import By
 
