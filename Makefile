@@ -15,7 +15,8 @@ $(STAMP): pyproject.toml
 
 setup: $(STAMP)
 
-# Mosquitto and PostgreSQL for the sync and ledger tests (installed when root with apt)
+# Mosquitto, PostgreSQL and Chromium for the sync, ledger and browser tests (installed when
+# root with apt)
 system-packages:
 	@bash scripts/system-packages.sh
 

@@ -197,6 +197,9 @@ def main():
         _table("Sync: journal upload over MQTT, server ingest (loopback)", sync_bench())
     except ImportError:
         pass
+    from host_tools.bench_phone import bench as phone_bench
+
+    _table("Pay by phone: webhook to relay (loopback, host figures)", phone_bench())
     return 0
 
 

@@ -176,6 +176,10 @@ def cmd_sim_ctl(args):
 
 
 def cmd_demo(args):
+    if args.phone:
+        from host_tools.demo_phone import run
+
+        return run(args.http, auto=args.auto, state=args.state, keep=args.keep)
     from host_tools.demo import run_demo
 
     return run_demo(args.state, keep=args.keep)
@@ -493,6 +497,14 @@ def build_parser():
     demo = sub.add_parser("demo", help="a scripted purchase on the simulated board, narrated")
     demo.add_argument("--state", default=None, help="state directory (default: a temporary one)")
     demo.add_argument("--keep", action="store_true", help="keep the state directory")
+    demo.add_argument("--phone", action="store_true",
+                      help="pay by phone: broker, server with the customer's pages "
+                      "(sandbox payments) and a simulated board; prints the URL to open")
+    demo.add_argument("--http", default="127.0.0.1:8080", metavar="HOST:PORT",
+                      help="with --phone: where the pages are served (default "
+                      "127.0.0.1:8080)")
+    demo.add_argument("--auto", action="store_true",
+                      help="with --phone: play the customer too, then stop")
     demo.set_defaults(func=cmd_demo)
 
     journal = sub.add_parser("journal", help="a board's transaction journal").add_subparsers(

@@ -83,8 +83,40 @@ def cmd_server_run(args):
     except (ServiceError, StoreError, OSError) as e:
         print(f"washpay server run: {e}", file=sys.stderr)
         return 2
+    web = None
+    if args.http:
+        from host_tools.server.web import Web, WebError, load_config, parse_http
+
+        try:
+            host, port = parse_http(args.http)
+            web = Web(load_config(args.web_config), args.db, key, srv.send_command,
+                      log=lambda m: print(m, flush=True)).start(host, port)
+        except (WebError, StoreError) as e:
+            srv.stop()
+            print(f"washpay server run: {e}", file=sys.stderr)
+            return 2
+        print(f"web: customer pages at {web.url}/m/<device id> "
+              f"({web.provider.name} payments)", flush=True)
     print(f"server: ledger {srv.store!r}; Ctrl-C stops", flush=True)
-    _serve_until_stopped(srv.stop)
+
+    def stop():
+        if web:
+            web.stop()
+        srv.stop()
+
+    _serve_until_stopped(stop)
+    return 0
+
+
+def cmd_sticker(args):
+    from host_tools.server.web.sticker import StickerError, sticker
+
+    try:
+        url = sticker(args.device, args.base_url, png=args.png, svg=args.svg)
+    except StickerError as e:
+        print(f"washpay sticker: {e}", file=sys.stderr)
+        return 2
+    print(url)
     return 0
 
 
@@ -456,7 +488,23 @@ def add_parsers(sub):
                    help="ledger: a SQLite file (default ledger.db) or postgresql://...")
     r.add_argument("--instance", type=int, default=0,
                    help="this process's number when several ingest processes share a database")
+    r.add_argument("--http", default=None, metavar="HOST:PORT",
+                   help="also serve the customers' pay-by-phone pages here "
+                   "(docs/phone-payment.md), e.g. 127.0.0.1:8080")
+    r.add_argument("--web-config", default=os.environ.get("WASHPAY_WEB_CONFIG"),
+                   metavar="FILE", help="the web pages' config (JSON: machines, payment "
+                   "provider and its keys); default $WASHPAY_WEB_CONFIG, else the sandbox "
+                   "provider and the firmware's default programs")
     r.set_defaults(func=cmd_server_run)
+    st = sub.add_parser("sticker", help="a machine's QR sticker: its pay-by-phone page")
+    st.add_argument("--device", required=True, help="the board's device id")
+    st.add_argument("--base-url", default=os.environ.get("WASHPAY_BASE_URL",
+                                                         "http://127.0.0.1:8080"),
+                    help="where customers reach `server run --http` (default "
+                    "$WASHPAY_BASE_URL, else http://127.0.0.1:8080)")
+    st.add_argument("--png", default=None, metavar="FILE", help="write the sticker as PNG")
+    st.add_argument("--svg", default=None, metavar="FILE", help="write the sticker as SVG")
+    st.set_defaults(func=cmd_sticker)
     rep = srv.add_parser("report", help="revenue, backlog and faults from the ledger")
     rep.add_argument("--db", default=os.environ.get("WASHPAY_DB", "ledger.db"))
     rep.add_argument("--format", choices=("table", "json"), default="table")

@@ -87,7 +87,11 @@ def build(store, since=None):
                  "count": v[0], "amount": v[1]} for k, v in sorted(d.items())]
 
     now = time.time()
+    from host_tools.server.web import reconcile
+
+    phone = reconcile.build(store, since=since, now=now)
     return {
+        **({"phone_payments": phone} if phone is not None else {}),
         "revenue": money(revenue),
         "refunds": money(refunds),
         "devices": [
@@ -169,6 +173,22 @@ def format_text(rep, out):
            for d in rep["devices"]])
     table("Faults on the boards", ["device", "record type", "records"],
           [[f["device"], f["type"], f["count"]] for f in rep["faults"]])
+    phone = rep.get("phone_payments")
+    if phone and phone["days"]:
+        def cell(r, c):
+            v = r[c]
+            return f"{v['count']} / {money(v['amount'], r['currency'])}" if v["count"] else "-"
+
+        table("Phone payments (docs/phone-payment.md): paid = started + credit kept + "
+              "tokens used + refunded + open",
+              ["day", "paid", "started", "credit kept", "token used", "refunded", "open",
+               "adds up"],
+              [[r["day"], *[cell(r, c) for c in ("paid", "started", "credit_kept",
+                                                 "token_used", "refunded", "open")],
+                "yes" if r["balanced"] else "NO"] for r in phone["days"]])
+        if phone["anomalies"]:
+            table("Phone payments to look at", ["payment", "device", "what"],
+                  [[a["payment"], a["device"], a["problem"]] for a in phone["anomalies"]])
     table("Problems found by the server, open (`washpay server problems` to list and "
           "resolve)", ["device", "kind", "ids", "records", "times", "data lost", "latest"],
           [[p["device"], p["kind"], _ids(p["ids"]), p["records"], p["times"], p["data_lost"],

@@ -1,0 +1,78 @@
+"""What the pay-by-phone tests share: a Web app on a SQLite ledger with a fake command
+sender (it records each command in the ledger's commands table, as Server.send_command
+does), a clock the test moves, and helpers that play the board's part in the ledger."""
+
+import json
+import re
+import time
+
+from host_tools.server.ingest import Ingest
+from host_tools.server.web import Web
+
+SITE_KEY = bytes(range(32))
+DEVICE = "sim-0001"
+
+
+class Clock:
+    def __init__(self, t=None):
+        self.t = time.time() if t is None else t
+
+    def __call__(self):
+        return self.t
+
+
+class Sender:
+    def __init__(self, store):
+        self.store = store
+        self.sent = []
+
+    def __call__(self, device, cid, kind, body, args=None, expires=None):
+        self.sent.append((device, cid, kind, body, args, expires))
+        with self.store.transaction() as tx:
+            tx.execute("INSERT INTO commands (id, device, kind, args, body, created, expires, "
+                       "status) VALUES (?, ?, ?, ?, ?, ?, ?, 'sent')",
+                       (cid, device, kind, json.dumps(args or {}), body, time.time(), expires))
+        return 0
+
+
+def make_web(tmp, config=None, provider=None, clock=None, store_url=None):
+    cfg = {"machines": {DEVICE: {"name": "Washer 1"}}, "confirm_s": 20,
+           "sandbox": {"secret": "s3cr3t-sandbox-key"}}
+    cfg.update(config or {})
+    from host_tools.server.store import open_store
+
+    url = store_url or f"sqlite:///{tmp / 'ledger.db'}"
+    side = open_store(url)
+    sender = Sender(side)
+    web = Web(cfg, url, SITE_KEY, sender, log=lambda m: None,
+              provider=provider, clock=clock)
+    web.side, web.sender = side, sender
+    return web
+
+
+def set_online(web, device=DEVICE, online=True):
+    Ingest(web.side, SITE_KEY).state(device, b"online" if online else b"offline")
+
+
+def add_record(web, device, rtype, state, program="quick", source=None, amount=None,
+               t=None, reason=None):
+    with web.side.transaction() as tx:
+        row = tx.one("SELECT COALESCE(MAX(seq), 0) FROM records WHERE device = ?", (device,))
+        seq = row[0] + 1
+        tx.execute("INSERT INTO records (device, seq, raw, verified, type, state, program, "
+                   "source, amount, t, clock_ok, reason, received_at) "
+                   "VALUES (?, ?, ?, 1, ?, ?, ?, ?, ?, ?, 1, ?, ?)",
+                   (device, seq, b"x", rtype, state, program, source, amount,
+                    int(t or time.time()), reason, time.time()))
+    return seq
+
+
+def reply(web, cid, result, **fields):
+    with web.side.transaction() as tx:
+        tx.execute("UPDATE commands SET status = ?, result = ?, done_at = ? WHERE id = ?",
+                   (result, json.dumps({"cmd": cid, "result": result, **fields}),
+                    time.time(), cid))
+
+
+def csrf(html):
+    return re.search(r'name="csrf" value="([^"]+)"', html).group(1)
