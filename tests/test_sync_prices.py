@@ -269,7 +269,7 @@ def test_host_builds_a_table_command_the_board_reads():
     ({"max_price": 400}, "pricing.max_price must be at least the dearest base price"),
     ({"utc_offset_min": 900}, "pricing.utc_offset_min must be minutes from -840 to 840"),
     ({"rules": [{"from": "25:00"}]}, "pricing.rules[0].from must be between 00:00 and 24:00"),
-    ({"tiers": ["staff"]}, "pricing is malformed"),
+    ({"tiers": ["staff"]}, "pricing.tiers must be an object"),
 ])
 def test_host_refuses_an_invalid_table_before_sending(change, why):
     with pytest.raises(C.CommandError) as e:
