@@ -98,3 +98,45 @@ def test_a_board_with_a_deeply_nested_config_is_out_of_order_naming_the_field(tm
         assert st["firmware"]["config_error"] == CASES[0][1]
     finally:
         board.stop()
+
+
+def test_a_pushed_config_too_deep_for_the_stack_to_write_is_refused(tmp_path):
+    # an ESP32's task stack is far smaller than the unix port's: a table nested ~450 deep
+    # in a key the price table ignores validates, then json.dump of it runs out of stack.
+    # Here the stack is used up by calls first, down to where json.dumps of it fails.
+    code = """
+import json
+from washpay.net.commands import Commands, _Refused
+class Cache:
+    floor = 0
+class Remote:
+    cache = Cache()
+class Engine:
+    programs = [{"name": "quick", "price": 250}]
+cmds = Commands(Remote(), Engine(), None, bytes(32), "sim-0001",
+                config_path=DIR + "/config.json")
+x = []
+for _ in range(450):
+    x = [x]
+raw = {"pricing": {"version": 9, "pad": x}}
+def at(depth, f):
+    return f() if depth == 0 else at(depth - 1, f)
+def dumps_fails():
+    try:
+        json.dumps(x)
+        return False
+    except RuntimeError:
+        return True
+d = 0
+while not at(d, dumps_fails):
+    d += 10
+try:
+    at(d, lambda: cmds._store(raw))
+    print("RESULT", json.dumps("stored"))
+except _Refused as e:
+    print("RESULT", json.dumps(e.reason))
+except RuntimeError as e:
+    print("RESULT", json.dumps("crash"))
+"""
+    for got in run_both(code, tmp_path):
+        assert got == ["config nested too deep to store"]

@@ -32,7 +32,7 @@ from washpay.crypto import MacKey
 from washpay.journal import JournalError
 from washpay.journal import records as R
 from washpay.net import COMMAND_MAX as _MAX
-from washpay.payments.token import authentic, device_hash
+from washpay.payments.token import authentic, device_hash, program_name
 
 _KIND = const(0x12)
 _ACTION_AT = const(29)
@@ -234,7 +234,10 @@ class Commands:
         items = self._items(body, 3)
         new = {}
         for name, rest in items:
-            new[str(name, "utf-8")] = rest[0] << 16 | rest[1] << 8 | rest[2]
+            text = program_name(name)
+            if text is None:  # the names are the config's: UTF-8 text (docs/sync.md)
+                raise _Refused("program name not UTF-8")
+            new[text] = rest[0] << 16 | rest[1] << 8 | rest[2]
         known = [p["name"] for p in self.engine.programs]
         for name in new:
             if name not in known:
@@ -296,8 +299,11 @@ class Commands:
         except config.ConfigError as e:
             raise _Refused(str(e)[:60])
         tmp = self.config_path + ".new"
-        with open(tmp, "w") as f:
-            json.dump(raw, f)
+        try:
+            with open(tmp, "w") as f:
+                json.dump(raw, f)
+        except RuntimeError:  # a value nested deeper than this board's stack writes
+            raise _Refused("config nested too deep to store")
         import os
 
         os.rename(tmp, self.config_path)
