@@ -1,0 +1,9 @@
+"""Fuzzing the firmware's parsers under the real micropython (`make fuzz`, tests/test_fuzz.py).
+
+One long-running micropython process per target runs mpy/harness.py, which makes and mutates
+inputs itself from a seed and feeds them to the firmware's own code; this package signs the
+seed inputs with `cryptography` (host_tools.token, host_tools.server.commands), starts the
+processes, and reads back inputs, findings and inputs per second. A finding is an input the
+firmware accepted though it was forged, refused though it was valid, or answered with an
+exception other than the parser's own refusal; its hex is printed for replay.
+"""
