@@ -39,6 +39,7 @@ _ACTION_AT = const(29)
 _HEAD = const(32)  # bytes before the body
 _TAG = const(16)
 _FORGED_EVERY_S = const(60)
+_REASONS_KEPT = const(12)  # refusal reasons counted by name in status(); the rest: other
 
 PRICE = const(2)
 BLACKLIST_ADD = const(3)
@@ -113,7 +114,10 @@ class Commands:
         return json.dumps(r).encode()
 
     def _count(self, why):
-        self.refused[why] = self.refused.get(why, 0) + 1
+        r = self.refused
+        if why not in r and len(r) >= _REASONS_KEPT:
+            why = "other"  # reasons carry values (versions, names, times): a bounded count
+        r[why] = r.get(why, 0) + 1
 
     def _operator(self, payload):
         cid = None

@@ -4,6 +4,7 @@
 # "invalid"; signed garbage (any header and body, a right tag) must be "done", "refused"
 # or "invalid" with a reason, never "error".
 import json
+import os
 import struct
 from binascii import unhexlify
 
@@ -152,7 +153,15 @@ def run(req, count, found):
         if got[0] != "done":
             found.add("host command not done", s, got)
     pool = list(seeds)
-    for _ in range(count):
+    for i in range(count):
+        if not i % 200:  # fresh card lists: a full one refuses valid commands, a long one
+            for f in ("/blacklist.bin", "/tiers.bin"):  # slows every command down
+                try:
+                    os.remove(d + f)
+                except OSError:
+                    pass
+            cmds.blacklist = Blacklist(d + "/blacklist.bin")
+            cmds.tiers = TierList(d + "/tiers.bin")
         mode = below(8)
         if mode < 2:
             issued = t0 + below(100000)
