@@ -106,6 +106,8 @@ def _valid(engine, issued):
     if a == 4:
         return 6, b""
     if a == 5:
+        if engine.prices.version > 1 << 30:  # signed garbage took a table of a huge version
+            engine.prices.version = 0
         return 7, json.dumps(_table(engine.prices.version + 1 + below(3))).encode()
     k = 1 + below(3)
     out = bytes((k,))
