@@ -28,6 +28,11 @@ CASES = [
     ('{"max_credit": %s}' % ("9" * 400), "max_credit must be an integer from 1 to 10000000, "
      "not 99999999999999999999..."),
     ('{"watchdog_ms": null}', "watchdog_ms must be an integer from 1000 to 60000, not null"),
+    # MicroPython's JSON reads keys that are not text (found by `make fuzz`)
+    ('{"coins": {"table": {null: 50}}}', "coins.table key null is not a pulse count"),
+    ('{"coins": {"table": {1: 50}}}', "coins.table key 1 is not a pulse count"),
+    ('{"sync": {true: 5}}', "unknown sync setting true"),
+    ('{1.5: 2}', "unknown config key 1.5"),
 ]
 INTERPRETERS = [None] + [x for x in (micropython_i386(),) if x]
 

@@ -245,3 +245,27 @@ for raw in raws:
             assert re.search(message, line), (raw, line)
         assert got[-1] == "pricing.rules[0].from must be HH:MM, not a list"
         assert len(got) == len(WRONG_TYPES) + 3
+
+
+def test_keys_that_are_not_text_are_refused_micropython():
+    # MicroPython's JSON reads {14: "days"} and {null: 1}: found by `make fuzz` on the
+    # 32-bit interpreter (TypeError: 'int' object isn't subscriptable)
+    texts = ['{"tiers": {"t0": {"percent": -58}, 14: "days"}}', '{"tiers": {null: {}}}']
+    code = f"""
+import json
+from washpay.pricing import PriceTable, PricingError
+progs = json.loads({json.dumps(json.dumps(PROGRAMS))})
+for text in {texts!r}:
+    try:
+        PriceTable(progs, json.loads(text))
+        print("RESULT accepted")
+    except PricingError as e:
+        print("RESULT", str(e))
+    except Exception as e:
+        print("RESULT crash", type(e).__name__)
+"""
+    for interpreter in [None] + [x for x in (micropython_i386(),) if x]:
+        out = run_micropython(code, interpreter=interpreter)[1]
+        assert [x[7:] for x in out.splitlines() if x.startswith("RESULT ")] == [
+            "pricing.tiers: a tier's name is text, not 14",
+            "pricing.tiers: a tier's name is text, not null"]

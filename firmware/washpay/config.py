@@ -96,6 +96,8 @@ def shown(value):
     cut to 20 characters, anything else by its type."""
     if isinstance(value, str):
         return repr(value[:20]) + ("..." if len(value) > 20 else "")
+    if value is True or value is False:  # as JSON spells them
+        return "true" if value else "false"
     if isinstance(value, (int, float)):
         r = repr(value)
         return r if len(r) <= 20 else r[:20] + "..."
@@ -177,6 +179,8 @@ def validate(raw):
     parsed = {}
     for k, v in table.items():
         try:
+            if not isinstance(k, str):  # MicroPython's JSON reads {1: ...} and {null: ...}
+                raise ValueError
             n = int(k)
         except ValueError:
             raise ConfigError("coins.table key %s is not a pulse count" % shown(k))

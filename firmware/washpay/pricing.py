@@ -95,6 +95,8 @@ class PriceTable:
         if not isinstance(tiers, dict):
             raise PricingError("pricing.tiers must be an object")
         for name, t in tiers.items():
+            if not isinstance(name, str):  # MicroPython's JSON reads {1: ...} too
+                raise PricingError("pricing.tiers: a tier's name is text, not %s" % shown(name))
             where = "pricing.tiers.%s" % name[:10]
             if not isinstance(t, dict):
                 raise PricingError(where + " must be an object")

@@ -148,6 +148,11 @@ def deep(levels):
     return v
 
 
+def key():
+    """An object's key: text mostly; MicroPython's JSON also reads {1: ..}, {null: ..}."""
+    return pick(_TEXTS) if below(8) else pick((1, 0, -1, 1.5, None, True, False))
+
+
 def value(depth=2):
     """A random JSON value: numbers at the edges, text that nearly parses, small lists and
     objects, now and then one nested hundreds deep."""
@@ -167,7 +172,7 @@ def value(depth=2):
         return deep(100 + below(1400)) if chance(16) else [value(depth - 1) for _ in
                                                             range(below(3))]
     if k == 8 and depth > 0:
-        return {pick(_TEXTS): value(depth - 1) for _ in range(below(3))}
+        return {key(): value(depth - 1) for _ in range(below(3))}
     if k == 9 and depth > 0:
         return [value(depth - 1) for _ in range(below(4))]
     return pick(_TEXTS) + pick(_TEXTS)
@@ -190,7 +195,7 @@ def tweak(root, keys=()):
             continue
         op = below(6)
         if op == 0 and isinstance(node, dict):
-            node[pick(keys) if keys and chance(2) else pick(_TEXTS)] = value()
+            node[pick(keys) if keys and chance(2) else key()] = value()
         elif op == 1 and isinstance(node, dict):
             del node[k]
         else:
