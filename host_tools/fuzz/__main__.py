@@ -7,6 +7,7 @@ import argparse
 import os
 import sys
 import tempfile
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 from host_tools.fuzz.driver import TARGETS, FuzzError, run_target
@@ -31,6 +32,7 @@ def main(argv=None):
           f"{args.jobs} at a time", flush=True)
     results = {}
     failed = False
+    t0 = time.monotonic()
     with tempfile.TemporaryDirectory() as tmp, ThreadPoolExecutor(args.jobs) as pool:
         futures = {t: pool.submit(run_target, t, args.inputs, args.seed, args.interpreter,
                                   os.path.join(tmp, t)) for t in targets}
@@ -50,8 +52,11 @@ def main(argv=None):
     total = sum(r["inputs"] for r in results.values())
     found = sum(r["findings"] for r in results.values())
     cpu_s = sum(r["ms"] for r in results.values()) / 1000
+    wall = time.monotonic() - t0
     print(f"total     {total:>9} inputs  {total / max(cpu_s, 1e-3):>9.0f} inputs/s per process"
           f"  {found:>4} findings")
+    print(f"wall      {wall:>9.1f} s       {total / max(wall, 1e-3):>9.0f} inputs/s overall "
+          f"({args.jobs} processes at a time)")
     if failed:
         return 2
     return 1 if found else 0
