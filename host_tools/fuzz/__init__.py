@@ -7,7 +7,7 @@ processes, and reads back inputs, findings and inputs per second. A finding is a
 firmware accepted though it was forged, refused though it was valid, or answered with an
 exception other than the parser's own refusal; its hex is printed for replay. A run is
 deterministic: `python -m host_tools.fuzz TARGET --inputs N --seed S` makes the same inputs
-again (the host-signed seeds aside, whose ids are random).
+again (but the nonces the journal draws when it seals a record).
 
 Targets: token, remote (start), commands (server commands), pricing (price table), config,
 gm65 (scanner bytes), journal (record seal and body), wallet (card copies and header),

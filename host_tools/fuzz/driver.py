@@ -40,13 +40,15 @@ def request(target):
     if target == "token":
         key = K.token_key(secret)
         req["token_key"] = key.hex()
-        req["tokens"] = [T.encode_token(key, DEVICE, p, T0, T0 + 600 + i, amount=i * 50)
+        req["tokens"] = [T.encode_token(key, DEVICE, p, T0, T0 + 600 + i, amount=i * 50,
+                                         token_id=bytes([i + 1]) * 8)
                          for i, p in enumerate(("quick", "standard", "heavy", "caf\u00e9"))]
     elif target in ("remote", "commands"):
         key = K.command_key(secret)
         req["command_key"] = key.hex()
         if target == "remote":
-            req["commands"] = [T.build_command(key, DEVICE, p, T0, T0 + 300, i * 50).hex()
+            req["commands"] = [T.build_command(key, DEVICE, p, T0, T0 + 300, i * 50,
+                                               bytes([i + 1]) * 8, bytes([i + 9]) * 8).hex()
                                for i, p in enumerate(("quick", "standard", "heavy"))]
         else:
             bodies = [(C.PRICE, C.price_body({"quick": 300})), (C.STATUS, b""),
@@ -54,8 +56,9 @@ def request(target):
                       (C.PRICE_TABLE, json.dumps({"version": 1}).encode()),
                       (C.BLACKLIST_ADD, C.blacklist_add_body([("04a1b2c3", "lost", T0)])),
                       (C.TIERS, C.tiers_body({"04a1b2c3": "staff"}))]
-            req["commands"] = [C.operator_command(key, DEVICE, a, b, T0, T0 + 300).hex()
-                               for a, b in bodies]
+            req["commands"] = [C.operator_command(key, DEVICE, a, b, T0, T0 + 300,
+                                                  bytes([0x40 + i]) * 8, bytes([i]) * 8).hex()
+                               for i, (a, b) in enumerate(bodies)]
     return req
 
 
