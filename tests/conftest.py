@@ -24,15 +24,26 @@ def micropython_path():
     return found
 
 
-def run_micropython(code, heap="1m", timeout=60, extra_path=(), check=True):
+def micropython_i386():
+    """The 32-bit MicroPython (ESP32 object sizes): $WASHPAY_MICROPYTHON_I386, or the shared
+    folder's tools/micropython-i386 beside the repository; None if there is none."""
+    import os
+
+    found = os.environ.get("WASHPAY_MICROPYTHON_I386") or str(
+        ROOT.parent / "shared" / "tools" / "micropython-i386")
+    return found if Path(found).exists() else None
+
+
+def run_micropython(code, heap="1m", timeout=60, extra_path=(), check=True, interpreter=None):
     """Run `code` under MicroPython with firmware/ importable; return (rc, stdout, stderr).
 
     Firmware modules are imported from the repository exactly as the board imports them.
+    `interpreter`: another micropython binary (micropython_i386()), the .venv's by default.
     """
     paths = [str(FIRMWARE), *[str(p) for p in extra_path]]
     prelude = "import sys\n" + "".join(f"sys.path.append({p!r})\n" for p in paths)
     proc = subprocess.run(
-        [micropython_path(), "-X", f"heapsize={heap}", "-c", prelude + code],
+        [interpreter or micropython_path(), "-X", f"heapsize={heap}", "-c", prelude + code],
         capture_output=True,
         text=True,
         timeout=timeout,

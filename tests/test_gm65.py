@@ -10,7 +10,7 @@ import time
 
 import pytest
 import token_env as E  # first: puts the shims and firmware/ on sys.path
-from conftest import SIM, run_micropython
+from conftest import SIM, micropython_i386, run_micropython
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -120,6 +120,32 @@ def test_reply_frames_only_while_awaiting():
     la = G.LineAssembler(on_error=errors.append)
     la.feed(bytes.fromhex("02000001003331") + b"\r", 0)  # not awaiting: just noise
     assert errors == ["noise"] and la.counts["replies"] == 0
+
+
+
+def test_a_reply_is_not_overwritten_by_the_next_frame_in_the_same_read():
+    # issue 18: a verified reply (data 39 01) and the next frame (data 01) in one read;
+    # the reply awaited is the first one, the rest of the read is dropped
+    stream = bytes.fromhex("020000023901c14c0200000100")
+    assert ref_crc(b"\x00\x02\x39\x01") == 0xC14C
+    code = f"""
+from washpay.drivers.gm65 import LineAssembler
+for cut in range({len(stream)} + 1):   # in one read, and split anywhere over two reads
+    la = LineAssembler()
+    la.awaiting = True
+    data = {stream!r}
+    la.feed(data[:cut], 0)
+    if la.reply_len < 0:
+        la.feed(data[cut:], 1)
+    print("RESULT", bytes(la.reply[: la.reply_len]).hex())
+"""
+    for interp in [None] + [x for x in (micropython_i386(),) if x]:
+        out = run_micropython(code, interpreter=interp)[1].split()
+        assert [x for x in out if x != "RESULT"] == ["3901"] * (len(stream) + 1)
+    la = G.LineAssembler()  # and under CPython
+    la.awaiting = True
+    la.feed(stream, 0)
+    assert bytes(la.reply[: la.reply_len]) == b"\x39\x01"
 
 
 # ---- the driver and the simulated module, under micropython

@@ -2,6 +2,7 @@
 the same cases replayed under the real micropython."""
 
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -9,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tests.conftest import run_micropython
+from tests.conftest import micropython_i386, run_micropython
 
 sys.path.insert(0, str(Path(__file__).parent / "shims"))
 sys.path.insert(0, str(Path(__file__).parent.parent / "firmware"))
@@ -186,3 +187,85 @@ def test_timed_cost_monotonic_in_time_and_bounded(rs, when, a, b, tier):
     assert 0 <= step <= TABLE["max_price"]
     if step and hi <= 3600:
         assert seconds_for(tab, "dry", c_hi, when, tier) >= hi
+
+
+# ---- wrong JSON types (issue 18): always the pricing error, never TypeError/AttributeError
+WRONG_TYPES = [
+    ({"rules": 0}, "pricing.rules must be a list"),
+    ({"rules": "mon"}, "pricing.rules must be a list"),
+    ({"rules": {"days": "mon"}}, "pricing.rules must be a list"),
+    ({"tiers": 7}, "pricing.tiers must be an object"),
+    ({"tiers": [1]}, "pricing.tiers must be an object"),
+    ({"tiers": "staff"}, "pricing.tiers must be an object"),
+    ({"rules": [{"days": 5}]}, r"rules\[0\].days must be text"),
+    ({"rules": [{"days": ["mon"]}]}, r"rules\[0\].days must be text"),
+    ({"rules": [{"from": 5}]}, r"rules\[0\].from must be HH:MM"),
+    ({"rules": [{"to": {"h": 1}}]}, r"rules\[0\].to must be HH:MM, not a dict"),
+    ({"tiers": {"x": {"programs": 5}}}, "tiers.x.programs must be a list"),
+    ({"tiers": {"x": {"programs": "quick"}}}, "tiers.x.programs must be a list"),
+    ({"tiers": {"x": {"programs": {"quick": 1}}}}, "tiers.x.programs must be a list"),
+    ({"tiers": {"x": {"programs": [["quick"]]}}}, "tiers.x: no program a list"),
+    ({"tiers": {"x": {"programs": [{}]}}}, "tiers.x: no program a dict"),
+]
+
+
+@pytest.mark.parametrize("raw,message", WRONG_TYPES)
+def test_wrong_json_types_are_the_pricing_error_cpython(raw, message):
+    with pytest.raises(PricingError, match=message):
+        PriceTable(PROGRAMS, raw)
+
+
+def test_wrong_json_types_are_the_pricing_error_micropython():
+    # the issue's examples are hex of what MicroPython's (lenient) JSON reader takes
+    issue = ["7b2272756c6573223022227d", "7b222231227469657273223722227b22227d7d"]
+    deep = '{"rules": [{"from": ' + "[" * 1300 + "1" + "]" * 1300 + "}]}"
+    code = f"""
+import json
+from binascii import unhexlify
+from washpay.pricing import PriceTable, PricingError
+progs = json.loads({json.dumps(json.dumps(PROGRAMS))})
+raws = [json.loads(unhexlify(h)) for h in {issue!r}]
+raws += [json.loads(s) for s in json.loads({json.dumps(json.dumps([
+    json.dumps(r) for r, _ in WRONG_TYPES]))})]
+raws.append(json.loads({deep!r}))
+for raw in raws:
+    try:
+        PriceTable(progs, raw)
+        print("RESULT accepted")
+    except PricingError as e:
+        print("RESULT", str(e))
+    except Exception as e:
+        print("RESULT crash", type(e).__name__)
+"""
+    for interpreter in [None] + [x for x in (micropython_i386(),) if x]:
+        rc, stdout, _ = run_micropython(code, interpreter=interpreter)
+        got = [x[7:] for x in stdout.splitlines() if x.startswith("RESULT ")]
+        assert got[:2] == ["pricing.rules must be a list", "pricing.tiers must be an object"]
+        for (raw, message), line in zip(WRONG_TYPES, got[2:-1], strict=True):
+            assert re.search(message, line), (raw, line)
+        assert got[-1] == "pricing.rules[0].from must be HH:MM, not a list"
+        assert len(got) == len(WRONG_TYPES) + 3
+
+
+def test_keys_that_are_not_text_are_refused_micropython():
+    # MicroPython's JSON reads {14: "days"} and {null: 1}: found by `make fuzz` on the
+    # 32-bit interpreter (TypeError: 'int' object isn't subscriptable)
+    texts = ['{"tiers": {"t0": {"percent": -58}, 14: "days"}}', '{"tiers": {null: {}}}']
+    code = f"""
+import json
+from washpay.pricing import PriceTable, PricingError
+progs = json.loads({json.dumps(json.dumps(PROGRAMS))})
+for text in {texts!r}:
+    try:
+        PriceTable(progs, json.loads(text))
+        print("RESULT accepted")
+    except PricingError as e:
+        print("RESULT", str(e))
+    except Exception as e:
+        print("RESULT crash", type(e).__name__)
+"""
+    for interpreter in [None] + [x for x in (micropython_i386(),) if x]:
+        out = run_micropython(code, interpreter=interpreter)[1]
+        assert [x[7:] for x in out.splitlines() if x.startswith("RESULT ")] == [
+            "pricing.tiers: a tier's name is text, not 14",
+            "pricing.tiers: a tier's name is text, not null"]

@@ -269,7 +269,7 @@ def test_host_builds_a_table_command_the_board_reads():
     ({"max_price": 400}, "pricing.max_price must be at least the dearest base price"),
     ({"utc_offset_min": 900}, "pricing.utc_offset_min must be minutes from -840 to 840"),
     ({"rules": [{"from": "25:00"}]}, "pricing.rules[0].from must be between 00:00 and 24:00"),
-    ({"tiers": ["staff"]}, "pricing is malformed"),
+    ({"tiers": ["staff"]}, "pricing.tiers must be an object"),
 ])
 def test_host_refuses_an_invalid_table_before_sending(change, why):
     with pytest.raises(C.CommandError) as e:
@@ -348,3 +348,29 @@ def test_cli_refuses_an_invalid_table_and_sends_nothing(tmp_path):
     assert r.returncode == 2 and "cannot read price table" in r.stderr
     r = washpay("server", "command", "price", "quick=300", "--config", board, *common)
     assert r.returncode == 2 and "give the table too" in r.stderr
+
+
+@pytest.mark.device
+def test_pushes_the_board_cannot_read_are_refused_with_a_reason(rig):
+    # issue 18: program names that are not UTF-8 (a surrogate; an overlong "q", which
+    # MicroPython's decoder reads as "quick"; a stray byte) and a table nested ~450 deep
+    # (within one command; deeper repr'd in the error message stops a board's stack)
+    sim, server = rig
+    st = online(sim)
+    version, prices = st["firmware"]["prices_version"], prices_of(st)
+    before = flash_file(sim, "/config.json")
+    for name in (b"\xed\xa0\x80", b"\xc1\xb1uick", b"\xff"):
+        res = send(server, signed(bytes([1, len(name)]) + name + b"\x00\x01\x2c", C.PRICE),
+                   kind="price")
+        assert (res["result"], res["reason"]) == ("refused", "program name not UTF-8"), name
+        assert "cmd" in res
+    deep = '{"version": 99, "rules": [{"from": ' + "[" * 450 + "]" * 450 + "}]}"
+    res = send(server, signed(deep.encode()))
+    assert (res["result"], res["reason"]) == (
+        "refused", "pricing.rules[0].from must be HH:MM, not a list")
+    # nothing changed, and the board runs on
+    st = online(sim)
+    assert (st["firmware"]["prices_version"], prices_of(st)) == (version, prices)
+    assert flash_file(sim, "/config.json") == before
+    res = send(server, signed(b"", C.STATUS), kind="status")
+    assert res["result"] == "done"

@@ -90,9 +90,24 @@ class ConfigError(ValueError):
     pass
 
 
+def shown(value):
+    """`value` as an error message shows it: short, and never by a repr of a list or an
+    object (one nested a thousand deep exhausts the interpreter's stack): text and numbers
+    cut to 20 characters, anything else by its type."""
+    if isinstance(value, str):
+        return repr(value[:20]) + ("..." if len(value) > 20 else "")
+    if value is True or value is False:  # as JSON spells them
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        r = repr(value)
+        return r if len(r) <= 20 else r[:20] + "..."
+    return "null" if value is None else "a " + type(value).__name__
+
+
 def _int(value, where, lo, hi):
     if not isinstance(value, int) or isinstance(value, bool) or not lo <= value <= hi:
-        raise ConfigError("%s must be an integer from %d to %d, not %r" % (where, lo, hi, value))
+        raise ConfigError("%s must be an integer from %d to %d, not %s"
+                          % (where, lo, hi, shown(value)))
     return value
 
 
@@ -120,7 +135,7 @@ def validate(raw):
         raise ConfigError("config must be a JSON object")
     unknown = [k for k in raw if k not in DEFAULTS]
     if unknown:
-        raise ConfigError("unknown config key %r" % unknown[0])
+        raise ConfigError("unknown config key %s" % shown(unknown[0]))
     cfg = {}
     for key, default in DEFAULTS.items():
         cfg[key] = raw.get(key, default)
@@ -128,7 +143,7 @@ def validate(raw):
     _str(cfg["site"], "site")
     cur = _str(cfg["currency"], "currency", 3)
     if len(cur) != 3 or not cur.isalpha():
-        raise ConfigError("currency must be a 3-letter ISO 4217 code, not %r" % cur)
+        raise ConfigError("currency must be a 3-letter ISO 4217 code, not %s" % shown(cur))
     _int(cfg["decimals"], "decimals", 0, 3)
     progs = cfg["programs"]
     if not isinstance(progs, list) or not 1 <= len(progs) <= 8:
@@ -149,7 +164,7 @@ def validate(raw):
             step = _span(p, where, "step", 1)
             _span(p, where, "max", step)
         elif mode != "cycle":
-            raise ConfigError(where + ".mode must be cycle or timed, not %r" % (mode,))
+            raise ConfigError(where + ".mode must be cycle or timed, not %s" % shown(mode))
     _int(cfg["max_credit"], "max_credit", 1, 10000000)
     if cfg["max_credit"] < max(p["price"] for p in progs):
         raise ConfigError("max_credit must cover the dearest program")
@@ -164,10 +179,12 @@ def validate(raw):
     parsed = {}
     for k, v in table.items():
         try:
+            if not isinstance(k, str):  # MicroPython's JSON reads {1: ...} and {null: ...}
+                raise ValueError
             n = int(k)
         except ValueError:
-            raise ConfigError("coins.table key %r is not a pulse count" % k)
-        parsed[_int(n, "coins.table key", 1, 50)] = _int(v, "coins.table[%s]" % k, 1, 1000000)
+            raise ConfigError("coins.table key %s is not a pulse count" % shown(k))
+        parsed[_int(n, "coins.table key", 1, 50)] = _int(v, "coins.table[%s]" % k[:8], 1, 1000000)
     merged["table"] = parsed
     _int(merged["pulse_ms"], "coins.pulse_ms", 5, 500)
     _int(merged["gap_ms"], "coins.gap_ms", 5, 500)
@@ -182,13 +199,13 @@ def validate(raw):
     broker = _str(cfg["broker"], "broker", 128)
     scheme, _, host = broker.partition("://")
     if broker and (scheme not in ("mqtt", "mqtts") or not host):
-        raise ConfigError("broker must be an mqtt:// or mqtts:// URL, not %r" % broker)
+        raise ConfigError("broker must be an mqtt:// or mqtts:// URL, not %s" % shown(broker))
     sync = cfg["sync"]
     if not isinstance(sync, dict):
         raise ConfigError("sync must be an object")
     for k, v in sync.items():
         if k not in SYNC_LIMITS:
-            raise ConfigError("unknown sync setting %r" % k)
+            raise ConfigError("unknown sync setting %s" % shown(k))
         _int(v, "sync." + k, SYNC_LIMITS[k][0], SYNC_LIMITS[k][1])
     journal = cfg["journal"]
     if not isinstance(journal, dict):
@@ -196,7 +213,7 @@ def validate(raw):
     jmerged = dict(DEFAULTS["journal"])
     for k, v in journal.items():
         if k not in jmerged:
-            raise ConfigError("unknown journal setting %r" % k)
+            raise ConfigError("unknown journal setting %s" % shown(k))
         jmerged[k] = v
     _int(jmerged["capacity"], "journal.capacity", 100, 100000)
     _int(jmerged["reserve"], "journal.reserve", 8, jmerged["capacity"] - 1)
@@ -208,7 +225,7 @@ def validate(raw):
     merged = {k: v[0] for k, v in CARD_DEFAULTS.items()}
     for k, v in card.items():
         if k not in CARD_DEFAULTS:
-            raise ConfigError("unknown card setting %r" % k)
+            raise ConfigError("unknown card setting %s" % shown(k))
         merged[k] = _int(v, "card." + k, CARD_DEFAULTS[k][1], CARD_DEFAULTS[k][2])
     cfg["card"] = merged
     risk = cfg["risk"]
@@ -217,7 +234,7 @@ def validate(raw):
     merged = {k: v[0] for k, v in RISK_DEFAULTS.items()}
     for k, v in risk.items():
         if k not in RISK_DEFAULTS:
-            raise ConfigError("unknown risk setting %r" % k)
+            raise ConfigError("unknown risk setting %s" % shown(k))
         merged[k] = _int(v, "risk." + k, RISK_DEFAULTS[k][1], RISK_DEFAULTS[k][2])
     cfg["risk"] = merged
     if cfg["pricing"] != {}:  # {}: base prices, and pricing.py's RAM is not spent
@@ -227,8 +244,8 @@ def validate(raw):
             PriceTable(progs, cfg["pricing"])
         except PricingError as e:
             raise ConfigError(str(e))
-        except (KeyError, TypeError, AttributeError) as e:  # a wrong type deep in the table
-            raise ConfigError("pricing is malformed: %r" % (e,))
+        except Exception as e:  # noqa: BLE001 - pricing.py's bug must not stop the boot
+            raise ConfigError("pricing is malformed (%s)" % type(e).__name__)
     return cfg
 
 
@@ -237,6 +254,7 @@ def load(path=CONFIG_PATH):
 
     A missing file is a fresh board: defaults, no error. A broken file is an error the
     operator must see: the app keeps the machine out of order rather than guess prices.
+    Never raises: whatever the file holds, the board comes up and says what is wrong.
     """
     try:
         with open(path) as f:
@@ -245,10 +263,14 @@ def load(path=CONFIG_PATH):
         return validate({}), None
     except ValueError as e:
         return validate({}), "config.json is not valid JSON: %s" % e
+    except MemoryError:  # too big, or nested too deep, for this board's heap
+        return validate({}), "config.json is too big to read"
     try:
         return validate(raw), None
     except ConfigError as e:
         return validate({}), str(e)
+    except Exception as e:  # noqa: BLE001 - whatever the file holds, the board comes up
+        return validate({}), "config.json refused (%s)" % type(e).__name__
 
 
 def load_secrets(path=SECRETS_PATH):

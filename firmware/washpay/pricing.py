@@ -4,6 +4,8 @@
 # One price table format, pushed by provisioning inside config.json ("pricing"), versioned
 # in the journal: docs/pricing.md is its definition (fields, defaults, how a price is made).
 
+from washpay.config import shown
+
 _DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 
 
@@ -17,20 +19,22 @@ def _minutes(hhmm, where):
         h = int(h)
         m = int(m)
     except (AttributeError, ValueError):
-        raise PricingError("%s must be HH:MM, not %r" % (where, hhmm))
+        raise PricingError("%s must be HH:MM, not %s" % (where, shown(hhmm)))
     if not (0 <= h <= 24 and 0 <= m < 60) or (h == 24 and m):
-        raise PricingError("%s must be between 00:00 and 24:00, not %r" % (where, hhmm))
+        raise PricingError("%s must be between 00:00 and 24:00, not %s" % (where, shown(hhmm)))
     return h * 60 + m
 
 
 def _days(spec, where):
+    if not isinstance(spec, str):
+        raise PricingError("%s must be text such as mon-fri,sun, not %s" % (where, shown(spec)))
     out = 0
     for part in spec.split(","):
         part = part.strip()
         if "-" in part:
             a, b = part.split("-", 1)
             if a not in _DAYS or b not in _DAYS:
-                raise PricingError("%s: unknown day in %r" % (where, part))
+                raise PricingError("%s: unknown day in %s" % (where, shown(part)))
             i, j = _DAYS.index(a), _DAYS.index(b)
             k = i
             while True:
@@ -41,7 +45,7 @@ def _days(spec, where):
         elif part in _DAYS:
             out |= 1 << _DAYS.index(part)
         else:
-            raise PricingError("%s: unknown day %r (use mon..sun)" % (where, part))
+            raise PricingError("%s: unknown day %s (use mon..sun)" % (where, shown(part)))
     return out
 
 
@@ -69,7 +73,10 @@ class PriceTable:
         if not isinstance(self.offset_min, int) or not -840 <= self.offset_min <= 840:
             raise PricingError("pricing.utc_offset_min must be minutes from -840 to 840")
         self.rules = []
-        for i, r in enumerate(raw.get("rules", ())):
+        rules = raw.get("rules", ())
+        if not isinstance(rules, (list, tuple)):
+            raise PricingError("pricing.rules must be a list")
+        for i, r in enumerate(rules):
             where = "pricing.rules[%d]" % i
             if not isinstance(r, dict):
                 raise PricingError(where + " must be an object")
@@ -82,15 +89,24 @@ class PriceTable:
                  _percent(r.get("percent", 0), where + ".percent"))
             )
         self.tiers = {}
-        for name, t in (raw.get("tiers") or {}).items():
-            where = "pricing.tiers.%s" % name
+        tiers = raw.get("tiers")
+        if tiers is None:
+            tiers = {}
+        if not isinstance(tiers, dict):
+            raise PricingError("pricing.tiers must be an object")
+        for name, t in tiers.items():
+            if not isinstance(name, str):  # MicroPython's JSON reads {1: ...} too
+                raise PricingError("pricing.tiers: a tier's name is text, not %s" % shown(name))
+            where = "pricing.tiers.%s" % name[:10]
             if not isinstance(t, dict):
                 raise PricingError(where + " must be an object")
             allowed = t.get("programs")
             if allowed is not None:
+                if not isinstance(allowed, list):
+                    raise PricingError(where + ".programs must be a list of program names")
                 for prog in allowed:
-                    if prog not in self.programs:
-                        raise PricingError("%s: no program %r" % (where, prog))
+                    if not isinstance(prog, str) or prog not in self.programs:
+                        raise PricingError("%s: no program %s" % (where, shown(prog)))
             over = t.get("overdraft", 0)
             if not isinstance(over, int) or over < 0:
                 raise PricingError(where + ".overdraft must be a non-negative amount")

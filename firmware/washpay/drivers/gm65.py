@@ -129,7 +129,10 @@ class LineAssembler:
         self._last = now
         for b in data:
             if self._rstate != _TEXT:
-                self._frame_byte(b)
+                if self._frame_byte(b) and self.awaiting:
+                    # the reply awaited is here: the caller reads it now, before any frame
+                    # after it in this read could overwrite it (_command drops the rest)
+                    return
             elif b in (_CR, _LF):
                 self._end_line()
             elif b == _REPLY1 and self.awaiting and not self._n and not self._bad:
@@ -178,12 +181,13 @@ class LineAssembler:
         elif st == _R_CRC1:
             self._rstate = _R_CRC2 if b == self._rcrc >> 8 else self._bad_frame()
         else:
+            self._rstate = _TEXT
             if b == self._rcrc & 0xFF:
                 self.reply_len = self._rlen
                 self.counts["replies"] += 1
-            else:
-                self.counts["bad_frames"] += 1
-            self._rstate = _TEXT
+                return True
+            self.counts["bad_frames"] += 1
+        return False
 
     def _bad_frame(self):
         self.counts["bad_frames"] += 1

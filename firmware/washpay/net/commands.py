@@ -32,7 +32,7 @@ from washpay.crypto import MacKey
 from washpay.journal import JournalError
 from washpay.journal import records as R
 from washpay.net import COMMAND_MAX as _MAX
-from washpay.payments.token import authentic, device_hash
+from washpay.payments.token import authentic, device_hash, program_name
 
 _KIND = const(0x12)
 _ACTION_AT = const(29)
@@ -40,6 +40,7 @@ _HEAD = const(32)  # bytes before the body
 _TAG = const(16)
 _FORGED_EVERY_S = const(60)
 _ADMIN = const(1)  # replay.py's pool of the operator's commands
+_REASONS_KEPT = const(12)  # refusal reasons counted by name in status(); the rest: other
 
 PRICE = const(2)
 BLACKLIST_ADD = const(3)
@@ -114,7 +115,10 @@ class Commands:
         return json.dumps(r).encode()
 
     def _count(self, why):
-        self.refused[why] = self.refused.get(why, 0) + 1
+        r = self.refused
+        if why not in r and len(r) >= _REASONS_KEPT:
+            why = "other"  # reasons carry values (versions, names, times): a bounded count
+        r[why] = r.get(why, 0) + 1
 
     def _operator(self, payload):
         cid = None
@@ -236,7 +240,10 @@ class Commands:
         items = self._items(body, 3)
         new = {}
         for name, rest in items:
-            new[str(name, "utf-8")] = rest[0] << 16 | rest[1] << 8 | rest[2]
+            text = program_name(name)
+            if text is None:  # the names are the config's: UTF-8 text (docs/sync.md)
+                raise _Refused("program name not UTF-8")
+            new[text] = rest[0] << 16 | rest[1] << 8 | rest[2]
         known = [p["name"] for p in self.engine.programs]
         for name in new:
             if name not in known:
@@ -298,8 +305,11 @@ class Commands:
         except config.ConfigError as e:
             raise _Refused(str(e)[:60])
         tmp = self.config_path + ".new"
-        with open(tmp, "w") as f:
-            json.dump(raw, f)
+        try:
+            with open(tmp, "w") as f:
+                json.dump(raw, f)
+        except RuntimeError:  # a value nested deeper than this board's stack writes
+            raise _Refused("config nested too deep to store")
         import os
 
         os.rename(tmp, self.config_path)

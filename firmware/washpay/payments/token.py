@@ -130,10 +130,31 @@ def authentic(mac, buf, body_len, tag_len):
 
 
 def program_name(mv):
-    try:
-        return str(bytes(mv), "utf-8")
-    except UnicodeError:
-        return None
+    """The name as text, or None unless it is well-formed UTF-8 (RFC 3629): MicroPython's
+    decoder takes surrogates, overlong forms and code points past U+10FFFF as text, so
+    the bytes are checked here first, one lead byte and its continuation bytes at a time."""
+    i = 0
+    n = len(mv)
+    while i < n:
+        c = mv[i]
+        i += 1
+        if c < 0x80:
+            continue
+        if 0xC2 <= c <= 0xDF:
+            k, lo, hi = 1, 0x80, 0xBF
+        elif 0xE0 <= c <= 0xEF:  # E0: no overlong form; ED: no surrogate
+            k, lo, hi = 2, 0xA0 if c == 0xE0 else 0x80, 0x9F if c == 0xED else 0xBF
+        elif 0xF0 <= c <= 0xF4:  # F0: no overlong form; F4: nothing past U+10FFFF
+            k, lo, hi = 3, 0x90 if c == 0xF0 else 0x80, 0x8F if c == 0xF4 else 0xBF
+        else:
+            return None
+        if i + k > n or not lo <= mv[i] <= hi:
+            return None
+        for j in range(i + 1, i + k):
+            if not 0x80 <= mv[j] <= 0xBF:
+                return None
+        i += k
+    return str(bytes(mv), "utf-8")
 
 
 class TokenVerifier:
