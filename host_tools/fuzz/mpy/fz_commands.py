@@ -20,16 +20,16 @@ DAYS = ("mon", "tue", "sat", "sun", "mon-fri", "fri-mon", "sat,sun")
 class _Cache:
     floor = 0
 
-    def check_time(self, issued, expires):
+    def check_time(self, issued, expires, pool=0):
         return None
 
     def used(self, cid):
         return False
 
-    def room(self):
+    def room(self, pool=0):
         return True
 
-    def add(self, cid, issued, expires):
+    def add(self, cid, issued, expires, pool=0):
         pass
 
 
