@@ -316,9 +316,11 @@ def test_plan_writes_what_differs_and_removes_stale_firmware():
                                                            dirs=["/washpay"])).empty
 
 
-def test_board_that_comes_up_out_of_order_is_exit_status_1(tmp_path, fw):
-    """An operator's config.json with a bad price stays (provisioning never guesses prices),
-    and the board that refuses it is reported: files written, board not up as provisioned."""
+def test_board_with_a_broken_config_is_refused_then_provisioned_with_config(tmp_path, fw):
+    """An operator's config.json with a bad price stays (provisioning never guesses prices):
+    the firmware's own rules refuse it before anything is written (it used to be written, the
+    board came up out of order as "wp-000001", exit status 1); --config gives the board a
+    good one, checked the same way."""
     board = start_bare(tmp_path, fw)
     try:
         bad = tmp_path / "config.json"
@@ -327,12 +329,31 @@ def test_board_that_comes_up_out_of_order_is_exit_status_1(tmp_path, fw):
                             ":/config.json"], capture_output=True, text=True, timeout=60,
                            stdin=subprocess.DEVNULL)
         assert r.returncode == 0, r.stderr
+        files = P.probe(board.port).files
         r = provision(board, device_id="washer-3")
-        assert r.returncode == 1, r.stdout + r.stderr
-        assert "refused config.json (programs[0].price" in r.stderr
+        assert r.returncode == 2, r.stdout + r.stderr
+        assert "the firmware would refuse the config.json on the board (programs[0].price" in (
+            r.stderr)
+        assert "--config FILE" in r.stderr
+        assert P.probe(board.port).files == files  # nothing written
+        for body, message in (('{"max_credit": 1}', "max_credit must cover"),
+                              ("[]", "a config is a JSON object")):
+            bad.write_text(body)
+            r = provision(board, "--config", str(bad), device_id="washer-3")
+            assert r.returncode == 2 and message in r.stderr, r.stderr
+        good = tmp_path / "good.json"
+        good.write_text('{"max_credit": 3000, "programs": [{"name": "eco", "price": 200}]}')
+        r = provision(board, "--config", str(good), device_id="washer-3")
+        assert r.returncode == 0, r.stdout + r.stderr
+        assert "up as washer-3 on sim" in r.stdout
         st = board.wait_ready()
-        assert st["state"] == "out_of_order"
-        assert "programs[0].price" in st["firmware"]["config_error"]
+        assert st["state"] == "idle" and st["firmware"]["config_error"] is None
+        assert st["program"] == "eco"
+        found = P.probe(board.port)
+        P.restart(board.port)
+        assert found.config == {"device_id": "washer-3", "max_credit": 3000,
+                                "programs": [{"name": "eco", "price": 200}]}
+        board.wait_ready()
     finally:
         board.stop()
 
