@@ -473,6 +473,9 @@ def build_parser():
     pull.add_argument("--no-reset", action="store_true",
                       help="leave the board at the REPL instead of restarting the firmware")
     pull.set_defaults(func=cmd_journal_pull)
+    from host_tools.settle import add_parser as add_settle_parser  # journal settle
+
+    add_settle_parser(journal)
 
     board = sub.add_parser("board", help="board descriptions").add_subparsers(
         dest="board_command", required=True

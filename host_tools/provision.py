@@ -501,7 +501,11 @@ def journal_unsynced(port, site_key, device_id):
             "synced cannot be told: --wipe-journal refused (washpay journal pull + decode "
             "shows what is wrong)"
         )
-    return max(0, (s["last_seq"] or 0) - (report.cursor or 0))
+    # boot records after the cursor hold no payment: the reset that follows a pull or a
+    # settle writes one, and it must not keep a settled journal from being wiped
+    cursor = report.cursor or 0
+    return sum(1 for r in report.records
+               if r.seq > cursor and r.fields.get("type") != "boot")
 
 
 # ---- the plan: what to write and remove
@@ -697,8 +701,9 @@ def _inspect(opts, board, device_id, site_key, key_path, mpy_cross, say):
         if unsynced:
             raise Refused(
                 f"--wipe-journal refused: the journal of {ident.device_id} has {unsynced} "
-                f"record(s) the server has not acknowledged; let the board sync first "
-                f"(or pull them: washpay journal pull)"
+                f"record(s) the server has not acknowledged; let the board sync first, or, "
+                f"without a network: washpay journal pull, washpay server import, washpay "
+                f"journal settle"
             )
     say(f"  identity: {_identity_text(ident, found, key_path, site_key)}")
 

@@ -92,11 +92,17 @@ def cmd_server_report(args):
     return 0
 
 
-def _ledger(db):
+def cmd_server_import(args):
+    from host_tools.server.importer import import_command
+
+    return import_command(args)
+
+
+def _ledger(db, create=False):
     """The ledger store; a ValueError says why there is none."""
     from host_tools.server.store import StoreError, open_store
 
-    if not db.startswith(("postgres", "sqlite:")) and not Path(db).exists():
+    if not create and not db.startswith(("postgres", "sqlite:")) and not Path(db).exists():
         raise ValueError(f"no ledger at {db} (start `washpay server run`, or name the "
                          "database with --db)")
     try:
@@ -375,6 +381,18 @@ def add_parsers(sub):
                        help="scores to tiers (JSON); without one no tier is shown")
     cards.add_argument("--json", action="store_true", help="print JSON")
     cards.set_defaults(func=cmd_server_cards)
+    imp = srv.add_parser(
+        "import", help="a pulled journal (washpay journal pull, or a flash dump) into the "
+        "ledger, as if it had come over MQTT",
+        description="Verifies and stores the records exactly as the MQTT ingest does (same "
+        "duplicates, gaps, forks, card checks). Exit status 0: imported; 1: imported with "
+        "problems (listed); 2: nothing stored.")
+    imp.add_argument("files", nargs="+", metavar="DIR|FILE")
+    imp.add_argument("--device", required=True, help="the board's device id")
+    imp.add_argument("--site-key", required=True, help="the site key file")
+    imp.add_argument("--db", default=os.environ.get("WASHPAY_DB", "ledger.db"),
+                     help="ledger: a SQLite file (created if missing) or postgresql://...")
+    imp.set_defaults(func=cmd_server_import)
     cmd = srv.add_parser(
         "command", help="send a board a signed command and print its reply",
         description="kinds: start --program P [--amount N] | price PROGRAM=PRICE... | "
