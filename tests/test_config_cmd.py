@@ -153,3 +153,17 @@ def test_settings_parse_as_json_paths():
         C.apply_settings(cfg, ["programs.0.price.x=1"])
     assert C.pushed({"device_id": "a", "wifi": "net"}, {"max_credit": 5}) == {
         "max_credit": 5, "device_id": "a", "wifi": "net"}
+
+
+@pytest.mark.device
+def test_a_refused_config_keeps_the_board_identity(sim_with_config):
+    """Out of order, but still laundry-9 (it used to come up as wp-000001: the MAC-derived
+    default), so that `config get`, provisioning and the server still know it."""
+    board = sim_with_config({"device_id": "laundry-9", "max_credit": 1}, ready=False)
+    st = board.wait_for(lambda s: s["state"] == "out_of_order", what="out of order")
+    assert st["firmware"]["device_id"] == "laundry-9"
+    assert "max_credit must cover" in st["firmware"]["config_error"]
+    r = config(board, "set", "max_credit=3000")
+    assert r.returncode == 0, r.stdout + r.stderr
+    st = board.wait_ready()
+    assert st["state"] == "idle" and st["firmware"]["device_id"] == "laundry-9"

@@ -248,7 +248,13 @@ def load(path=CONFIG_PATH):
     try:
         return validate(raw), None
     except ConfigError as e:
-        return validate({}), str(e)
+        cfg = validate({})
+        # out of order, but still itself: the device id names its MQTT user and its journal
+        # at the server (it keeps syncing), and what the operator's tools expect to find
+        d = raw.get("device_id") if isinstance(raw, dict) else None
+        if isinstance(d, str) and 0 < len(d) <= 32:
+            cfg["device_id"] = d
+        return cfg, str(e)
 
 
 def load_secrets(path=SECRETS_PATH):
