@@ -82,3 +82,30 @@ def test_pull_import_settle_then_wipe_is_allowed(sim, tmp_path):
     r = washpay("journal", "settle", "--port", port, "--device", "sim-0001", "--db", db)
     assert r.returncode == 0 and "already settled up to" in r.stdout
 
+
+
+def test_a_board_rolled_back_behind_the_ledger_is_refused(sim, tmp_path):
+    """The board's flash put back to an older copy after its journal reached the ledger: the
+    ledger holds records the board does not have; nothing is acknowledged."""
+    state = tmp_path / "st"
+    port = str(state / "console")
+    db = str(tmp_path / "ledger.db")
+    sim.call("power", state="cut")
+    old = (state / "flash.bin").read_bytes()
+    sim.call("power", state="on")
+    sim.wait_ready()
+    for _ in range(3):
+        sim.insert_coin(100)
+    assert washpay("journal", "pull", "--port", port, "-o", str(tmp_path / "p")).returncode == 0
+    r = washpay("server", "import", str(tmp_path / "p"), "--device", "sim-0001", "--site-key",
+                str(state / "site.key"), "--db", db)
+    assert r.returncode == 0, r.stderr
+    sim.wait_ready()
+    sim.call("power", state="cut")
+    (state / "flash.bin").write_bytes(old)
+    sim.call("power", state="on")
+    sim.wait_ready()
+    r = washpay("journal", "settle", "--port", port, "--device", "sim-0001", "--db", db)
+    assert r.returncode == 2 and "a board rolled back or replaced" in r.stderr, r.stderr
+    st = sim.wait_ready()
+    assert st["journal"]["unsynced"] == st["journal"]["last_seq"]  # nothing acknowledged
