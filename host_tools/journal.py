@@ -129,7 +129,9 @@ class Report:
 
     @property
     def verified_any(self):
-        return any(r.status == "ok" for r in self.records)
+        """Whether any record's tag verified (a conflict between copies is not a key
+        problem)."""
+        return any(r.status in ("ok", "conflict") for r in self.records)
 
     def count(self, kind):
         return sum(1 for p in self.problems if p.kind == kind)

@@ -515,6 +515,9 @@ def test_two_pulls_that_differ_mark_the_record(tmp_path):
     workload(f"w.sample({str(first)!r}, 10)\nw.sample({str(second)!r}, 10)")
     report = J.verify(J.load_inputs([first, second]), KEYS)
     assert {r.status for r in report.records} == {"conflict"}
+    assert report.verified_any  # the keys are right: the rows are shown, marked
+    out = J.render(report)
+    assert out.count("conflict") == 10
 
 
 def test_whole_flash_dump_of_an_8_mib_board(full, tmp_path):
