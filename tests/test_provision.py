@@ -252,6 +252,40 @@ def test_wipe_after_sync_gives_the_board_a_new_identity(tmp_path, fw):
         board.stop()
 
 
+def test_wipe_after_pull_import_settle_without_network(tmp_path, fw):
+    """A board that never had a network: right after a pull --wipe-journal is still refused
+    (nothing acknowledged it); once the pull is in a ledger and the board settled, it goes
+    ahead, though the resets since have written boot records."""
+    board = start_bare(tmp_path, fw)
+    key = str(board.key_path)
+    db = str(tmp_path / "ledger.db")
+    try:
+        assert provision(board, device_id="dryer-1").returncode == 0
+        board.wait_ready()
+        board.insert_coin(100)
+        r = washpay("journal", "pull", "--port", board.port, "-o", str(tmp_path / "pulled"))
+        assert r.returncode == 0, r.stderr
+        board.wait_ready()
+        r = provision(board, "--wipe-journal", device_id="dryer-1")
+        assert r.returncode == 2 and "washpay server import" in r.stderr, r.stderr
+        assert "washpay journal settle" in r.stderr
+        board.wait_ready()
+        r = washpay("server", "import", str(tmp_path / "pulled"), "--device", "dryer-1",
+                    "--site-key", key, "--db", db)
+        assert r.returncode == 0, r.stdout + r.stderr
+        r = washpay("journal", "settle", "--port", board.port, "--device", "dryer-1", "--db",
+                    db)
+        assert r.returncode == 0, r.stdout + r.stderr
+        board.wait_ready()
+        r = provision(board, "--wipe-journal", device_id="dryer-2")
+        assert r.returncode == 0, r.stdout + r.stderr
+        assert "journal wiped" in r.stdout
+        st = board.wait_ready()
+        assert st["firmware"]["device_id"] == "dryer-2" and st["journal"]["count"] == 1
+    finally:
+        board.stop()
+
+
 # ---- the checks, with probes of real boards
 def probe(**kw):
     d = {"platform": "esp32", "machine": "Generic ESP32 module with ESP32",
@@ -367,36 +401,3 @@ def test_boot_warnings_name_what_to_check():
     text = " ".join(P.boot_warnings(bad, board))
     assert "no display" in text and "coin line is held active" in text and "journal is low" in text
 
-
-def test_wipe_after_pull_import_settle_without_network(tmp_path, fw):
-    """A board that never had a network: right after a pull --wipe-journal is still refused
-    (nothing acknowledged it); once the pull is in a ledger and the board settled, it goes
-    ahead, though the resets since have written boot records."""
-    board = start_bare(tmp_path, fw)
-    key = str(board.key_path)
-    db = str(tmp_path / "ledger.db")
-    try:
-        assert provision(board, device_id="dryer-1").returncode == 0
-        board.wait_ready()
-        board.insert_coin(100)
-        r = washpay("journal", "pull", "--port", board.port, "-o", str(tmp_path / "pulled"))
-        assert r.returncode == 0, r.stderr
-        board.wait_ready()
-        r = provision(board, "--wipe-journal", device_id="dryer-1")
-        assert r.returncode == 2 and "washpay server import" in r.stderr, r.stderr
-        assert "washpay journal settle" in r.stderr
-        board.wait_ready()
-        r = washpay("server", "import", str(tmp_path / "pulled"), "--device", "dryer-1",
-                    "--site-key", key, "--db", db)
-        assert r.returncode == 0, r.stdout + r.stderr
-        r = washpay("journal", "settle", "--port", board.port, "--device", "dryer-1", "--db",
-                    db)
-        assert r.returncode == 0, r.stdout + r.stderr
-        board.wait_ready()
-        r = provision(board, "--wipe-journal", device_id="dryer-2")
-        assert r.returncode == 0, r.stdout + r.stderr
-        assert "journal wiped" in r.stdout
-        st = board.wait_ready()
-        assert st["firmware"]["device_id"] == "dryer-2" and st["journal"]["count"] == 1
-    finally:
-        board.stop()

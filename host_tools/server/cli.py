@@ -92,12 +92,6 @@ def cmd_server_report(args):
     return 0
 
 
-def cmd_server_import(args):
-    from host_tools.server.importer import import_command
-
-    return import_command(args)
-
-
 def _ledger(db, create=False):
     """The ledger store; a ValueError says why there is none."""
     from host_tools.server.store import StoreError, open_store
@@ -304,6 +298,12 @@ def cmd_server_command(args):
         return 1
     print(json.dumps(res))
     return 0 if res.get("result") in ("started", "done") else 1
+
+
+def cmd_server_import(args):
+    from host_tools.server.importer import import_command
+
+    return import_command(args)
 
 
 def sim_broker_files(state, device_id, broker=None, ca=None):
