@@ -400,4 +400,3 @@ def test_boot_warnings_name_what_to_check():
            "journal": {"level": "low"}}
     text = " ".join(P.boot_warnings(bad, board))
     assert "no display" in text and "coin line is held active" in text and "journal is low" in text
-

@@ -92,11 +92,11 @@ def cmd_server_report(args):
     return 0
 
 
-def _ledger(db, create=False):
+def _ledger(db):
     """The ledger store; a ValueError says why there is none."""
     from host_tools.server.store import StoreError, open_store
 
-    if not create and not db.startswith(("postgres", "sqlite:")) and not Path(db).exists():
+    if not db.startswith(("postgres", "sqlite:")) and not Path(db).exists():
         raise ValueError(f"no ledger at {db} (start `washpay server run`, or name the "
                          "database with --db)")
     try:

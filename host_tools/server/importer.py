@@ -58,15 +58,16 @@ def import_records(store, site_key, device, records, batch=wire.MAX_BATCH):
 
 
 def import_command(args, out=None, err=None):
-    from host_tools.server.cli import _ledger, _site_key
+    from host_tools.server.cli import _site_key
+    from host_tools.server.store import StoreError, open_store
 
     out = out or sys.stdout
     err = err or sys.stderr
     key = _site_key(args.site_key)
     try:
         records, report = read_pull(args.files, key, args.device)
-        store = _ledger(args.db, create=True)
-    except (ImportRefused, ValueError) as e:
+        store = open_store(args.db)  # a site without network may have no ledger yet
+    except (ImportRefused, StoreError) as e:
         err.write(f"washpay server import: {e}\n")
         return 2
     try:
