@@ -199,17 +199,17 @@ def test_altered_records_with_the_right_keys_still_show(full, capsys, tmp_path):
     assert "bad tag" in out and "verification: FAILED" in out
 
 
-def test_pull_into_an_existing_directory_is_refused_before_the_board(tmp_path, capsys):
+def test_pull_into_an_existing_directory_is_refused_before_the_board(tmp_path):
     """Checked first: no mpremote runs (the port here does not exist; a pull that got as far
     as the board would say so instead)."""
     (tmp_path / "out" / "journal").mkdir(parents=True)
     port = str(tmp_path / "no-such-port")
-    assert J.pull_command(port, tmp_path / "out") == 2
-    err = capsys.readouterr().err
-    assert "journal already exists: pull into an empty directory (nothing was read" in err
+    with pytest.raises(J.JournalInputError, match="journal already exists: pull into an empty "
+                       r"directory \(nothing was read from the board\)"):
+        J.pull(port, tmp_path / "out")
     (tmp_path / "afile").write_text("x")
-    assert J.pull_command(port, tmp_path / "afile") == 2
-    assert "is a file: give a directory" in capsys.readouterr().err
+    with pytest.raises(J.JournalInputError, match="is a file: give a directory"):
+        J.pull(port, tmp_path / "afile")
 
 
 def test_host_and_firmware_agree_on_the_documented_tables():
