@@ -146,6 +146,7 @@ def _refused(sim, r, message):
 
 
 def test_wipe_is_refused_while_records_are_unsynced(sim):
+    sim.insert_coin(50)  # a payment: boot records alone would not keep a wipe back
     before = sim.status()["journal"]
     assert before["unsynced"] > 0
     r = provision(sim, "--wipe-journal")
@@ -357,6 +358,7 @@ def test_board_with_a_broken_config_is_refused_then_provisioned_with_config(tmp_
     good one, checked the same way."""
     board = start_bare(tmp_path, fw)
     try:
+        board.wait_for(lambda s: s["mode"] == "repl", what="the REPL")
         bad = tmp_path / "config.json"
         bad.write_text('{"programs": [{"name": "quick", "price": -1}]}')
         r = subprocess.run([*P.mpremote_command(), "connect", board.port, "fs", "cp", str(bad),
