@@ -376,6 +376,9 @@ def _add_real_board_parsers(sub):
                     help="Wi-Fi network (the password goes to /secrets.json)")
     pr.add_argument("--broker", default=None, metavar="URL",
                     help="MQTT broker, mqtts://host[:port]")
+    pr.add_argument("--config", default=None, metavar="FILE",
+                    help="the board's config.json (checked by the firmware's rules first); "
+                    "default: keep the board's")
     pr.add_argument("--wipe-journal", action="store_true",
                     help="start the journal over (refused while records are unsynced)")
     pr.add_argument("--change-board", action="store_true",
@@ -538,6 +541,9 @@ def build_parser():
     pull.add_argument("--no-reset", action="store_true",
                       help="leave the board at the REPL instead of restarting the firmware")
     pull.set_defaults(func=cmd_journal_pull)
+    from host_tools.settle import add_parser as add_settle_parser  # journal settle
+
+    add_settle_parser(journal)
 
     board = sub.add_parser("board", help="board descriptions").add_subparsers(
         dest="board_command", required=True
@@ -547,6 +553,9 @@ def build_parser():
     _add_card_parsers(sub)
     _add_token_parsers(sub)
     _add_real_board_parsers(sub)
+    from host_tools.config_cmd import add_parsers as add_config_parsers  # config get|set|push
+
+    add_config_parsers(sub)
     from host_tools.server.cli import add_parsers as add_sync_parsers  # broker, server
 
     add_sync_parsers(sub)

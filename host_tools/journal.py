@@ -91,9 +91,15 @@ class Record:
     raw: bytes
     where: str  # "00000020.seg #4" or "stage/05", prefixed by the input for several inputs
     anchor: bytes | None = None  # the segment's anchor if this is a segment's first record
-    status: str = "unchecked"  # ok | bad tag | chain break | unverifiable
+    status: str = "unchecked"  # ok | bad tag | chain break | unverifiable; ", conflict"
     fields: dict = field(default_factory=dict)
     computed_tag: bytes = b""
+    conflict: str = ""  # another copy of this seq with other content: where it is
+
+    def mark_conflict(self, other_where):
+        self.conflict = self.conflict or other_where
+        if self.status != "unchecked" and "conflict" not in self.status:
+            self.status = "conflict" if self.status == "ok" else self.status + ", conflict"
 
     @property
     def tag(self):
@@ -115,10 +121,17 @@ class Report:
     torn: list = field(default_factory=list)  # interrupted writes, normal after a power cut
     notes: list = field(default_factory=list)
     cursor: int | None = None
+    keys_confirmed: bool = False  # a segment's key check matched the keys given
 
     @property
     def ok(self):
         return not any(p.failure for p in self.problems)
+
+    @property
+    def verified_any(self):
+        """Whether any record's tag verified (a conflict between copies is not a key
+        problem)."""
+        return any(r.status in ("ok", "conflict") for r in self.records)
 
     def count(self, kind):
         return sum(1 for p in self.problems if p.kind == kind)
@@ -221,11 +234,21 @@ def read_dump(data, name, offset=None, root="/journal"):
         if not _is_littlefs(data) and len(data) >= 0x400000 and _is_littlefs(data, 0x200000):
             offset = 0x200000  # a whole-flash dump of the stock 4 MiB layout
     image = data[offset:]
-    if offset == 0x200000:
-        image = image[:0x200000]
     if not _is_littlefs(image):
         raise JournalInputError(f"{name}: no LittleFS volume at offset {offset:#x}")
-    fs = LittleFS(block_size=4096, block_count=len(image) // 4096, mount=False)
+    # the volume's geometry is in its superblock (docs/journal-format.md, "In a flash
+    # dump"): a whole-flash dump goes on past the vfs partition's end
+    sb = 0 if image[8:16] == b"littlefs" else 4096
+    block_size, block_count = struct.unpack_from("<II", image, sb + 24)
+    if block_size != 4096 or not block_count:
+        raise JournalInputError(f"{name}: the LittleFS volume does not mount (its "
+                                f"superblock says {block_count} blocks of {block_size} "
+                                "bytes; a board's blocks are 4096 bytes)")
+    if len(image) < block_size * block_count:
+        raise JournalInputError(f"{name}: the dump ends {len(image) // block_size} blocks "
+                                f"into a volume of {block_count}: dump the whole vfs partition")
+    image = image[: block_size * block_count]
+    fs = LittleFS(block_size=block_size, block_count=block_count, mount=False)
     fs.context.buffer = bytearray(image)
     try:
         fs.mount()
@@ -299,6 +322,7 @@ class _Analysis:
         if have is None:
             self.by_seq[rec.seq] = rec
         elif have.raw != rec.raw:
+            have.mark_conflict(rec.where)
             self.problem("conflict", f"seq {rec.seq} is stored twice with different content "
                          f"({have.where} and {rec.where})", rec.seq)
 
@@ -341,7 +365,9 @@ class _Analysis:
             self.problem("unreadable", f"{name}: format version {version}, {nrec} records of "
                          f"{recsize} bytes; this decoder reads version {VERSION}")
             return None
-        if kcv != self.keys.key_check:
+        if kcv == self.keys.key_check:
+            self.report.keys_confirmed = True
+        else:
             self.problem("key", f"{name}: sealed with other keys: wrong --site-key or "
                          "--device, or a segment from another board")
         expected = segment_path(first)
@@ -374,8 +400,12 @@ class _Analysis:
         return first
 
     def stage(self, start):
+        """The stage files. `start` is the open segment's first seq as the segment files
+        say (the one after the newest); a stage record at its place in a later segment
+        moves it on: the newer segment files are missing (a damaged or edited dump), and
+        the records staged after them are shown, not dropped (docs/journal-format.md)."""
         files = self.snap.files
-        current = []
+        staged = []
         for j in range(STAGE_SLOTS):
             name = f"stage/{j:02d}"
             if name not in files:
@@ -390,13 +420,22 @@ class _Analysis:
                              f"{RECORD_SIZE}")
                 continue
             seq = struct.unpack_from(">I", data, 4)[0]
+            staged.append((j, name, data, seq))
+            first = seq - j
+            if first > start and (first - 1) % SEGMENT_RECORDS == 0:
+                start = first
+        for j, name, data, seq in staged:
+            where = self.prefix + name
             if seq == start + j:
-                current.append(seq)
                 self.add(Record(seq, data, where))
             elif start > 1 and seq == start - SEGMENT_RECORDS + j:
-                # the previous segment's record, already copied into it: must be identical
+                # the previous segment's record, already copied into it: must be identical;
+                # with that segment file missing, this copy is the only one left
                 have = self.by_seq.get(seq)
-                if have is not None and have.raw != data:
+                if have is None:
+                    self.add(Record(seq, data, where))
+                elif have.raw != data:
+                    have.mark_conflict(where)
                     self.problem("conflict", f"{name}: seq {seq} differs from its copy in "
                                  f"{have.where}", seq)
             else:
@@ -461,6 +500,9 @@ def _verify_chain(by_seq, keys, report, prefix=""):
             report.problems.append(Problem(
                 "chain_break", f"{prefix}seq {seq} ({rec.where}): its segment's anchor is not "
                 f"the tag of seq {seq - 1}: segment header altered or spliced", seq))
+        if rec.conflict:
+            conflict, rec.conflict = rec.conflict, ""
+            rec.mark_conflict(conflict)
         try:
             rec.fields = decode_body(seq, keys.decrypt(rec.raw))
         except (ValueError, OverflowError, OSError):
@@ -509,6 +551,8 @@ def verify(snapshots, keys):
 
 
 def _conflict(report, a, b):
+    a.mark_conflict(b.where)
+    b.mark_conflict(a.where)
     report.problems.append(Problem(
         "conflict", f"seq {a.seq} differs between {a.where} and {b.where}: the journal was "
         "rolled back or a sequence number reused", a.seq))
@@ -606,6 +650,13 @@ def decode_command(paths, site_key_path, device_id, fmt="table", offset=None, ou
         err.write(f"washpay journal decode: {e}\n")
         return 2
     report = verify(snaps, keys)
+    if report.records and not report.verified_any and not report.keys_confirmed:
+        # nothing authenticates: every body is the keystream of other keys over the data,
+        # and printing it would show garbage as if it were money
+        err.write("washpay journal decode: no record verifies with this key and device id: "
+                  f"wrong site key or --device? ({len(report.records)} records read, "
+                  f"device {device_id})\n")
+        return 2
     if fmt == "json":
         fmt = "jsonl"
     if fmt == "table":
@@ -631,7 +682,17 @@ def pull(port, out_dir, root="/journal", reset=True, timeout=120):
     any reset).
     """
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    dest = out / "journal"
+    # refused before the board is touched: mpremote would stop the firmware and reset it
+    if out.exists() and not out.is_dir():
+        raise JournalInputError(f"{out} is a file: give a directory to pull into")
+    if dest.exists():
+        raise JournalInputError(f"{dest} already exists: pull into an empty directory "
+                                "(nothing was read from the board)")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise JournalInputError(f"cannot create {out}: {e.strerror}") from None
     with tempfile.TemporaryDirectory(prefix="washpay-pull-") as tmp:
         cmd = [*mpremote_command(), "connect", port, "fs", "cp", "-r", ":" + root, tmp + "/"]
         if reset:
@@ -647,8 +708,7 @@ def pull(port, out_dir, root="/journal", reset=True, timeout=120):
 
                 raise JournalInputError(mpremote_failure(port, last))
             raise JournalInputError(f"mpremote could not copy {root} from {port}: {last}")
-        dest = out / "journal"
-        if dest.exists():
+        if dest.exists():  # made while mpremote ran
             raise JournalInputError(f"{dest} already exists: pull into an empty directory")
         n = 0
         for p in sorted(got.rglob("*")):

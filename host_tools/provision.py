@@ -555,7 +555,11 @@ def journal_unsynced(port, site_key, device_id):
             "synced cannot be told: --wipe-journal refused (washpay journal pull + decode "
             "shows what is wrong)"
         )
-    return max(0, (s["last_seq"] or 0) - (report.cursor or 0))
+    # boot records after the cursor hold no payment: the reset that follows a pull or a
+    # settle writes one, and it must not keep a settled journal from being wiped
+    cursor = report.cursor or 0
+    return sum(1 for r in report.records
+               if r.seq > cursor and r.fields.get("type") != "boot")
 
 
 # ---- the plan: what to write and remove
@@ -630,6 +634,7 @@ class Options:
     timeout: float = 30.0
     hello_timeout: float = 5.0
     firmware_dir: str | None = None  # default: the repository's firmware/
+    config: str | None = None  # a config.json to install instead of the board's
 
 
 def load_board(board_id):
@@ -654,19 +659,21 @@ def provision(opts, say=print):
     except K.KeyFileError as e:
         raise Refused(str(e)) from None
     mpy_cross = find_mpy_cross(opts.mpy_cross)
+    new_config = _config_file(opts.config) if opts.config else None
 
     check_port(opts.port, opts.hello_timeout)
     try:
         found, ident, firmware, wipe = _inspect(opts, board, device_id, site_key, key_path,
                                                 mpy_cross, say)
+        wanted = dict(firmware)
+        base_config = _base_config(found, new_config, opts.port)
+        # what the board holds stays unless given anew; the derived keys are always rewritten
+        wanted.update(board_files(board, device_id, site_key, wifi, broker, base_config,
+                                  found.secrets))
+        _check_config(json.loads(wanted["/config.json"]), opts.config)
     except Refused:
         restart(opts.port)  # a refusal leaves the machine running as it was
         raise
-    wanted = dict(firmware)
-    base_config = found.config if isinstance(found.config, dict) else {}
-    # what the board holds stays unless given anew; the derived keys are always rewritten
-    wanted.update(board_files(board, device_id, site_key, wifi, broker, base_config,
-                              found.secrets))
     plan = make_plan(wanted, found, wipe)
     if plan.empty:
         say("  changes:  none: every file on the board is up to date")
@@ -697,6 +704,44 @@ def provision(opts, say=print):
     return {"changed": not plan.empty, "plan": plan, "boot": report}
 
 
+def _config_file(path):
+    from host_tools.config_cmd import ConfigRefused, _load_file
+
+    try:
+        return _load_file(path)
+    except ConfigRefused as e:
+        raise Refused(f"--config: {e}") from None
+
+
+def _base_config(found, new_config, port):
+    """The config to provision over: --config's (keeping the board's Wi-Fi and broker unless
+    it sets them), else the board's own, which must at least be a JSON object."""
+    from host_tools.config_cmd import pushed
+
+    have = found.config if isinstance(found.config, dict) else None
+    if new_config is not None:
+        return pushed(have, {k: v for k, v in new_config.items() if k != "device_id"})
+    if found.config is not None and have is None:
+        raise Refused(f"the config.json on the board at {port} is not JSON: give the board "
+                      "a config with --config FILE (provisioning never guesses prices)")
+    return have or {}
+
+
+def _check_config(cfg, path):
+    """The firmware's own rules (run under micropython: host_tools/server/commands.py)."""
+    from host_tools.server.commands import CommandError, check_config
+
+    try:
+        why = check_config(cfg)
+    except CommandError as e:
+        raise Refused(str(e)) from None
+    if why:
+        where = path or "the config.json on the board"
+        raise Refused(f"the firmware would refuse {where} ({why}) and stay out of order: "
+                      + ("fix the file" if path else "give a good one with --config FILE, or "
+                         "fix it with washpay config set"))
+
+
 def _inspect(opts, board, device_id, site_key, key_path, mpy_cross, say):
     """Probe and check the board, compile for it: (probe, identity, firmware, wipe)."""
     found = probe(opts.port)
@@ -710,8 +755,9 @@ def _inspect(opts, board, device_id, site_key, key_path, mpy_cross, say):
         if unsynced:
             raise Refused(
                 f"--wipe-journal refused: the journal of {ident.device_id} has {unsynced} "
-                f"record(s) the server has not acknowledged; let the board sync first "
-                f"(or pull them: washpay journal pull)"
+                f"record(s) the server has not acknowledged; let the board sync first, or, "
+                f"without a network: washpay journal pull, washpay server import, washpay "
+                f"journal settle"
             )
     say(f"  identity: {_identity_text(ident, found, key_path, site_key)}")
 
@@ -785,6 +831,7 @@ def provision_command(args, out=None, err=None):
         passphrase_file=args.passphrase_file, wifi=args.wifi, broker=args.broker,
         wipe_journal=args.wipe_journal, change_board=args.change_board,
         mpy_cross=args.mpy_cross, timeout=args.timeout, firmware_dir=args.firmware_dir,
+        config=getattr(args, "config", None),
     )
 
     def say(text):

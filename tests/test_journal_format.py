@@ -148,9 +148,68 @@ def test_wrong_key_or_device_fails(full, tmp_path, capsys):
         assert "wrong --site-key or --device" in messages(report)
     key_file = tmp_path / "site.key"
     key_file.write_text(SITE.hex())
-    assert J.decode_command([str(path)], key_file, "sim-0002", fmt="jsonl") == 1
-    assert "verification: FAILED" in capsys.readouterr().err
+    other = tmp_path / "other.key"
+    other.write_text(bytes(32).hex())
+    for key, device in ((key_file, "sim-0002"), (other, "sim-0001")):
+        for fmt in ("table", "jsonl", "csv"):
+            assert J.decode_command([str(path)], key, device, fmt=fmt) == 2
+            out, err = capsys.readouterr()
+            assert out == "", out  # no garbage rows
+            assert err == ("washpay journal decode: no record verifies with this key and "
+                           f"device id: wrong site key or --device? (100 records read, "
+                           f"device {device})\n")
+    # stage files only (no segment's key check to go by): the same
+    files = {n: d for n, d in files_of(path).items() if n.startswith("stage/")}
+    young = tmp_path / "young"
+    (young / "stage").mkdir(parents=True)
+    for n, d in files.items():
+        (young / n).write_bytes(d)
+    assert J.decode_command([str(young)], key_file, "sim-0002") == 2
+    assert "no record verifies" in capsys.readouterr().err
+    # with the right keys: the stage alone cannot be chained to the segment before it
+    assert J.decode_command([str(young)], key_file, "sim-0001") == 1
+    assert "ok" in capsys.readouterr().out
+    capsys.readouterr()
     assert J.decode_command([str(tmp_path / "none")], key_file, "sim-0001") == 2
+
+
+def test_altered_records_with_the_right_keys_still_show(full, capsys, tmp_path):
+    """Every record altered, but a segment's key check says the keys are right: not a key
+    problem; the records are listed with their bad tags (exit status 1)."""
+    path, _, _ = full
+    files = files_of(path)
+    for name, data in files.items():
+        if name.endswith(".seg"):
+            b = bytearray(data)
+            for i in range(31):
+                b[32 + i * 128 + 20] ^= 1
+            files[name] = bytes(b)
+        elif name.startswith("stage/"):
+            files[name] = data[:20] + bytes([data[20] ^ 1]) + data[21:]
+    report = check(files)
+    assert not report.verified_any and report.keys_confirmed
+    root = tmp_path / "j"
+    for name, data in files.items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_bytes(data)
+    key_file = tmp_path / "site.key"
+    key_file.write_text(SITE.hex())
+    assert J.decode_command([str(root)], key_file, "sim-0001") == 1
+    out = capsys.readouterr().out
+    assert "bad tag" in out and "verification: FAILED" in out
+
+
+def test_pull_into_an_existing_directory_is_refused_before_the_board(tmp_path):
+    """Checked first: no mpremote runs (the port here does not exist; a pull that got as far
+    as the board would say so instead)."""
+    (tmp_path / "out" / "journal").mkdir(parents=True)
+    port = str(tmp_path / "no-such-port")
+    with pytest.raises(J.JournalInputError, match="journal already exists: pull into an empty "
+                       r"directory \(nothing was read from the board\)"):
+        J.pull(port, tmp_path / "out")
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(J.JournalInputError, match="is a file: give a directory"):
+        J.pull(port, tmp_path / "afile")
 
 
 def test_host_and_firmware_agree_on_the_documented_tables():
@@ -407,3 +466,73 @@ w.unmount()
             continue
         assert (first, last, n) == ([lo], [100], 101 - lo), after
         assert (rfirst, rn, ok) == ([[lo, True]], 101 - lo, True), after
+
+
+# ---- an auditor's damaged dump (issue 12, item 18)
+def test_newest_segment_deleted_shows_the_staged_records_with_the_chain_break(full):
+    """The newest segment file (seq 63-93) deleted: what the stage still holds of it (its
+    staged copies of 70-92) and the open segment's records (94-100) are shown; they verify
+    against each other, and the two places where the chain cannot be followed are marked."""
+    path, _, _ = full
+    files = files_of(path)
+    del files["seg/0000/0000003f.seg"]
+    report = check(files)
+    seqs = [r.seq for r in report.records]
+    assert seqs == list(range(1, 63)) + list(range(70, 93)) + list(range(94, 101))
+    assert "misplaced" not in kinds(report), messages(report)
+    assert [p.message for p in report.gaps()] == ["seq 63-69 missing", "seq 93 missing"]
+    status = {r.seq: r.status for r in report.records}
+    assert status[70] == status[94] == "unverifiable"
+    assert {status[s] for s in seqs if s not in (70, 94)} == {"ok"}
+    assert {p.seq for p in report.problems if p.kind == "chain_break"} == {70, 94}
+    by_seq = {r.seq: r for r in report.records}
+    assert by_seq[92].where == "stage/29" and by_seq[100].where == "stage/06"
+    assert by_seq[100].fields["type"]  # decoded: the bodies are authentic past the break
+    table = J.render(report)
+    assert "unverifiable" in table and "\n100 " in table
+
+
+def test_stage_copy_that_differs_from_its_segment_copy_is_marked(full):
+    path, _, _ = full
+    files = files_of(path)
+    # stage/10 holds seq 73 (the previous segment's record, copied into 0000003f.seg)
+    data = files["stage/10"]
+    assert struct.unpack_from(">I", data, 4)[0] == 73
+    files["stage/10"] = data[:40] + bytes([data[40] ^ 0xFF]) + data[41:]
+    report = check(files)
+    assert "conflict" in kinds(report)
+    by_seq = {r.seq: r for r in report.records}
+    # the segment's copy is the one reported; the record is marked, naming the other copy
+    assert by_seq[73].where == "seg/0000/0000003f.seg #11"
+    assert by_seq[73].status == "conflict" and by_seq[73].conflict == "stage/10"
+    assert [r.seq for r in report.records if r.status != "ok"] == [73]
+    assert "conflict" in J.render(report)
+
+
+def test_two_pulls_that_differ_mark_the_record(tmp_path):
+    first = tmp_path / "first.bin"
+    second = tmp_path / "second.bin"
+    workload(f"w.sample({str(first)!r}, 10)\nw.sample({str(second)!r}, 10)")
+    report = J.verify(J.load_inputs([first, second]), KEYS)
+    assert {r.status for r in report.records} == {"conflict"}
+    assert report.verified_any  # the keys are right: the rows are shown, marked
+    out = J.render(report)
+    assert out.count("conflict") == 10
+
+
+def test_whole_flash_dump_of_an_8_mib_board(full, tmp_path):
+    """The ESP32-S3 board's vfs is 6 MiB at 0x200000: the volume's geometry comes from its
+    superblock, not from the 4 MiB layout; a dump cut short says so."""
+    from host_tools.image import build_volume
+
+    path, _, _ = full
+    files = {f"/journal/{n}": d for n, d in files_of(path).items()}
+    volume, _ = build_volume(files, 0x600000)
+    whole = tmp_path / "s3.bin"
+    whole.write_bytes(b"\xff" * 0x200000 + volume)
+    report = J.verify(J.load_inputs([whole]), KEYS)
+    assert report.ok and len(report.records) == 100, messages(report)
+    short = tmp_path / "short.bin"
+    short.write_bytes(b"\xff" * 0x200000 + volume[:0x200000])
+    with pytest.raises(J.JournalInputError, match="ends 512 blocks into a volume of 1536"):
+        J.load_inputs([short])

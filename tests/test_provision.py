@@ -147,6 +147,7 @@ def _refused(sim, r, message):
 
 
 def test_wipe_is_refused_while_records_are_unsynced(sim):
+    sim.insert_coin(50)  # a payment: boot records alone would not keep a wipe back
     before = sim.status()["journal"]
     assert before["unsynced"] > 0
     r = provision(sim, "--wipe-journal")
@@ -253,6 +254,40 @@ def test_wipe_after_sync_gives_the_board_a_new_identity(tmp_path, fw):
         board.stop()
 
 
+def test_wipe_after_pull_import_settle_without_network(tmp_path, fw):
+    """A board that never had a network: right after a pull --wipe-journal is still refused
+    (nothing acknowledged it); once the pull is in a ledger and the board settled, it goes
+    ahead, though the resets since have written boot records."""
+    board = start_bare(tmp_path, fw)
+    key = str(board.key_path)
+    db = str(tmp_path / "ledger.db")
+    try:
+        assert provision(board, device_id="dryer-1").returncode == 0
+        board.wait_ready()
+        board.insert_coin(100)
+        r = washpay("journal", "pull", "--port", board.port, "-o", str(tmp_path / "pulled"))
+        assert r.returncode == 0, r.stderr
+        board.wait_ready()
+        r = provision(board, "--wipe-journal", device_id="dryer-1")
+        assert r.returncode == 2 and "washpay server import" in r.stderr, r.stderr
+        assert "washpay journal settle" in r.stderr
+        board.wait_ready()
+        r = washpay("server", "import", str(tmp_path / "pulled"), "--device", "dryer-1",
+                    "--site-key", key, "--db", db)
+        assert r.returncode == 0, r.stdout + r.stderr
+        r = washpay("journal", "settle", "--port", board.port, "--device", "dryer-1", "--db",
+                    db)
+        assert r.returncode == 0, r.stdout + r.stderr
+        board.wait_ready()
+        r = provision(board, "--wipe-journal", device_id="dryer-2")
+        assert r.returncode == 0, r.stdout + r.stderr
+        assert "journal wiped" in r.stdout
+        st = board.wait_ready()
+        assert st["firmware"]["device_id"] == "dryer-2" and st["journal"]["count"] == 1
+    finally:
+        board.stop()
+
+
 # ---- the checks, with probes of real boards
 def probe(**kw):
     d = {"platform": "esp32", "machine": "Generic ESP32 module with ESP32",
@@ -317,23 +352,45 @@ def test_plan_writes_what_differs_and_removes_stale_firmware():
                                                            dirs=["/washpay"])).empty
 
 
-def test_board_that_comes_up_out_of_order_is_exit_status_1(tmp_path, fw):
-    """An operator's config.json with a bad price stays (provisioning never guesses prices),
-    and the board that refuses it is reported: files written, board not up as provisioned."""
+def test_board_with_a_broken_config_is_refused_then_provisioned_with_config(tmp_path, fw):
+    """An operator's config.json with a bad price stays (provisioning never guesses prices):
+    the firmware's own rules refuse it before anything is written (it used to be written, the
+    board came up out of order as "wp-000001", exit status 1); --config gives the board a
+    good one, checked the same way."""
     board = start_bare(tmp_path, fw)
     try:
+        board.wait_for(lambda s: s["mode"] == "repl", what="the REPL")
         bad = tmp_path / "config.json"
         bad.write_text('{"programs": [{"name": "quick", "price": -1}]}')
         r = subprocess.run([*P.mpremote_command(), "connect", board.port, "fs", "cp", str(bad),
                             ":/config.json"], capture_output=True, text=True, timeout=60,
                            stdin=subprocess.DEVNULL)
         assert r.returncode == 0, r.stderr
+        files = P.probe(board.port).files
         r = provision(board, device_id="washer-3")
-        assert r.returncode == 1, r.stdout + r.stderr
-        assert "refused config.json (programs[0].price" in r.stderr
+        assert r.returncode == 2, r.stdout + r.stderr
+        assert "the firmware would refuse the config.json on the board (programs[0].price" in (
+            r.stderr)
+        assert "--config FILE" in r.stderr
+        assert P.probe(board.port).files == files  # nothing written
+        for body, message in (('{"max_credit": 1}', "max_credit must cover"),
+                              ("[]", "a config is a JSON object")):
+            bad.write_text(body)
+            r = provision(board, "--config", str(bad), device_id="washer-3")
+            assert r.returncode == 2 and message in r.stderr, r.stderr
+        good = tmp_path / "good.json"
+        good.write_text('{"max_credit": 3000, "programs": [{"name": "eco", "price": 200}]}')
+        r = provision(board, "--config", str(good), device_id="washer-3")
+        assert r.returncode == 0, r.stdout + r.stderr
+        assert "up as washer-3 on sim" in r.stdout
         st = board.wait_ready()
-        assert st["state"] == "out_of_order"
-        assert "programs[0].price" in st["firmware"]["config_error"]
+        assert st["state"] == "idle" and st["firmware"]["config_error"] is None
+        assert st["program"] == "eco"
+        found = P.probe(board.port)
+        P.restart(board.port)
+        assert found.config == {"device_id": "washer-3", "max_credit": 3000,
+                                "programs": [{"name": "eco", "price": 200}]}
+        board.wait_ready()
     finally:
         board.stop()
 

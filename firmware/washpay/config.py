@@ -268,9 +268,16 @@ def load(path=CONFIG_PATH):
     try:
         return validate(raw), None
     except ConfigError as e:
-        return validate({}), str(e)
+        why = str(e)
     except Exception as e:  # noqa: BLE001 - whatever the file holds, the board comes up
-        return validate({}), "config.json refused (%s)" % type(e).__name__
+        why = "config.json refused (%s)" % type(e).__name__
+    cfg = validate({})
+    # out of order, but still itself: the device id names its MQTT user and its journal
+    # at the server (it keeps syncing), and what the operator's tools expect to find
+    d = raw.get("device_id") if isinstance(raw, dict) else None
+    if isinstance(d, str) and 0 < len(d) <= 32:
+        cfg["device_id"] = d
+    return cfg, why
 
 
 def load_secrets(path=SECRETS_PATH):

