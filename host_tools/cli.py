@@ -9,13 +9,20 @@ from host_tools.sim.client import SimClient, SimError
 
 
 def cmd_sim_run(args):
-    from host_tools.sim.runner import SimRunner
+    from pathlib import Path
 
+    from host_tools.sim.runner import SimRefused, SimRunner, lock_state
+
+    try:
+        lock = lock_state(Path(args.state).resolve())  # before anything in it is written
+    except SimRefused as e:
+        print(f"washpay sim run: {e}", file=sys.stderr)
+        return 2
     if args.broker or args.broker_ca:  # docs/sync.md: the board's config.json on a blank flash
         from host_tools.server.cli import sim_broker_files
 
         sim_broker_files(args.state, args.device_id, args.broker, args.broker_ca)
-    SimRunner(
+    runner = SimRunner(
         args.state,
         heap=args.heap,
         device_id=args.device_id,
@@ -24,7 +31,13 @@ def cmd_sim_run(args):
         site_key=args.site_key,
         bare=args.bare,
         flash_image=args.flash_image,
-    ).serve()
+        lock_fd=lock,
+    )
+    try:
+        runner.serve()
+    except SimRefused as e:
+        print(f"washpay sim run: {e}", file=sys.stderr)
+        return 2
     return 0
 
 

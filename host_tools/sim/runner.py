@@ -50,6 +50,27 @@ def micropython_command():
     return found
 
 
+class SimRefused(Exception):
+    """`washpay sim run` did not start the board; the message says why and what to do."""
+
+
+def lock_state(state):
+    """Hold STATE/sim.lock for as long as this process lives: one simulator per state
+    directory. flock locks die with their process, so a killed simulator leaves no lock."""
+    state.mkdir(parents=True, exist_ok=True)
+    fd = os.open(state / "sim.lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.read(fd, 32).decode(errors="replace").strip() or "another process"
+        os.close(fd)
+        raise SimRefused(f"{state} is in use by the simulator with pid {holder}: stop it "
+                         "first, or give another --state directory") from None
+    os.ftruncate(fd, 0)
+    os.write(fd, str(os.getpid()).encode())
+    return fd
+
+
 def _nonblock(fd):
     fl = fcntl.fcntl(fd, fcntl.F_GETFL)
     fcntl.fcntl(fd, fcntl.F_SETFL, fl | os.O_NONBLOCK)
@@ -57,8 +78,9 @@ def _nonblock(fd):
 
 class SimRunner:
     def __init__(self, state_dir, heap="512k", device_id="sim-0001", quiet=False,
-                 firmware_dir=None, site_key=None, bare=False, flash_image=None):
+                 firmware_dir=None, site_key=None, bare=False, flash_image=None, lock_fd=None):
         self.state = Path(state_dir).resolve()
+        self.lock_fd = lock_fd  # STATE/sim.lock, held (lock_state) by whoever made this runner
         # bare: a freshly flashed MicroPython: no /rom, no factory files, an empty LittleFS
         self.bare = bare
         self.flash_image = Path(flash_image).resolve() if flash_image else None
@@ -97,7 +119,9 @@ class SimRunner:
 
     # ---- set-up
     def prepare(self):
-        self.state.mkdir(parents=True, exist_ok=True)
+        # first of all: nothing in a directory another simulator runs on is touched
+        if self.lock_fd is None:
+            self.lock_fd = lock_state(self.state)
         board = json.loads((SIM_DIR / "board.json").read_text())
         flash = self.state / "flash.bin"
         if self.flash_image is not None:  # a volume made elsewhere, e.g. by `washpay image`
