@@ -140,3 +140,13 @@ class Console:
     def reset_and_wait_boot(self, timeout):
         self.reset()
         return self.wait_boot(timeout)
+
+
+def restart(port, timeout):
+    """Reset the board on `port` and return once its firmware is up (its boot report).
+
+    A command that stopped the firmware to work at the REPL hands the next command a board
+    that runs, not one still starting (`mpremote reset` returns before the board has even
+    reset)."""
+    with Console(port) as con:
+        return con.reset_and_wait_boot(timeout)

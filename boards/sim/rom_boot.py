@@ -95,4 +95,7 @@ gc.collect()
 simhw.heap_baseline = gc.mem_alloc()
 
 if _mode == "run" and (not _bare or "main.py" in os.listdir("/")):
+    # up to here the boot ROM and _boot.py, which a console Ctrl-C does not stop on a
+    # board; the host delivers one that came in meanwhile from now on
+    _bench.link.send({"ev": "main"})
     import main  # noqa: E402,F401

@@ -25,6 +25,7 @@ import signal
 import socket
 import subprocess
 import sys
+import termios
 import time
 import tty
 from pathlib import Path
@@ -108,6 +109,14 @@ class SimRunner:
         self.in_repl = False
         self.swallow_until = None  # hide output until this marker (after a raw soft reset)
         self.send_on_prompt = None
+        # Ctrl-C from the console: SIGINT reaches the firmware only while Python code runs
+        # with MicroPython's handler in place (at a prompt SIGINT would kill the process).
+        # Until the boot ROM hands over to main.py it waits, as a byte waits in a UART FIFO.
+        self.main_started = False
+        self.sigint_pending = False
+        self.executing = False  # code sent to the raw REPL runs
+        self.raw_repl = False  # the last prompt was the raw REPL's
+        self.last_sigint = 0.0
         self.stopping = False
         # The machine, its door and the network do not lose their state when our board loses
         # power: the last such request is replayed to every new firmware process.
@@ -226,6 +235,10 @@ class SimRunner:
         self.boot_mode = mode
         self.boots += 1
         self.in_repl = False
+        self.main_started = False
+        self.sigint_pending = False
+        self.executing = False
+        self.raw_repl = False
         self.last_sigint = 0.0  # a new firmware process: its first Ctrl-C stops it
         self.tail = b""
         self.wdt_timeout_ms = 0
@@ -242,6 +255,7 @@ class SimRunner:
         self.child.wait()
         self.child = None
         self._drop_hw()
+        self._flush_console()
         self.power = "off"
         self.relay_on = False
         for rid, (sock, _, _) in list(self.pending.items()):
@@ -257,6 +271,31 @@ class SimRunner:
             self.swallow_until = b"raw REPL; CTRL-B to exit\r\n"
             self.send_on_prompt = b"\x01"
         self.power_on(mode="repl" if mode == "raw" else "run", reason=reason)
+
+    def _flush_console(self):
+        # What the dead board wrote went out on the wire before the power went: pass it on
+        # now, so that it is never taken for the next firmware's output (a prompt from the
+        # old process would make the relay think the new one sits at its REPL). What it
+        # had not read yet is lost, as a UART's receive FIFO is at a reset: the next
+        # firmware must not find an old command waiting on its console.
+        while True:
+            try:
+                data = os.read(self.board_master, 4096)
+            except OSError:
+                break
+            if not data:
+                break
+            self._to_user(data)
+        termios.tcflush(self.board_slave, termios.TCIFLUSH)
+        self.tail = b""
+
+    def _interrupt(self):
+        # one SIGINT per stop: a second one while the unix port unwinds the first can kill
+        # it, where a real board just shows its prompt (`\r\x03\x03`)
+        self.sigint_pending = False
+        if time.monotonic() - self.last_sigint > 1.0:
+            self.last_sigint = time.monotonic()
+            os.killpg(self.child.pid, signal.SIGINT)
 
     def _drop_hw(self):
         if self.hw is not None:
@@ -285,10 +324,12 @@ class SimRunner:
                 self.swallow_until = None
             else:
                 return
-        if self.tail.endswith(FRIENDLY_PROMPT) or self.tail.endswith(RAW_PROMPT):
+        if (self.tail.endswith(FRIENDLY_PROMPT) or self.tail.endswith(RAW_PROMPT)
+                or self.tail.endswith(b"\x04>")):
             self.in_repl = True
-        if self.tail.endswith(b"\x04>"):
-            self.in_repl = True
+            self.raw_repl = not self.tail.endswith(FRIENDLY_PROMPT)
+            self.executing = False
+            self.sigint_pending = False  # the firmware is stopped: nothing to interrupt
         self._to_user(data)
 
     def _at_prompt(self):
@@ -308,12 +349,13 @@ class SimRunner:
                     out.clear()
                 self.reboot("raw" if raw else "run", "soft")
                 continue
-            if b == 0x03 and self.child is not None and not self.in_repl:
-                # one SIGINT per stop: a second one while the unix port unwinds the first
-                # can kill it, where a real board just shows its prompt (`\r\x03\x03`)
-                if time.monotonic() - getattr(self, "last_sigint", 0.0) > 1.0:
-                    self.last_sigint = time.monotonic()
-                    os.killpg(self.child.pid, signal.SIGINT)
+            if b == 0x03 and self.child is not None:
+                if self.executing or (not self.in_repl and self.main_started):
+                    self._interrupt()
+                elif not self.in_repl:  # still booting: stop main.py as soon as it starts
+                    self.sigint_pending = True
+            elif b == 0x04 and self.in_repl and self.raw_repl and not self._at_prompt():
+                self.executing = True  # the end of code for the raw REPL: it runs now
             out.append(b)
             if self._at_prompt():
                 self.tail += b"."  # the prompt is no longer empty
@@ -351,6 +393,10 @@ class SimRunner:
             self.last_feed = time.monotonic()
         elif ev == "reset":
             self.reboot("run", "hard", banner=b"")
+        elif ev == "main":  # the boot ROM runs main.py now: a Ctrl-C can stop it
+            self.main_started = True
+            if self.sigint_pending and self.child is not None:
+                self._interrupt()
         elif ev in ("card", "card_left"):
             self.cards.on_event(msg)
 
@@ -475,6 +521,13 @@ class SimRunner:
                     rc = self.child.returncode
                     self.child = None
                     self._drop_hw()
+                    self._flush_console()
+                    if rc == -signal.SIGINT:
+                        # a Ctrl-C that met the unix port at its prompt, where its SIGINT
+                        # handler is off: a board shows a new prompt; bring the REPL back
+                        self.event("Ctrl-C at the prompt: REPL restarted")
+                        self.power_on(mode="repl", reason="soft")
+                        continue
                     self.power = "halted"
                     self.event("firmware process exited", code=rc)
                 self._expire()
