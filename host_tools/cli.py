@@ -32,6 +32,7 @@ def cmd_sim_run(args):
         bare=args.bare,
         flash_image=args.flash_image,
         lock_fd=lock,
+        format_flash=args.format,
     )
     try:
         runner.serve()
@@ -425,6 +426,13 @@ def build_parser():
         default=None,
         help="start from this LittleFS volume (copied to STATE/flash.bin, which must not "
         "exist yet), or from a factory image of `washpay image --board sim` (its vfs part)",
+    )
+    run.add_argument(
+        "--format",
+        action="store_true",
+        help="format a flash that holds no volume that mounts (its journal is lost: decode "
+        "it first with washpay journal decode STATE/flash.bin; a copy is kept as "
+        "STATE/flash.bin.unmountable); without it such a flash is refused (exit 2)",
     )
     run.add_argument("--broker", default=None,
                      help="MQTT broker for the board's config.json on a blank flash: "

@@ -206,6 +206,7 @@ class Snapshot:
 
     name: str
     files: dict
+    note: str = ""  # how the files were found, when not in a volume that mounted
 
 
 def _is_littlefs(data, offset=0):
@@ -224,13 +225,13 @@ def read_dump(data, name, offset=None, root="/journal"):
     if offset == 0x200000:
         image = image[:0x200000]
     if not _is_littlefs(image):
-        raise JournalInputError(f"{name}: no LittleFS volume at offset {offset:#x}")
+        return _raw_snapshot(image, name, f"no LittleFS volume at offset {offset:#x}")
     fs = LittleFS(block_size=4096, block_count=len(image) // 4096, mount=False)
-    fs.context.buffer = bytearray(image)
+    fs.context.buffer = bytearray(image[: len(image) // 4096 * 4096])
     try:
         fs.mount()
     except LittleFSError as e:
-        raise JournalInputError(f"{name}: the LittleFS volume does not mount ({e})") from None
+        return _raw_snapshot(image, name, f"the LittleFS volume does not mount ({e})")
     files = {}
     try:
         for top, _dirs, names in fs.walk(root):
@@ -241,6 +242,47 @@ def read_dump(data, name, offset=None, root="/journal"):
     except LittleFSError as e:
         raise JournalInputError(f"{name}: no {root} directory in the image ({e})") from None
     return Snapshot(name, files)
+
+
+def _raw_snapshot(image, name, why):
+    """A dump whose volume cannot be read as a file system (cut short, overwritten, its
+    superblocks gone): its journal, found in the raw bytes. Every record still goes through
+    verification; what the scan cannot see shows there as a gap."""
+    files = scan_raw(image)
+    if not files:
+        raise JournalInputError(f"{name}: {why}, and its raw blocks hold no journal segment "
+                                "or staged record")
+    return Snapshot(name, files, note=(
+        f"{name}: {why}: the journal was read from its raw blocks ({len(files)} files: "
+        "segments by their header, staged records by their sequence number)"))
+
+
+def scan_raw(image):
+    """{journal path: bytes} found without LittleFS. A segment file is one flash block of its
+    own (4000 bytes: LittleFS puts a new file's data at the start of a block), so it starts
+    with its magic at a block boundary; the open segment's staged records are 128-byte files
+    stored inline in LittleFS's metadata, found by their first 8 bytes (version 2, three zero
+    bytes, a sequence number after the newest segment's). A copy of a block LittleFS has let
+    go of may be found too: copies of a record must agree, which verification checks."""
+    files = {}
+    newest = 0
+    for off in range(0, len(image) - SEGMENT_SIZE + 1, 4096):
+        if image[off : off + 4] == SEGMENT_MAGIC:
+            first = struct.unpack_from(">I", image, off + 8)[0]
+            files.setdefault(segment_path(first), bytes(image[off : off + SEGMENT_SIZE]))
+            newest = max(newest, first)
+    start = newest + SEGMENT_RECORDS if newest else 1
+    for j in range(STAGE_SLOTS):
+        pattern = struct.pack(">I", start + j)
+        i = image.find(pattern)
+        while i != -1:
+            at = i - 4
+            if (at >= 0 and image[at : at + 4] == bytes((VERSION, 0, 0, 0))
+                    and at + RECORD_SIZE <= len(image)):
+                files[f"stage/{j:02d}"] = bytes(image[at : at + RECORD_SIZE])
+                break
+            i = image.find(pattern, i + 1)
+    return files
 
 
 def _read_dir(path):
@@ -265,9 +307,7 @@ def load_inputs(paths, offset=None):
             data = p.read_bytes()
         except OSError as e:
             raise JournalInputError(f"cannot read {p}: {e.strerror}") from None
-        if len(data) >= 8192 and len(data) % 4096 == 0 and (
-            offset is not None or _is_littlefs(data) or _is_littlefs(data, 0x200000)
-        ):
+        if len(data) >= 8192:  # a dump (journal files are at most a block), whole or not
             snaps.append(read_dump(data, str(p), offset))
             continue
         if p.parent.name == "stage":
@@ -474,6 +514,8 @@ def verify(snapshots, keys):
     several = len(snapshots) > 1
     for snap in snapshots:
         prefix = f"{snap.name}: " if several else ""
+        if snap.note:
+            report.notes.append(snap.note)
         a = _Analysis(snap, keys, report, prefix)
         by_seq = a.run()
         _verify_chain(by_seq, keys, report, prefix)

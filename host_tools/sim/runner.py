@@ -79,9 +79,14 @@ def _nonblock(fd):
 
 class SimRunner:
     def __init__(self, state_dir, heap="512k", device_id="sim-0001", quiet=False,
-                 firmware_dir=None, site_key=None, bare=False, flash_image=None, lock_fd=None):
+                 firmware_dir=None, site_key=None, bare=False, flash_image=None, lock_fd=None,
+                 format_flash=False):
         self.state = Path(state_dir).resolve()
         self.lock_fd = lock_fd  # STATE/sim.lock, held (lock_state) by whoever made this runner
+        # --format: the first boot formats a flash that does not mount (rom_boot.py); without
+        # it such a flash stops the simulator with `refused`, the flash left as it was
+        self.format_flash = format_flash
+        self.refused = None
         # bare: a freshly flashed MicroPython: no /rom, no factory files, an empty LittleFS
         self.bare = bare
         self.flash_image = Path(flash_image).resolve() if flash_image else None
@@ -140,6 +145,9 @@ class SimRunner:
         if self.bare and not flash.exists():  # erased flash: MicroPython formats it at boot
             with open(flash, "wb") as f:
                 f.write(b"\xff" * (board.get("sim", {}).get("flash_blocks", 512) * 4096))
+        size = board.get("sim", {}).get("flash_blocks", 512) * 4096
+        if flash.exists() and flash.stat().st_size != size:
+            self._wrong_size(flash, size)
         if not flash.exists():
             blocks = board.get("sim", {}).get("flash_blocks", 512)
             with open(flash, "wb") as f:
@@ -200,6 +208,23 @@ class SimRunner:
         self.ctl_server.listen(8)
         self.sel.register(self.ctl_server, selectors.EVENT_READ, "ctl-accept")
 
+    def _wrong_size(self, flash, size):
+        # A chip has one size: a flash file cut short (or grown) is damaged, and what LittleFS
+        # would read past its end is not what a chip holds. Refused like a flash that does
+        # not mount; --format keeps a copy and starts from an erased chip.
+        got = flash.stat().st_size
+        if not self.format_flash:
+            raise SimRefused(
+                f"{flash} is {got} bytes, the simulated flash chip {size}: it is damaged and "
+                f"nothing was changed. Read its journal with `washpay journal decode {flash} "
+                "--site-key KEY --device ID`; then `washpay sim run --format` formats it (a "
+                "copy is kept as flash.bin.unmountable)")
+        os.replace(flash, flash.with_name("flash.bin.unmountable"))
+        with open(flash, "wb") as f:
+            f.write(b"\xff" * size)
+        print(f"sim: --format: {flash} was {got} bytes, not {size}: kept as "
+              "flash.bin.unmountable; an erased chip in its place", flush=True)
+
     def event(self, kind, **data):
         ev = {"t": round(time.time(), 3), "event": kind, **data}
         self.events.append(ev)
@@ -223,6 +248,9 @@ class SimRunner:
             str(SIM_DIR),
             str(BOOT_REASON[reason]),
         ]
+        if self.format_flash:
+            cmd.append("format")
+            self.format_flash = False  # the operator said so for this start, not for ever
         self.child = subprocess.Popen(
             cmd,
             stdin=self.board_slave,
@@ -393,6 +421,14 @@ class SimRunner:
             self.last_feed = time.monotonic()
         elif ev == "reset":
             self.reboot("run", "hard", banner=b"")
+        elif ev == "refused":
+            flash = self.state / "flash.bin"
+            self.refused = (
+                f"{flash} holds no LittleFS volume that mounts (OSError {msg.get('errno')}) "
+                "and is not blank: nothing was changed. Read its journal with `washpay "
+                f"journal decode {flash} --site-key KEY --device ID`; then `washpay sim run "
+                "--format` formats it (a copy is kept as flash.bin.unmountable)")
+            self.stopping = True
         elif ev == "main":  # the boot ROM runs main.py now: a Ctrl-C can stop it
             self.main_started = True
             if self.sigint_pending and self.child is not None:
@@ -540,6 +576,8 @@ class SimRunner:
                     (self.state / name).unlink()
                 except FileNotFoundError:
                     pass
+        if self.refused:
+            raise SimRefused(self.refused)
 
     def _dispatch(self, key):
         what = key.data
