@@ -125,3 +125,62 @@ def test_blank_flash_is_still_formatted(tmp_path):
     with SimBoard(st, log=tmp_path / "sim2.log") as board:
         assert board.wait_ready()["journal"]["count"] == 1  # formatted, factory files in
     assert b"blank flash, formatting" in (st / "console.log").read_bytes()
+
+
+# ---- item 3 on a real board: boards/esp32/_boot.py under the real MicroPython, with the
+# port's flashbdev (the vfs partition) standing on a file and a stand-in for its inisetup
+BOOT_STUBS = {
+    "flashbdev.py": """
+import sim_flash
+bdev = sim_flash.SimFlash(open({path!r}, "r+b"), 64)
+""",
+    "inisetup.py": """
+import vfs
+from flashbdev import bdev
+def setup():  # the port's: format (its first block is erased, as _boot.py made sure)
+    print("Performing initial setup")
+    vfs.VfsLfs2.mkfs(bdev)
+    vfs.mount(vfs.VfsLfs2(bdev), "/")
+    with open("boot.py", "w") as f:
+        f.write("# stock boot.py")
+""",
+}
+BOOT_RUN = """
+import vfs, os
+import flashbdev, inisetup  # frozen on a board: there before any file system
+src = open({boot!r}).read()
+vfs.umount("/")  # the board starts with nothing mounted
+exec(src)
+print("mounted:", sorted(os.listdir("/")) or "nothing")
+"""
+
+
+def run_board_boot(tmp_path, flash):
+    from conftest import SIM, run_micropython
+
+    stubs = tmp_path / "stubs"
+    stubs.mkdir(exist_ok=True)
+    for name, text in BOOT_STUBS.items():
+        (stubs / name).write_text(text.format(path=str(flash)))
+    code = BOOT_RUN.format(boot=str(ROOT / "boards" / "esp32" / "_boot.py"))
+    return run_micropython(code, extra_path=(stubs, SIM))[1]
+
+
+def test_board_boot_formats_only_an_erased_partition(tmp_path):
+    flash = tmp_path / "vfs.bin"
+    flash.write_bytes(b"\xff" * 64 * 4096)
+    out = run_board_boot(tmp_path, flash)
+    assert "Performing initial setup" in out and "mounted: ['boot.py']" in out
+    good = flash.read_bytes()
+    # a volume that mounts is mounted, untouched by any setup
+    out = run_board_boot(tmp_path, flash)
+    assert "Performing initial setup" not in out and "mounted: ['boot.py']" in out
+    assert flash.read_bytes() == good
+    # its first block erased and the second one damaged: stock formats this one (its check
+    # looks at the first block only); ours keeps it, says so, and mounts nothing
+    damaged = b"\xff" * 4096 + b"\0" * 4096 + good[8192:]
+    flash.write_bytes(damaged)
+    out = run_board_boot(tmp_path, flash)
+    assert "washpay: out of order: flash refused" in out and "esptool read-flash" in out
+    assert "Performing initial setup" not in out and "mounted: nothing" in out
+    assert flash.read_bytes() == damaged
