@@ -68,6 +68,13 @@ def test_ctrl_c_during_start_then_mpremote_works(sim, marker):
     exec_ok(port, marker)
     exec_ok(port, marker)  # and the one after it
     assert sim.status()["mode"] == "repl"
+    # stopped at the REPL, the firmware leaves the acceptor refusing coins: nobody would
+    # count them (once up, it had released the inhibit line)
+    events = sim.call("events")["events"]
+    since = max(i for i, e in enumerate(events) if e["event"] == "power on")
+    pins = [e["level"] for e in events[since:]
+            if e["event"] == "pin" and e["name"] == "coin_inhibit"]
+    assert not pins or pins[-1] == 1, pins
     r = mpremote(port, "reset")
     assert r.returncode == 0, r.stderr
     sim.wait_ready()
