@@ -7,7 +7,9 @@ it never imports the firmware. It reads:
   `seg/GGGG/XXXXXXXX.seg`, the open segment's `stage/NN` records, `head`), or loose files
   from one;
 - a raw dump of the board's `vfs` partition (`esptool read-flash 0x200000 0x200000 vfs.bin`)
-  or of the whole flash, through littlefs-python, so a dead board's journal is recoverable.
+  or of the whole flash, through littlefs-python, so a dead board's journal is recoverable;
+  a dump whose volume does not mount (cut short, superblocks overwritten) is read from its
+  raw blocks (scan_raw), with a note that says so.
 
 Verification checks every tag (AES-256-CTR, then HMAC-SHA256 over the previous tag, the
 header and the ciphertext), the chain from record to record and across segments, sequence
