@@ -665,10 +665,17 @@ def pull(port, out_dir, root="/journal", reset=True, timeout=120):
     out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="washpay-pull-") as tmp:
         cmd = [*mpremote_command(), "connect", port, "fs", "cp", "-r", ":" + root, tmp + "/"]
-        if reset:
-            cmd += ["+", "reset"]
         proc = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, text=True,
                               timeout=timeout)
+        if reset:  # and back up before the next command comes (not `mpremote reset`)
+            from host_tools.console import ConsoleError, restart
+
+            try:
+                restart(port, timeout)
+            except ConsoleError as e:
+                if proc.returncode == 0:  # else the copy's own error says more, below
+                    raise JournalInputError(f"the board did not come back after its "
+                                            f"restart: {e}") from None
         got = Path(tmp) / root.strip("/").split("/")[-1]
         if proc.returncode != 0 or not got.is_dir():
             why = (proc.stderr or proc.stdout).strip().splitlines()

@@ -117,5 +117,12 @@ def test_card_issue_then_reads_back_to_back(sim):
         r = washpay("card", "read", "--port", port, "--site-key", key, "--json")
         assert r.returncode == 0, (i, r.stderr)
         assert json.loads(r.stdout)["balance"] == 2000
-    # every command left the firmware running, not half-way through its start
-    assert sim.status()["state"] == "idle"
+        # the command returned with the firmware running, not half-way through its start
+        assert sim.status()["state"] == "idle"
+
+
+def test_journal_pull_returns_with_the_board_up(sim, tmp_path):
+    r = washpay("journal", "pull", "--port", str(sim.state / "console"), "-o",
+                str(tmp_path / "pulled"))
+    assert r.returncode == 0, r.stderr
+    assert sim.status()["state"] == "idle"  # asked at once: the restart is over
