@@ -286,9 +286,17 @@ class BoardLink:
             raise CardToolError(f"could not write {remote} on the board: {r.stderr.strip()}")
 
     def finish(self, reset=True):
+        # restart the firmware and wait until it is up (its boot line), so that the next
+        # command never meets a firmware that is still starting
         if reset and self.used:
-            self._mpremote("reset")
+            from host_tools.console import ConsoleError, restart
+
             self.used = False
+            try:
+                restart(self.port, self.timeout)
+            except ConsoleError as e:
+                raise CardToolError(f"the board did not come back after its restart: {e}") \
+                    from None
 
 
 def _fail(result, what):

@@ -11,8 +11,15 @@ from host_tools.sim.client import SimClient, SimError
 
 
 def cmd_sim_run(args):
-    from host_tools.sim.runner import SimRunner
+    from pathlib import Path
 
+    from host_tools.sim.runner import SimRefused, SimRunner, lock_state
+
+    try:
+        lock = lock_state(Path(args.state).resolve())  # before anything in it is written
+    except SimRefused as e:
+        print(f"washpay sim run: {e}", file=sys.stderr)
+        return 2
     if args.broker or args.broker_ca:  # docs/sync.md: the board's config.json on a blank flash
         from host_tools.server.cli import sim_broker_files
 
@@ -21,7 +28,7 @@ def cmd_sim_run(args):
         except ValueError as e:
             print(f"washpay sim run: {e}", file=sys.stderr)
             return 2
-    SimRunner(
+    runner = SimRunner(
         args.state,
         heap=args.heap,
         device_id=args.device_id,
@@ -30,7 +37,14 @@ def cmd_sim_run(args):
         site_key=args.site_key,
         bare=args.bare,
         flash_image=args.flash_image,
-    ).serve()
+        lock_fd=lock,
+        format_flash=args.format,
+    )
+    try:
+        runner.serve()
+    except SimRefused as e:
+        print(f"washpay sim run: {e}", file=sys.stderr)
+        return 2
     return 0
 
 
@@ -471,6 +485,13 @@ def build_parser():
         default=None,
         help="start from this LittleFS volume (copied to STATE/flash.bin, which must not "
         "exist yet), or from a factory image of `washpay image --board sim` (its vfs part)",
+    )
+    run.add_argument(
+        "--format",
+        action="store_true",
+        help="format a flash that holds no volume that mounts (its journal is lost: decode "
+        "it first with washpay journal decode STATE/flash.bin; a copy is kept as "
+        "STATE/flash.bin.unmountable); without it such a flash is refused (exit 2)",
     )
     run.add_argument("--broker", default=None,
                      help="MQTT broker for the board's config.json on a blank flash: "

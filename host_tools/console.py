@@ -161,3 +161,13 @@ def mpremote_failure(port, text):
             f"cannot open {port}: another program holds it (a serial terminal, mpremote, "
             "another washpay command): close it and try again")
     return text
+
+
+def restart(port, timeout):
+    """Reset the board on `port` and return once its firmware is up (its boot report).
+
+    A command that stopped the firmware to work at the REPL hands the next command a board
+    that runs, not one still starting (`mpremote reset` returns before the board has even
+    reset)."""
+    with Console(port) as con:
+        return con.reset_and_wait_boot(timeout)

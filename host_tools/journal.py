@@ -7,7 +7,9 @@ it never imports the firmware. It reads:
   `seg/GGGG/XXXXXXXX.seg`, the open segment's `stage/NN` records, `head`), or loose files
   from one;
 - a raw dump of the board's `vfs` partition (`esptool read-flash 0x200000 0x200000 vfs.bin`)
-  or of the whole flash, through littlefs-python, so a dead board's journal is recoverable.
+  or of the whole flash, through littlefs-python, so a dead board's journal is recoverable;
+  a dump whose volume does not mount (cut short, superblocks overwritten) is read from its
+  raw blocks (scan_raw), with a note that says so.
 
 Verification checks every tag (AES-256-CTR, then HMAC-SHA256 over the previous tag, the
 header and the ciphertext), the chain from record to record and across segments, sequence
@@ -219,6 +221,7 @@ class Snapshot:
 
     name: str
     files: dict
+    note: str = ""  # how the files were found, when not in a volume that mounted
 
 
 def _is_littlefs(data, offset=0):
@@ -235,25 +238,25 @@ def read_dump(data, name, offset=None, root="/journal"):
             offset = 0x200000  # a whole-flash dump of the stock 4 MiB layout
     image = data[offset:]
     if not _is_littlefs(image):
-        raise JournalInputError(f"{name}: no LittleFS volume at offset {offset:#x}")
+        return _raw_snapshot(image, name, f"no LittleFS volume at offset {offset:#x}")
     # the volume's geometry is in its superblock (docs/journal-format.md, "In a flash
     # dump"): a whole-flash dump goes on past the vfs partition's end
     sb = 0 if image[8:16] == b"littlefs" else 4096
     block_size, block_count = struct.unpack_from("<II", image, sb + 24)
     if block_size != 4096 or not block_count:
-        raise JournalInputError(f"{name}: the LittleFS volume does not mount (its "
-                                f"superblock says {block_count} blocks of {block_size} "
-                                "bytes; a board's blocks are 4096 bytes)")
+        return _raw_snapshot(image, name, f"the LittleFS volume does not mount (its "
+                             f"superblock says {block_count} blocks of {block_size} bytes; "
+                             "a board's blocks are 4096 bytes)")
     if len(image) < block_size * block_count:
-        raise JournalInputError(f"{name}: the dump ends {len(image) // block_size} blocks "
-                                f"into a volume of {block_count}: dump the whole vfs partition")
+        return _raw_snapshot(image, name, f"the dump ends {len(image) // block_size} blocks "
+                             f"into a volume of {block_count} (dump the whole vfs partition)")
     image = image[: block_size * block_count]
     fs = LittleFS(block_size=block_size, block_count=block_count, mount=False)
     fs.context.buffer = bytearray(image)
     try:
         fs.mount()
     except LittleFSError as e:
-        raise JournalInputError(f"{name}: the LittleFS volume does not mount ({e})") from None
+        return _raw_snapshot(image, name, f"the LittleFS volume does not mount ({e})")
     files = {}
     try:
         for top, _dirs, names in fs.walk(root):
@@ -264,6 +267,47 @@ def read_dump(data, name, offset=None, root="/journal"):
     except LittleFSError as e:
         raise JournalInputError(f"{name}: no {root} directory in the image ({e})") from None
     return Snapshot(name, files)
+
+
+def _raw_snapshot(image, name, why):
+    """A dump whose volume cannot be read as a file system (cut short, overwritten, its
+    superblocks gone): its journal, found in the raw bytes. Every record still goes through
+    verification; what the scan cannot see shows there as a gap."""
+    files = scan_raw(image)
+    if not files:
+        raise JournalInputError(f"{name}: {why}, and its raw blocks hold no journal segment "
+                                "or staged record")
+    return Snapshot(name, files, note=(
+        f"{name}: {why}: the journal was read from its raw blocks ({len(files)} files: "
+        "segments by their header, staged records by their sequence number)"))
+
+
+def scan_raw(image):
+    """{journal path: bytes} found without LittleFS. A segment file is one flash block of its
+    own (4000 bytes: LittleFS puts a new file's data at the start of a block), so it starts
+    with its magic at a block boundary; the open segment's staged records are 128-byte files
+    stored inline in LittleFS's metadata, found by their first 8 bytes (version 2, three zero
+    bytes, a sequence number after the newest segment's). A copy of a block LittleFS has let
+    go of may be found too: copies of a record must agree, which verification checks."""
+    files = {}
+    newest = 0
+    for off in range(0, len(image) - SEGMENT_SIZE + 1, 4096):
+        if image[off : off + 4] == SEGMENT_MAGIC:
+            first = struct.unpack_from(">I", image, off + 8)[0]
+            files.setdefault(segment_path(first), bytes(image[off : off + SEGMENT_SIZE]))
+            newest = max(newest, first)
+    start = newest + SEGMENT_RECORDS if newest else 1
+    for j in range(STAGE_SLOTS):
+        pattern = struct.pack(">I", start + j)
+        i = image.find(pattern)
+        while i != -1:
+            at = i - 4
+            if (at >= 0 and image[at : at + 4] == bytes((VERSION, 0, 0, 0))
+                    and at + RECORD_SIZE <= len(image)):
+                files[f"stage/{j:02d}"] = bytes(image[at : at + RECORD_SIZE])
+                break
+            i = image.find(pattern, i + 1)
+    return files
 
 
 def _read_dir(path):
@@ -288,9 +332,7 @@ def load_inputs(paths, offset=None):
             data = p.read_bytes()
         except OSError as e:
             raise JournalInputError(f"cannot read {p}: {e.strerror}") from None
-        if len(data) >= 8192 and len(data) % 4096 == 0 and (
-            offset is not None or _is_littlefs(data) or _is_littlefs(data, 0x200000)
-        ):
+        if len(data) >= 8192:  # a dump (journal files are at most a block), whole or not
             snaps.append(read_dump(data, str(p), offset))
             continue
         if p.parent.name == "stage":
@@ -516,6 +558,8 @@ def verify(snapshots, keys):
     several = len(snapshots) > 1
     for snap in snapshots:
         prefix = f"{snap.name}: " if several else ""
+        if snap.note:
+            report.notes.append(snap.note)
         a = _Analysis(snap, keys, report, prefix)
         by_seq = a.run()
         _verify_chain(by_seq, keys, report, prefix)
@@ -695,10 +739,17 @@ def pull(port, out_dir, root="/journal", reset=True, timeout=120):
         raise JournalInputError(f"cannot create {out}: {e.strerror}") from None
     with tempfile.TemporaryDirectory(prefix="washpay-pull-") as tmp:
         cmd = [*mpremote_command(), "connect", port, "fs", "cp", "-r", ":" + root, tmp + "/"]
-        if reset:
-            cmd += ["+", "reset"]
         proc = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, text=True,
                               timeout=timeout)
+        if reset:  # and back up before the next command comes (not `mpremote reset`)
+            from host_tools.console import ConsoleError, restart
+
+            try:
+                restart(port, timeout)
+            except ConsoleError as e:
+                if proc.returncode == 0:  # else the copy's own error says more, below
+                    raise JournalInputError(f"the board did not come back after its "
+                                            f"restart: {e}") from None
         got = Path(tmp) / root.strip("/").split("/")[-1]
         if proc.returncode != 0 or not got.is_dir():
             why = (proc.stderr or proc.stdout).strip().splitlines()

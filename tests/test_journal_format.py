@@ -413,8 +413,12 @@ def test_rollback_is_a_conflict_between_two_pulls(tmp_path):
 
 def test_unreadable_inputs_say_why(tmp_path):
     junk = tmp_path / "junk.bin"
-    junk.write_bytes(b"\0" * 8192)
-    report = J.verify(J.load_inputs([junk]), KEYS)
+    junk.write_bytes(b"\0" * 8192)  # a dump's size, neither a volume nor a journal in it
+    with pytest.raises(J.JournalInputError, match="no LittleFS volume.*no journal segment"):
+        J.load_inputs([junk])
+    loose = tmp_path / "notes.txt"
+    loose.write_bytes(b"\0" * 100)
+    report = J.verify(J.load_inputs([loose]), KEYS)
     assert "unreadable" in kinds(report)
     dump = tmp_path / "dump.bin"
     dump.write_bytes(b"\xff" * 8 + b"littlefs" + b"\xff" * (8192 - 16))

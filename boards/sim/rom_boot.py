@@ -1,7 +1,7 @@
 # The simulated board's boot ROM: what the ESP32's bootloader and MicroPython's _boot.py do
 # on a real board, for the unix port.
 #
-#   micropython -i rom_boot.py STATE_DIR MODE FIRMWARE_DIR SIM_DIR BOOT_REASON
+#   micropython -i rom_boot.py STATE_DIR MODE FIRMWARE_DIR SIM_DIR BOOT_REASON [format]
 #
 # It opens the flash file, mounts its LittleFS volume at / (formatting a blank flash and
 # installing the factory files from STATE_DIR/provision, as a factory image would), mounts
@@ -9,13 +9,20 @@
 # connects the simulated peripherals to the host, and in MODE "run" starts main.py the way
 # MicroPython does: from / if present, else from /rom. Afterwards `-i` leaves the REPL on
 # the console, as a real board does when main.py ends or is interrupted.
+#
+# A flash that does not mount and is not blank is never formatted by itself (it holds the
+# journal: money records not yet synced): the host is told, and stops the simulator with
+# that reason; only "format" (washpay sim run --format) formats it, after keeping a copy as
+# STATE_DIR/flash.bin.unmountable. What a real board does: boards/esp32/_boot.py.
 import json
 import os
 import sys
+import time
 
 import vfs
 
 _state, _mode, _firmware, _simdir, _reason = sys.argv[1:6]
+_format = sys.argv[6:7] == ["format"]
 sys.path.insert(0, _simdir)
 # FIRMWARE_DIR "-": a bare board, as MicroPython is after `washpay flash`: no /rom, no
 # factory files; a blank flash becomes an empty volume and main.py runs only if one is there
@@ -68,14 +75,36 @@ if _firmware.endswith(".romfs"):
     with open(_firmware, "rb") as _f:
         _romfs = _f.read()
 
-vfs.umount("/")
 try:
-    vfs.mount(vfs.VfsLfs2(_bdev), "/")
-except OSError:
-    # a bare board has no factory files: say only what happens
-    print("sim: blank flash, formatting LittleFS" + ("" if _bare else
-                                                     " and installing factory files"))
+    _vol = vfs.VfsLfs2(_bdev)  # mounts it: OSError if there is no volume that mounts
+except OSError as _e:
+    _vol = None
+    if _bdev.erased():
+        print("sim: blank flash, formatting LittleFS" + ("" if _bare else
+                                                         " and installing factory files"))
+        _bdev.erase_all()  # an empty or short file becomes the whole chip, erased
+    elif _format:
+        print("sim: --format: the flash holds no volume that mounts (OSError %d); a copy "
+              "is kept as flash.bin.unmountable; formatting it" % _e.errno)
+        _flashfile.seek(0)
+        with open(_state + "/flash.bin.unmountable", "wb") as _f:
+            _buf = bytearray(4096)
+            while True:
+                _n = _flashfile.readinto(_buf)
+                if not _n:
+                    break
+                _f.write(_buf[:_n])
+        _buf = None
+        _bdev.erase_all()
+    else:
+        _bench.link.send({"ev": "refused", "errno": _e.errno})
+        while True:  # the host stops the simulator; the flash stays as it is
+            time.sleep(1)
     vfs.VfsLfs2.mkfs(_bdev)
+vfs.umount("/")
+if _vol is not None:
+    vfs.mount(_vol, "/")
+else:
     vfs.mount(vfs.VfsLfs2(_bdev), "/")
     for _name, _data in _factory.items():
         with open("/" + _name, "wb") as _f:
@@ -97,4 +126,7 @@ gc.collect()
 simhw.heap_baseline = gc.mem_alloc()
 
 if _mode == "run" and (not _bare or "main.py" in os.listdir("/")):
+    # up to here the boot ROM and _boot.py, which a console Ctrl-C does not stop on a
+    # board; the host delivers one that came in meanwhile from now on
+    _bench.link.send({"ev": "main"})
     import main  # noqa: E402,F401

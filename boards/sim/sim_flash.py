@@ -85,6 +85,25 @@ class SimFlash:
         self._program(addr, bytes(buf))
         self.f.flush()
 
+    def erased(self):
+        """True if every byte the flash file holds is 0xFF: a chip as erased (esptool
+        erase-flash, or new), the only flash that the boot may format by itself."""
+        self.f.seek(0)
+        buf = bytearray(self.block_size)
+        while True:
+            n = self.f.readinto(buf)
+            if not n:
+                return True
+            if buf[:n] != self._ff[:n]:
+                return False
+
+    def erase_all(self):
+        """Erase the whole chip (esptool erase-flash): every block 0xFF, at its full size."""
+        for n in range(self.block_count):
+            self.f.seek(n * self.block_size)
+            self.f.write(self._ff)
+        self.f.flush()
+
     def ioctl(self, op, arg):
         if op == _IOCTL_BLOCK_COUNT:
             return self.block_count

@@ -300,18 +300,26 @@ class App:
 
 
 def run():
+    app = None
     try:
-        app = App()
-    except boardmod.BoardError as e:
-        log("cannot start:", e)
-        return
-    try:
-        asyncio.run(app.main())
+        try:
+            app = App()
+        except boardmod.BoardError as e:
+            log("cannot start:", e)
+            return
+        try:
+            asyncio.run(app.main())
+        except Exception as e:
+            sys.print_exception(e)
+            log("crashed; resetting")
+            time.sleep(2)
+            app.board.reset()
     except KeyboardInterrupt:
+        # Ctrl-C from the console (mpremote) at any point of the start or later: the REPL
+        # takes over. Coins stay refused (nobody would count them) and the firmware's tasks
+        # are dropped, so that code run at the REPL never resumes them.
+        if app is not None:
+            app.acceptor.inhibit(True)
+        asyncio.new_event_loop()
         log("stopped (Ctrl-C); REPL")
         raise
-    except Exception as e:
-        sys.print_exception(e)
-        log("crashed; resetting")
-        time.sleep(2)
-        app.board.reset()

@@ -100,11 +100,12 @@ class SimBoard:
     """Starts `washpay sim run` in the background; a context manager for tests and the demo."""
 
     def __init__(self, state_dir, heap="512k", device_id=None, log=None, firmware=None,
-                 bare=False, flash_image=None):
+                 bare=False, flash_image=None, args=()):
         self.state = Path(state_dir)
         self.firmware = firmware
         self.bare = bare  # a freshly flashed MicroPython board (washpay sim run --bare)
         self.flash_image = flash_image
+        self.args = list(args)  # more `washpay sim run` options, e.g. ["--format"]
         self.heap = heap
         self.device_id = device_id
         self.log = log
@@ -122,6 +123,7 @@ class SimBoard:
             cmd += ["--bare"]
         if self.flash_image:
             cmd += ["--flash-image", str(self.flash_image)]
+        cmd += self.args
         out = open(self.log, "ab") if self.log else subprocess.DEVNULL
         root = Path(__file__).resolve().parents[2]
         env = {**os.environ, "PYTHONPATH": str(root)}

@@ -25,6 +25,7 @@ import signal
 import socket
 import subprocess
 import sys
+import termios
 import time
 import tty
 from pathlib import Path
@@ -50,6 +51,27 @@ def micropython_command():
     return found
 
 
+class SimRefused(Exception):
+    """`washpay sim run` did not start the board; the message says why and what to do."""
+
+
+def lock_state(state):
+    """Hold STATE/sim.lock for as long as this process lives: one simulator per state
+    directory. flock locks die with their process, so a killed simulator leaves no lock."""
+    state.mkdir(parents=True, exist_ok=True)
+    fd = os.open(state / "sim.lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.read(fd, 32).decode(errors="replace").strip() or "another process"
+        os.close(fd)
+        raise SimRefused(f"{state} is in use by the simulator with pid {holder}: stop it "
+                         "first, or give another --state directory") from None
+    os.ftruncate(fd, 0)
+    os.write(fd, str(os.getpid()).encode())
+    return fd
+
+
 def _nonblock(fd):
     fl = fcntl.fcntl(fd, fcntl.F_GETFL)
     fcntl.fcntl(fd, fcntl.F_SETFL, fl | os.O_NONBLOCK)
@@ -57,8 +79,14 @@ def _nonblock(fd):
 
 class SimRunner:
     def __init__(self, state_dir, heap="512k", device_id="sim-0001", quiet=False,
-                 firmware_dir=None, site_key=None, bare=False, flash_image=None):
+                 firmware_dir=None, site_key=None, bare=False, flash_image=None, lock_fd=None,
+                 format_flash=False):
         self.state = Path(state_dir).resolve()
+        self.lock_fd = lock_fd  # STATE/sim.lock, held (lock_state) by whoever made this runner
+        # --format: the first boot formats a flash that does not mount (rom_boot.py); without
+        # it such a flash stops the simulator with `refused`, the flash left as it was
+        self.format_flash = format_flash
+        self.refused = None
         # bare: a freshly flashed MicroPython: no /rom, no factory files, an empty LittleFS
         self.bare = bare
         self.flash_image = Path(flash_image).resolve() if flash_image else None
@@ -86,6 +114,14 @@ class SimRunner:
         self.in_repl = False
         self.swallow_until = None  # hide output until this marker (after a raw soft reset)
         self.send_on_prompt = None
+        # Ctrl-C from the console: SIGINT reaches the firmware only while Python code runs
+        # with MicroPython's handler in place (at a prompt SIGINT would kill the process).
+        # Until the boot ROM hands over to main.py it waits, as a byte waits in a UART FIFO.
+        self.main_started = False
+        self.sigint_pending = False
+        self.executing = False  # code sent to the raw REPL runs
+        self.raw_repl = False  # the last prompt was the raw REPL's
+        self.last_sigint = 0.0
         self.stopping = False
         # The machine, its door and the network do not lose their state when our board loses
         # power: the last such request is replayed to every new firmware process.
@@ -97,7 +133,9 @@ class SimRunner:
 
     # ---- set-up
     def prepare(self):
-        self.state.mkdir(parents=True, exist_ok=True)
+        # first of all: nothing in a directory another simulator runs on is touched
+        if self.lock_fd is None:
+            self.lock_fd = lock_state(self.state)
         board = json.loads((SIM_DIR / "board.json").read_text())
         flash = self.state / "flash.bin"
         if self.flash_image is not None:  # a volume made elsewhere, e.g. by `washpay image`
@@ -107,6 +145,9 @@ class SimRunner:
         if self.bare and not flash.exists():  # erased flash: MicroPython formats it at boot
             with open(flash, "wb") as f:
                 f.write(b"\xff" * (board.get("sim", {}).get("flash_blocks", 512) * 4096))
+        size = board.get("sim", {}).get("flash_blocks", 512) * 4096
+        if flash.exists() and flash.stat().st_size != size:
+            self._wrong_size(flash, size)
         if not flash.exists():
             blocks = board.get("sim", {}).get("flash_blocks", 512)
             with open(flash, "wb") as f:
@@ -167,6 +208,23 @@ class SimRunner:
         self.ctl_server.listen(8)
         self.sel.register(self.ctl_server, selectors.EVENT_READ, "ctl-accept")
 
+    def _wrong_size(self, flash, size):
+        # A chip has one size: a flash file cut short (or grown) is damaged, and what LittleFS
+        # would read past its end is not what a chip holds. Refused like a flash that does
+        # not mount; --format keeps a copy and starts from an erased chip.
+        got = flash.stat().st_size
+        if not self.format_flash:
+            raise SimRefused(
+                f"{flash} is {got} bytes, the simulated flash chip {size}: it is damaged and "
+                f"nothing was changed. Read its journal with `washpay journal decode {flash} "
+                "--site-key KEY --device ID`; then `washpay sim run --format` formats it (a "
+                "copy is kept as flash.bin.unmountable)")
+        os.replace(flash, flash.with_name("flash.bin.unmountable"))
+        with open(flash, "wb") as f:
+            f.write(b"\xff" * size)
+        print(f"sim: --format: {flash} was {got} bytes, not {size}: kept as "
+              "flash.bin.unmountable; an erased chip in its place", flush=True)
+
     def event(self, kind, **data):
         ev = {"t": round(time.time(), 3), "event": kind, **data}
         self.events.append(ev)
@@ -190,6 +248,9 @@ class SimRunner:
             str(SIM_DIR),
             str(BOOT_REASON[reason]),
         ]
+        if self.format_flash:
+            cmd.append("format")
+            self.format_flash = False  # the operator said so for this start, not for ever
         self.child = subprocess.Popen(
             cmd,
             stdin=self.board_slave,
@@ -202,6 +263,10 @@ class SimRunner:
         self.boot_mode = mode
         self.boots += 1
         self.in_repl = False
+        self.main_started = False
+        self.sigint_pending = False
+        self.executing = False
+        self.raw_repl = False
         self.last_sigint = 0.0  # a new firmware process: its first Ctrl-C stops it
         self.tail = b""
         self.wdt_timeout_ms = 0
@@ -218,6 +283,7 @@ class SimRunner:
         self.child.wait()
         self.child = None
         self._drop_hw()
+        self._flush_console()
         self.power = "off"
         self.relay_on = False
         for rid, (sock, _, _) in list(self.pending.items()):
@@ -233,6 +299,31 @@ class SimRunner:
             self.swallow_until = b"raw REPL; CTRL-B to exit\r\n"
             self.send_on_prompt = b"\x01"
         self.power_on(mode="repl" if mode == "raw" else "run", reason=reason)
+
+    def _flush_console(self):
+        # What the dead board wrote went out on the wire before the power went: pass it on
+        # now, so that it is never taken for the next firmware's output (a prompt from the
+        # old process would make the relay think the new one sits at its REPL). What it
+        # had not read yet is lost, as a UART's receive FIFO is at a reset: the next
+        # firmware must not find an old command waiting on its console.
+        while True:
+            try:
+                data = os.read(self.board_master, 4096)
+            except OSError:
+                break
+            if not data:
+                break
+            self._to_user(data)
+        termios.tcflush(self.board_slave, termios.TCIFLUSH)
+        self.tail = b""
+
+    def _interrupt(self):
+        # one SIGINT per stop: a second one while the unix port unwinds the first can kill
+        # it, where a real board just shows its prompt (`\r\x03\x03`)
+        self.sigint_pending = False
+        if time.monotonic() - self.last_sigint > 1.0:
+            self.last_sigint = time.monotonic()
+            os.killpg(self.child.pid, signal.SIGINT)
 
     def _drop_hw(self):
         if self.hw is not None:
@@ -261,10 +352,12 @@ class SimRunner:
                 self.swallow_until = None
             else:
                 return
-        if self.tail.endswith(FRIENDLY_PROMPT) or self.tail.endswith(RAW_PROMPT):
+        if (self.tail.endswith(FRIENDLY_PROMPT) or self.tail.endswith(RAW_PROMPT)
+                or self.tail.endswith(b"\x04>")):
             self.in_repl = True
-        if self.tail.endswith(b"\x04>"):
-            self.in_repl = True
+            self.raw_repl = not self.tail.endswith(FRIENDLY_PROMPT)
+            self.executing = False
+            self.sigint_pending = False  # the firmware is stopped: nothing to interrupt
         self._to_user(data)
 
     def _at_prompt(self):
@@ -284,12 +377,13 @@ class SimRunner:
                     out.clear()
                 self.reboot("raw" if raw else "run", "soft")
                 continue
-            if b == 0x03 and self.child is not None and not self.in_repl:
-                # one SIGINT per stop: a second one while the unix port unwinds the first
-                # can kill it, where a real board just shows its prompt (`\r\x03\x03`)
-                if time.monotonic() - getattr(self, "last_sigint", 0.0) > 1.0:
-                    self.last_sigint = time.monotonic()
-                    os.killpg(self.child.pid, signal.SIGINT)
+            if b == 0x03 and self.child is not None:
+                if self.executing or (not self.in_repl and self.main_started):
+                    self._interrupt()
+                elif not self.in_repl:  # still booting: stop main.py as soon as it starts
+                    self.sigint_pending = True
+            elif b == 0x04 and self.in_repl and self.raw_repl and not self._at_prompt():
+                self.executing = True  # the end of code for the raw REPL: it runs now
             out.append(b)
             if self._at_prompt():
                 self.tail += b"."  # the prompt is no longer empty
@@ -327,6 +421,18 @@ class SimRunner:
             self.last_feed = time.monotonic()
         elif ev == "reset":
             self.reboot("run", "hard", banner=b"")
+        elif ev == "refused":
+            flash = self.state / "flash.bin"
+            self.refused = (
+                f"{flash} holds no LittleFS volume that mounts (OSError {msg.get('errno')}) "
+                "and is not blank: nothing was changed. Read its journal with `washpay "
+                f"journal decode {flash} --site-key KEY --device ID`; then `washpay sim run "
+                "--format` formats it (a copy is kept as flash.bin.unmountable)")
+            self.stopping = True
+        elif ev == "main":  # the boot ROM runs main.py now: a Ctrl-C can stop it
+            self.main_started = True
+            if self.sigint_pending and self.child is not None:
+                self._interrupt()
         elif ev in ("card", "card_left"):
             self.cards.on_event(msg)
 
@@ -451,6 +557,13 @@ class SimRunner:
                     rc = self.child.returncode
                     self.child = None
                     self._drop_hw()
+                    self._flush_console()
+                    if rc == -signal.SIGINT:
+                        # a Ctrl-C that met the unix port at its prompt, where its SIGINT
+                        # handler is off: a board shows a new prompt; bring the REPL back
+                        self.event("Ctrl-C at the prompt: REPL restarted")
+                        self.power_on(mode="repl", reason="soft")
+                        continue
                     self.power = "halted"
                     self.event("firmware process exited", code=rc)
                 self._expire()
@@ -463,6 +576,8 @@ class SimRunner:
                     (self.state / name).unlink()
                 except FileNotFoundError:
                     pass
+        if self.refused:
+            raise SimRefused(self.refused)
 
     def _dispatch(self, key):
         what = key.data
