@@ -15,6 +15,14 @@ def cmd_sim_run(args):
 
     from host_tools.sim.runner import SimRefused, SimRunner, lock_state
 
+    if args.broker or args.broker_ca:  # refused before the state directory is made
+        from host_tools.server.cli import check_sim_broker
+
+        try:
+            check_sim_broker(args.broker, args.broker_ca)
+        except ValueError as e:
+            print(f"washpay sim run: {e}", file=sys.stderr)
+            return 2
     try:
         lock = lock_state(Path(args.state).resolve())  # before anything in it is written
     except SimRefused as e:

@@ -407,13 +407,7 @@ def sim_broker_files(state, device_id, broker=None, ca=None):
     """Factory files for a simulated board's first start: config.json with the broker URL,
     and broker_ca.der. A board whose flash exists already keeps its own config. A ValueError
     says what is wrong with the URL or the CA file; then nothing was written."""
-    from host_tools.provision import Refused, check_broker
-
-    try:
-        check_broker(broker)
-    except Refused as e:
-        raise ValueError(str(e)) from None
-    ca_der = _ca_der(ca) if ca else None
+    ca_der = check_sim_broker(broker, ca)
     st = Path(state)
     if (st / "flash.bin").exists():
         print("washpay sim run: the board's flash exists; --broker applies to a blank flash "
@@ -428,6 +422,18 @@ def sim_broker_files(state, device_id, broker=None, ca=None):
     cfg_path.write_text(json.dumps(cfg, indent=1))
     if ca_der is not None:
         (prov / "broker_ca.der").write_bytes(ca_der)
+
+
+def check_sim_broker(broker=None, ca=None):
+    """The CA certificate's DER bytes (None without --broker-ca), once the URL and the file
+    are checked; a ValueError says what is wrong. Nothing is written."""
+    from host_tools.provision import Refused, check_broker
+
+    try:
+        check_broker(broker)
+    except Refused as e:
+        raise ValueError(str(e)) from None
+    return _ca_der(ca) if ca else None
 
 
 def _ca_der(path):
