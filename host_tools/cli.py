@@ -535,6 +535,9 @@ def build_parser():
     _add_card_parsers(sub)
     _add_token_parsers(sub)
     _add_real_board_parsers(sub)
+    from host_tools.release import add_parsers as add_release_parsers  # OTA releases
+
+    add_release_parsers(sub)
     from host_tools.server.cli import add_parsers as add_sync_parsers  # broker, server
 
     add_sync_parsers(sub)
