@@ -259,6 +259,14 @@ def verify_cases():
     y_ge_p = ((2**255 - 19) + 1).to_bytes(32, "little")  # y = 1 written non-canonically
     cases["public key not canonical"] = (
         {"kind": "verify", "pub": y_ge_p.hex(), "msg": "", "sig": RFC8032[0][4]}, False)
+    b_enc = "58" + "66" * 31  # the base point: R of a signature with S = 1
+    s_one = (1).to_bytes(32, "little").hex()
+    identity = (1).to_bytes(32, "little").hex()  # x = 0, y = 1: the neutral element
+    cases["public key of small order (the neutral element)"] = (
+        {"kind": "verify", "pub": identity, "msg": "6869", "sig": b_enc + s_one}, False)
+    x0_odd = (1 | 1 << 255).to_bytes(32, "little").hex()  # x = 0 with the sign bit: invalid
+    cases["public key x = 0 with the sign bit set"] = (
+        {"kind": "verify", "pub": x0_odd, "msg": "6869", "sig": b_enc + s_one}, False)
     cases["public key short"] = (
         {"kind": "verify", "pub": pk[:31].hex(), "msg": "", "sig": RFC8032[0][4]}, False)
     cases["signature short"] = (

@@ -4,8 +4,9 @@ release key signed a manifest. Verification only; the board never signs.
 Points are in extended coordinates (X, Y, Z, T) with x = X/Z, y = Y/Z, x*y = T/Z, over the
 field of p = 2**255 - 19 as plain ints. The check is the one OpenSSL (and so the host's
 `cryptography`) makes: S < L, A a valid canonical point, and the encoding of [S]B - [k]A
-equal to R's bytes, with k = SHA-512(R || A || message) mod L. Nothing here is secret, so
-nothing needs to run in constant time.
+equal to R's bytes, with k = SHA-512(R || A || message) mod L; and one more: A is not of
+small order (such a key would accept one signature for every message). Nothing here is
+secret, so nothing needs to run in constant time.
 """
 
 from micropython import const
@@ -94,6 +95,9 @@ def verify(public_key, message, signature):
     a = _decode(public_key)
     if a is None:
         return False
+    q = _double(_double(_double(a)))
+    if q[0] % _P == 0 and (q[1] - q[2]) % _P == 0:
+        return False  # a key of small order ([8]A neutral) would verify for any message
     s = int.from_bytes(signature[32:], "little")
     if s >= _L:
         return False  # RFC 8032 5.1.7: a non-reduced S is refused (malleability)
