@@ -431,3 +431,13 @@ def test_public_key_file(board_results):
     for name in ("public key file malformed", "public key file missing"):
         got = board_results[name]
         assert not got["ok"] and "no release public key" in got["reason"], got
+
+
+def test_only_the_update_path_imports_the_ota_package():
+    """washpay.ota costs heap only while an update is checked: no module outside it (boot,
+    the payment path, the sync link) imports it."""
+    for src in FIRMWARE.rglob("*.py"):
+        if "ota" in src.relative_to(FIRMWARE).parts:
+            continue
+        text = src.read_text()
+        assert "washpay.ota" not in text and "from washpay import ota" not in text, src
