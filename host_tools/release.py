@@ -298,6 +298,9 @@ def verify(release, public_key, now=None):
         listed = {f["path"]: f for f in files}
         if not VERSION_RE.match(version) or type(expires) is not int:
             raise ValueError
+        for f in files:
+            if type(f["size"]) is not int or len(bytes.fromhex(f["sha256"])) != 32:
+                raise ValueError
     except (ValueError, KeyError, TypeError, AttributeError):
         raise ReleaseError(f"{release}/manifest.json is signed but not a {FORMAT} manifest: "
                            f"rebuild it with washpay release build") from None

@@ -215,6 +215,8 @@ def manifest_cases():
         "climbs out of /washpay": (manifest_case(files=[{"path": "/washpay/../config.json",
                                                          "size": 1, "sha256": "00" * 32}]),
                                    "may not write"),
+        "a hidden file": (manifest_case(files=[{"path": "/washpay/.x.mpy", "size": 1,
+                                                "sha256": "00" * 32}]), "may not write"),
         "writes the journal": (manifest_case(files=[{"path": "/journal/0", "size": 1,
                                                      "sha256": "00" * 32}]), "may not write"),
         "a hash that is not hex": (manifest_case(files=[{"path": "/main.py", "size": 1,

@@ -265,3 +265,24 @@ def test_build_refusals(keys, built, tmp_path):
     refused(washpay("release", "build", "--key", str(tmp_path / "none.key"), "--version", v,
                     "-o", str(tmp_path / "a")), "no release key", "release keygen")
     assert not (tmp_path / "a").exists()
+
+
+def test_verify_refuses_a_signed_manifest_that_is_not_a_release(keys, built, tmp_path):
+    """Signed by the release key but malformed (a faulty build tool): one line, no traceback."""
+    key, pub, pw = keys
+    private = R.load_private(key, pw)
+    out, _ = built
+    doc = json.loads((out / "manifest.json").read_bytes())
+    for name, change in (("no size", lambda d: d["files"][0].pop("size")),
+                         ("hash not hex", lambda d: d["files"][0].update(sha256="zz" * 32)),
+                         ("no version", lambda d: d.pop("version")),
+                         ("a bad path", lambda d: d["files"][0].update(path="/secrets.json"))):
+        bad = json.loads(json.dumps(doc))
+        change(bad)
+        d = tmp_path / name.replace(" ", "-")
+        shutil.copytree(out, d)
+        m = R.manifest_bytes(bad)
+        (d / "manifest.json").write_bytes(m)
+        (d / "manifest.sig").write_text(private.sign(R.digest_message(m)).hex() + "\n")
+        refused(washpay("release", "verify", str(d), "--pub", str(pub)),
+                "which no board may write" if name == "a bad path" else "is signed but not")

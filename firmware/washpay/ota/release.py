@@ -40,7 +40,7 @@ def path_ok(path):
     if not isinstance(path, str) or not (path == "/main.py" or path.startswith("/washpay/")):
         return False
     for part in path[1:].split("/"):
-        if part in ("", ".", ".."):
+        if not part or part[0] == ".":  # no empty, ".", ".." or hidden component
             return False
     return all(c.isalpha() or c.isdigit() or c in "/._-" for c in path)
 
