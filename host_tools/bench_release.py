@@ -73,9 +73,9 @@ check = lambda: RL.check_manifest(manifest, sig, PUB, *BOARD, NOW)
 print('verify_alloc', allocated(lambda: verify(PUB, msg, sig)), 'B')
 print('manifest_alloc', allocated(check), 'B')
 runs = {runs}
-print('verify_time', median_us(lambda: verify(PUB, msg, sig), runs) // 1000, 'ms')
-print('manifest_time', median_us(check, runs) // 1000, 'ms')
-print('release_time', median_us(lambda: RL.check_release(ROOT, PUB, *BOARD, NOW), 5) // 1000,
+print('verify_time', median_us(lambda: verify(PUB, msg, sig), runs) / 1000, 'ms')
+print('manifest_time', median_us(check, runs) / 1000, 'ms')
+print('release_time', median_us(lambda: RL.check_release(ROOT, PUB, *BOARD, NOW), 5) / 1000,
       'ms')
 """
 
@@ -158,7 +158,8 @@ def bench(runs=21):
             for line in proc.stdout.split("\n"):
                 if line.strip():
                     what, value, unit = line.split()
-                    rows.append((name, what, int(value), unit))
+                    rows.append((name, what, float(value) if "." in value else int(value),
+                                 unit))
             whole = smallest_heap(exe, prelude + _WHOLE)
             base = smallest_heap(exe, prelude + _BASELINE)
             rows.append((name, "heap_min_release_check", whole, "B"))
