@@ -443,3 +443,25 @@ def test_only_the_update_path_imports_the_ota_package():
             continue
         text = src.read_text()
         assert "washpay.ota" not in text and "from washpay import ota" not in text, src
+
+
+# The release check's heap budget at ESP32 object sizes (the 32-bit interpreter), the whole
+# process included: bench_release measures about 28 KiB (25 KiB over an empty script's) for
+# this firmware's 46-file release. It runs only while an update is checked.
+OTA_HEAP_BUDGET = "40k"
+
+
+def test_release_check_fits_its_heap_budget_at_esp32_sizes(built_release, tmp_path):
+    exe = dict(interpreters())["i386"]
+    if exe is None:
+        pytest.skip("the 32-bit MicroPython is not here: set WASHPAY_MICROPYTHON_32")
+    dirs, _, doc = built_release
+    good = dirs["good"]
+    script = (f"import sys\nsys.path.insert(0, {str(good / 'files')!r})\n"
+              "from washpay.ota import release as RL\n"
+              f"d = RL.check_release({str(good)!r}, bytes.fromhex({raw_public(KEY).hex()!r}), "
+              f"'0.0.9', 'sim', {REL.journal_format()}, {doc['mpy']}, {int(time.time())})\n"
+              "print('ok', d['version'])\n")
+    proc = subprocess.run([exe, "-X", f"heapsize={OTA_HEAP_BUDGET}", "-c", script],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0 and proc.stdout.startswith("ok"), proc.stderr
