@@ -532,12 +532,12 @@ def build_parser():
     )
     check = board.add_parser("check", help="validate every boards/*/board.json")
     check.set_defaults(func=cmd_board_check)
+    from host_tools.release import add_parsers as add_release_parsers  # release
+
+    add_release_parsers(sub)
     _add_card_parsers(sub)
     _add_token_parsers(sub)
     _add_real_board_parsers(sub)
-    from host_tools.release import add_parsers as add_release_parsers  # OTA releases
-
-    add_release_parsers(sub)
     from host_tools.server.cli import add_parsers as add_sync_parsers  # broker, server
 
     add_sync_parsers(sub)
