@@ -579,6 +579,9 @@ def build_parser():
     )
     check = board.add_parser("check", help="validate every boards/*/board.json")
     check.set_defaults(func=cmd_board_check)
+    from host_tools.release import add_parsers as add_release_parsers  # release
+
+    add_release_parsers(sub)
     _add_card_parsers(sub)
     _add_token_parsers(sub)
     _add_real_board_parsers(sub)

@@ -54,6 +54,20 @@ SCRYPT_N, SCRYPT_R, SCRYPT_P = 2**15, 8, 1  # about 32 MiB and a tenth of a seco
 _SEAL_AAD = b"washpay/v1/site-key"
 
 
+class KeyKind:
+    """What a protected key file holds: its format name, associated data, passphrase
+    variable and the name a person reads in messages."""
+
+    def __init__(self, format, aad, env, name, length):
+        self.format, self.aad, self.env, self.name, self.length = format, aad, env, name, length
+
+
+SITE_KEY = KeyKind(PROTECTED_FORMAT, _SEAL_AAD, PASSPHRASE_ENV, "site key", SITE_KEY_LEN)
+# the release signing key (host_tools/release.py, docs/release-format.md): an Ed25519 seed
+RELEASE_KEY = KeyKind("washpay-release-key/1", b"washpay/v1/release-key",
+                      "WASHPAY_RELEASE_PASSPHRASE", "release key", 32)
+
+
 def _stretch(passphrase, salt, n, r, p):
     from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 
@@ -64,12 +78,19 @@ def _stretch(passphrase, salt, n, r, p):
 
 def seal_site_key(key, passphrase):
     """The text of a passphrase-protected key file holding `key`."""
+    return seal_key(key, passphrase, SITE_KEY)
+
+
+def seal_key(key, passphrase, kind):
+    """The protected-file text of `key` for a kind of key (SITE_KEY, RELEASE_KEY): one
+    mechanism, whose format name and associated data tell the kinds apart, so that one
+    kind's file never loads as another's."""
     from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
     salt, nonce = os.urandom(16), os.urandom(12)
     kek = _stretch(passphrase, salt, SCRYPT_N, SCRYPT_R, SCRYPT_P)
-    sealed = AESGCM(kek).encrypt(nonce, key, _SEAL_AAD)
-    doc = {"format": PROTECTED_FORMAT, "kdf": "scrypt", "n": SCRYPT_N, "r": SCRYPT_R,
+    sealed = AESGCM(kek).encrypt(nonce, key, kind.aad)
+    doc = {"format": kind.format, "kdf": "scrypt", "n": SCRYPT_N, "r": SCRYPT_R,
            "p": SCRYPT_P, "salt": salt.hex(), "nonce": nonce.hex(), "sealed": sealed.hex()}
     return json.dumps(doc, indent=1) + "\n"
 
@@ -82,44 +103,58 @@ def is_protected(path):
         return False
 
 
-def ask_passphrase(path):
-    """The passphrase of a protected key file: WASHPAY_SITE_PASSPHRASE, else a prompt on a
-    terminal; never waits for input that cannot come (scripts, tests, CI)."""
-    if os.environ.get(PASSPHRASE_ENV):
-        return os.environ[PASSPHRASE_ENV]
+def ask_passphrase(path, kind=SITE_KEY):
+    """The passphrase of a protected key file: the kind's variable (WASHPAY_SITE_PASSPHRASE),
+    else a prompt on a terminal; never waits for input that cannot come (scripts, CI)."""
+    if os.environ.get(kind.env):
+        return os.environ[kind.env]
     if sys.stdin is not None and sys.stdin.isatty():
         import getpass
 
-        return getpass.getpass(f"passphrase for site key {path}: ")
+        return getpass.getpass(f"passphrase for {kind.name} {path}: ")
     raise KeyFileError(
-        f"{path} is protected by a passphrase: set {PASSPHRASE_ENV} or pass --passphrase-file"
+        f"{path} is protected by a passphrase: set {kind.env} or pass --passphrase-file"
     )
 
 
-def _unseal(path, text, passphrase):
+def _unseal(path, text, passphrase, kind=SITE_KEY):
     from cryptography.exceptions import InvalidTag
     from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
     try:
         doc = json.loads(text)
-        if doc.get("format") != PROTECTED_FORMAT or doc.get("kdf") != "scrypt":
+        if doc.get("format") != kind.format or doc.get("kdf") != "scrypt":
             raise ValueError(doc.get("format"))
         salt, nonce = bytes.fromhex(doc["salt"]), bytes.fromhex(doc["nonce"])
         sealed = bytes.fromhex(doc["sealed"])
         n, r, p = int(doc["n"]), int(doc["r"]), int(doc["p"])
     except (ValueError, KeyError, TypeError, AttributeError):
+        plain = "neither 64 hex digits nor " if kind is SITE_KEY else ""
         raise KeyFileError(
-            f"{path} is not a site key file (neither 64 hex digits nor {PROTECTED_FORMAT})"
+            f"{path} is not a {kind.name} file ({plain}{kind.format})"
         ) from None
     if passphrase is None:
-        passphrase = ask_passphrase(path)
+        passphrase = ask_passphrase(path, kind)
     try:
-        key = AESGCM(_stretch(passphrase, salt, n, r, p)).decrypt(nonce, sealed, _SEAL_AAD)
+        key = AESGCM(_stretch(passphrase, salt, n, r, p)).decrypt(nonce, sealed, kind.aad)
     except InvalidTag:
         raise KeyFileError(f"wrong passphrase for {path} (or the file was altered)") from None
-    if len(key) != SITE_KEY_LEN:
-        raise KeyFileError(f"{path} holds {len(key)} bytes; a site key is {SITE_KEY_LEN}")
+    if len(key) != kind.length:
+        raise KeyFileError(f"{path} holds {len(key)} bytes; a {kind.name} is {kind.length}")
     return key
+
+
+def load_protected_key(path, kind, passphrase=None):
+    """The key in a protected file of `kind` (only the protected form exists for kinds other
+    than the site key)."""
+    path = Path(path)
+    try:
+        text = path.read_text().strip()
+    except FileNotFoundError:
+        raise KeyFileError(f"{kind.name} file {path} not found") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise KeyFileError(f"cannot read {kind.name} file {path}: {e}") from None
+    return _unseal(path, text, passphrase, kind)
 
 
 def load_site_key(path, passphrase=None):
