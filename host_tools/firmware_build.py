@@ -5,7 +5,8 @@
 A plain ESP32-WROOM-32 gives MicroPython about 112 KiB of GC heap; washpay's bytecode loaded
 from .mpy files would take most of it. Frozen into the image, the bytecode runs from flash.
 This runs MicroPython's own esp32 port build (ESP-IDF's idf.py under `make`) with a frozen
-manifest that adds firmware/washpay/manifest.py to the port's own modules:
+manifest: the port's own, with boards/esp32/_boot.py in place of the port's _boot.py (it
+formats only an erased partition), and firmware/washpay/manifest.py:
 
     make -C DIR/mpy-cross
     make -C DIR/ports/esp32 BOARD=ESP32_GENERIC submodules
@@ -29,6 +30,8 @@ from host_tools.provision import firmware_version
 
 ROOT = Path(__file__).resolve().parent.parent
 WASHPAY_MANIFEST = ROOT / "firmware" / "washpay" / "manifest.py"
+BOARD_BOOT = ROOT / "boards" / "esp32" / "_boot.py"  # frozen in place of the port's _boot.py
+PORT_MODULES = 'freeze("$(PORT_DIR)/modules")'
 
 
 class BuildError(Exception):
@@ -50,12 +53,29 @@ def check_tree(src):
     return src
 
 
-def frozen_manifest(dest):
-    """The manifest the port build freezes: the port's own modules, then washpay."""
+def frozen_manifest(dest, src):
+    """The manifest the port build freezes: the port's own (asyncio, networking, ...) with
+    its modules/ taken from a copy in which washpay's _boot.py (boards/esp32/_boot.py: format
+    only an erased partition, docs/provisioning.md) replaces the port's, then washpay."""
     dest = Path(dest)
+    port = Path(src) / "ports" / "esp32"
+    try:
+        text = (port / "boards" / "manifest.py").read_text()
+    except OSError as e:
+        raise BuildError(f"{port}/boards/manifest.py: {e.strerror}: is this MicroPython "
+                         f"v1.26 or later?") from None
+    if text.count(PORT_MODULES) != 1 or not (port / "modules" / "_boot.py").is_file():
+        raise BuildError(f"{port}/boards/manifest.py does not freeze {PORT_MODULES} with a "
+                         f"_boot.py in it as MicroPython v1.26-1.29 do: washpay's _boot.py "
+                         f"cannot replace the port's; build by hand (docs/provisioning.md)")
+    modules = dest.parent / "modules"
+    if modules.exists():
+        shutil.rmtree(modules)
+    shutil.copytree(port / "modules", modules)
+    shutil.copy(BOARD_BOOT, modules / "_boot.py")
     dest.parent.mkdir(parents=True, exist_ok=True)
-    dest.write_text('include("$(PORT_DIR)/boards/manifest.py")\n'
-                    f"include({str(WASHPAY_MANIFEST)!r})\n")
+    dest.write_text(text.replace(PORT_MODULES, f"freeze({str(modules.resolve())!r})")
+                    + f"\ninclude({str(WASHPAY_MANIFEST)!r})\n")
     return dest
 
 
@@ -88,7 +108,7 @@ def build(board_id, src, out_file=None, dry_run=False, jobs=None, out=None,
     src = check_tree(src)
     version = firmware_version()
     work = ROOT / "build" / "firmware" / board["id"]
-    manifest = frozen_manifest(work / "manifest.py")
+    manifest = frozen_manifest(work / "manifest.py", src)
     steps, made = build_commands(src, board, manifest, jobs)
     target = Path(out_file) if out_file else work.parent / f"{board['id']}-washpay-{version}.bin"
     out.write(f"washpay firmware build: MicroPython {F.micropython_build(board)} with washpay "

@@ -19,8 +19,15 @@ from host_tools import firmware_build as B
 def src(tmp_path):
     """The shape of a MicroPython source tree, as far as the build command looks."""
     d = tmp_path / "micropython"
-    (d / "ports" / "esp32").mkdir(parents=True)
-    (d / "ports" / "esp32" / "Makefile").write_text("# esp32 port\n")
+    port = d / "ports" / "esp32"
+    (port / "boards").mkdir(parents=True)
+    (port / "modules").mkdir()
+    (port / "Makefile").write_text("# esp32 port\n")
+    (port / "boards" / "manifest.py").write_text(
+        'freeze("$(PORT_DIR)/modules")\ninclude("$(MPY_DIR)/extmod/asyncio")\n'
+        'require("umqtt.simple")\n')
+    (port / "modules" / "_boot.py").write_text("import inisetup  # the port's\n")
+    (port / "modules" / "inisetup.py").write_text("def setup(): pass\n")
     (d / "mpy-cross").mkdir()
     return d
 
@@ -50,10 +57,20 @@ def test_dry_run_prints_the_port_build_with_washpay_frozen(src, board, target):
     ]
     build_dir = "build-" + "-".join(t.split("=")[1] for t in target)
     assert f"cp {port / build_dir / 'firmware.bin'}" in r.stdout
-    # the port's own modules (asyncio, ...) and then washpay's manifest
+    # the port's own manifest, its modules from a copy with washpay's _boot.py, then washpay
+    modules = manifest.parent / "modules"
     assert manifest.read_text().splitlines() == [
-        'include("$(PORT_DIR)/boards/manifest.py")',
-        f"include({str(FIRMWARE / 'washpay' / 'manifest.py')!r})"]
+        f"freeze({str(modules)!r})", 'include("$(MPY_DIR)/extmod/asyncio")',
+        'require("umqtt.simple")', "", f"include({str(FIRMWARE / 'washpay' / 'manifest.py')!r})"]
+    assert (modules / "_boot.py").read_text() == (ROOT / "boards/esp32/_boot.py").read_text()
+    assert (modules / "inisetup.py").read_text() == "def setup(): pass\n"
+
+
+def test_a_port_manifest_of_another_shape_is_refused(src):
+    (src / "ports/esp32/boards/manifest.py").write_text('freeze("$(PORT_DIR)/mods")\n')
+    r = washpay("firmware", "build", "--board", "esp32-devkitc", "--micropython-src", str(src),
+                "--dry-run")
+    assert r.returncode == 2 and "cannot replace the port's" in r.stderr
 
 
 def test_refusals_say_what_to_do(src, tmp_path):
