@@ -194,3 +194,69 @@ def test_reply_is_json_bytes(tmp_path):
     assert json.loads(out) == {"result": "invalid", "reason": "malformed command"}
     out = rs.on_command(object())  # not even bytes: an answer, not an exception
     assert json.loads(out)["result"] in ("invalid", "error")
+
+
+# ---- the washer never confirms a remote start (issue 15: charged and not started is refunded)
+def refund_marked(sim, cid, price, credit, reason):
+    """The board's journal, read back by the host's decoder: the remote start, then a
+    start_failed naming the command (source kind command: the server refunds it), with the
+    credit unchanged."""
+    sim.call("power", state="cut")
+    recs = E.journal_records(sim.state)
+    start = next(r for r in recs if r["type"] == "remote_start")
+    failed = [r for r in recs if r["type"] == "start_failed"]
+    assert len(failed) == 1 and recs.index(failed[0]) > recs.index(start)
+    f = failed[0]
+    assert (f["source_kind"], f["source"], f["amount"], f["credit"], f["reason"]) == (
+        "command", cid, price, credit, reason)
+    assert start["credit"] == credit  # the coins in the machine before, and still
+
+
+@pytest.mark.device
+def test_remote_start_not_confirmed_is_not_credited(sim):
+    E.settle(sim)
+    sim.call("washer", state="idle")  # the busy line never comes
+    cmd, cid = command(sim, "standard")
+    assert send(sim, cmd)["result"] == "started"
+    st = sim.wait_for(lambda s: s["journal"]["last_type"] == "start_failed", timeout=20,
+                      what="the start failure")
+    assert st["relay_pulses"] == 2  # one retry, then give up
+    assert st["credit"] == 0 and st["state"] == "idle"
+    assert st["firmware"]["starts_failed"] == 1
+    E.wait_display(sim, "refund to phone")
+    # nothing to press START with: the next customer gets no free wash
+    sim.call("button", name="start")
+    st = E.settle(sim)
+    assert st["credit"] == 0 and st["relay_pulses"] == 2
+    refund_marked(sim, cid, 350, 0, "washer did not confirm start")
+
+
+@pytest.mark.device
+def test_remote_start_not_confirmed_leaves_the_coins_as_credit(sim):
+    E.settle(sim)
+    sim.call("washer", state="idle")
+    sim.insert_coin(200)
+    cmd, cid = command(sim, "standard")
+    assert send(sim, cmd)["result"] == "started"
+    st = sim.wait_for(lambda s: s["journal"]["last_type"] == "start_failed", timeout=20,
+                      what="the start failure")
+    assert st["credit"] == 200 and st["state"] == "credit"
+    refund_marked(sim, cid, 350, 200, "washer did not confirm start")
+
+
+@pytest.mark.device
+def test_power_cut_during_a_remote_start_is_not_credited(sim):
+    E.settle(sim)
+    sim.call("washer", state="idle")
+    sim.insert_coin(100)
+    cmd, cid = command(sim, "standard")
+    assert send(sim, cmd)["result"] == "started"
+    sim.wait_for(lambda s: s["state"] == "starting", what="starting")
+    sim.call("power", state="cut")
+    sim.call("power", state="on")
+    st = sim.wait_for(lambda s: s.get("state") in ("idle", "credit") and
+                      s["journal"]["last_type"] == "boot", timeout=20, what="recovery")
+    assert st["credit"] == 100 and st["firmware"]["starts_failed"] == 1
+    # the command is still used up: a second delivery does not start it now
+    assert send(sim, cmd)["result"] == "duplicate"
+    refund_marked(sim, cid, 350, 100, "power lost before the washer confirmed")

@@ -144,16 +144,24 @@ def test_pay_and_the_machine_starts_once(rig):
     assert kinds.count("command") == 1
 
 
-def test_washer_never_confirms_credit_kept_not_refunded(rig):
+def test_washer_never_confirms_is_refunded_not_credited(rig):
+    """Issue 15: charged, and the machine did not start, ends in a refund: the board keeps
+    no credit of it (the next customer washes for nothing else) and the page says so."""
     sim, b, web = rig["sim"], rig["browser"], rig["web"]
     idle(sim)
+    credit = sim.status()["credit"]
     sim.call("washer", state="idle")  # the washer ignores the relay
     try:
+        before = sim.status()["relay_pulses"]
         pid = buy(rig, "standard", "noconfirm")
-        wait(lambda: page_state(b) == D.CREDIT_KEPT, what="the page saying credit kept")
-        shot(b, "noconfirm-3-credit-kept")
-        assert sim.status()["credit"] == 350
-        assert web.db.get(pid)["refund_ref"] is None and web.provider.refunds == {}
+        wait(lambda: page_state(b) == D.REFUNDED, what="the page saying refunded")
+        shot(b, "noconfirm-3-not-started-refunded")
+        assert "Not started: refunded" in b.page_source
+        st = sim.status()
+        assert st["credit"] == credit and st["relay_pulses"] == before + 2
+        row = web.db.get(pid)
+        assert row["refund_ref"] in web.provider.refunds and row["start_seq"] is not None
+        assert web.provider.refunds[row["refund_ref"]]["amount"] == 350
     finally:
         sim.call("washer", state="auto")
 

@@ -262,9 +262,39 @@ def test_no_answer_within_the_window_is_refunded_once(web):
     assert state(web, pid) == D.REFUNDED
 
 
-def test_start_failed_keeps_credit_and_is_not_refunded(web):
-    """The board's rule (firmware/washpay/vend.py drive()): a washer that does not confirm
-    a remote start leaves the price as machine credit; refunding too would pay twice."""
+def test_washer_not_started_is_refunded(web):
+    """Issue 15: the board does not credit a remote start whose washer never confirmed
+    (firmware/washpay/vend.py start_failed()): its start_failed names the command, and the
+    server refunds through the provider, once."""
+    c = client(web)
+    pid, ref = checkout(web, c)
+    pay(web, ref)
+    cid = web.sender.sent[0][1]
+    reply(web, cid, "started", seq=1)
+    add_record(web, DEVICE, "remote_start", "starting", source=cid, amount=250)
+    web.payments.settle()
+    assert state(web, pid) == D.STARTED
+    s = c.get(f"/p/{pid}/status").get_json()
+    assert s["label"] == "Starting" and not s["final"]
+    add_record(web, DEVICE, "start_failed", "idle", amount=250, source=cid,
+               source_kind="command", reason="washer did not confirm start")
+    web.payments.settle()
+    web.payments.settle()
+    web.payments.settle()
+    assert state(web, pid) == D.REFUNDED
+    [(rid, refund)] = web.provider.refunds.items()
+    assert refund["amount"] == 250 and web.db.get(pid)["refund_ref"] == rid
+    s = c.get(f"/p/{pid}/status").get_json()
+    assert s["label"] == "Not started: refunded" and s["final"]
+    assert "did not start" in c.get(f"/p/{pid}").get_data(as_text=True)
+    kinds = [e["kind"] for e in web.db.events(pid)]
+    assert kinds.count("start_failed") == 1 and kinds.count("refund") == 1
+
+
+def test_start_failed_of_another_payer_is_not_this_refund(web):
+    """A start_failed naming no payer is a board before issue 15, which kept the price as
+    machine credit: refunding too would pay twice. One naming another command is not this
+    payment's."""
     pid, ref = checkout(web, client(web))
     pay(web, ref)
     cid = web.sender.sent[0][1]
@@ -277,6 +307,15 @@ def test_start_failed_keeps_credit_and_is_not_refunded(web):
     assert web.provider.refunds == {}
     s = client(web).get(f"/p/{pid}/status").get_json()
     assert s["label"] == "Credit kept on the machine" and s["final"]
+    other, ref = checkout(web, client(web))
+    pay(web, ref)
+    cid = web.sender.sent[-1][1]
+    add_record(web, DEVICE, "remote_start", "starting", source=cid, amount=250)
+    add_record(web, DEVICE, "start_failed", "idle", amount=250, source="00" * 8,
+               source_kind="command")
+    web.payments.settle()
+    web.payments.settle()
+    assert state(web, other) == D.CREDIT_KEPT and web.provider.refunds == {}
 
 
 def test_journal_start_without_a_reply_counts_as_started(web):
@@ -359,6 +398,32 @@ def test_unused_token_is_refunded_only_once_the_board_has_reported_since(web):
     assert "expired" in web.db.get(pid)["detail"]
 
 
+@pytest.mark.parametrize("same_upload", [True, False])
+def test_token_whose_washer_did_not_start_is_refunded(web, same_upload):
+    """A token's start_failed naming it (not credited on the board): refunded, whether it
+    arrives with the redemption or in a later upload (after the payment showed "used")."""
+    set_online(web, online=False)
+    c = client(web)
+    pid, ref = token_checkout(web, c)
+    pay(web, ref)
+    tid = web.db.get(pid)["token_id"]
+    add_record(web, DEVICE, "token_redeem", "starting", source=tid, amount=250)
+    if not same_upload:
+        web.payments.settle()
+        assert state(web, pid) == D.USED
+    add_record(web, DEVICE, "start_failed", "idle", amount=250, source=tid,
+               source_kind="token")
+    for _ in range(3):
+        web.payments.settle()
+    assert state(web, pid) == D.REFUNDED and len(web.provider.refunds) == 1
+    s = c.get(f"/p/{pid}/status").get_json()
+    assert s["label"] == "Not started: refunded" and s["final"]
+    from host_tools.server.web import reconcile
+
+    rep = reconcile.build(web.side)
+    assert rep["anomalies"] == [] and rep["days"][0]["refunded"]["count"] == 1
+
+
 def test_token_refused_for_an_online_machine(web):
     c = client(web)
     page = c.get(f"/m/{DEVICE}").get_data(as_text=True)
@@ -418,6 +483,36 @@ def test_report_reconciles_payments_starts_and_refunds(web):
     assert any(p.startswith("refunded, but the board journaled") for p in problems)
     assert any(p.startswith("sent for ") for p in problems)
     assert not rep["phone_payments"]["days"][0]["balanced"]
+
+
+def test_report_reconciles_a_start_the_washer_did_not_make(web):
+    """Paid, started on the board, not started by the washer, refunded: it adds up (the
+    board's remote_start of a refunded payment is no "paid back and washed" here). A token
+    issued by hand whose washer did not start has no payment to refund: shown, to refund
+    by hand."""
+    from host_tools.server.web import reconcile
+
+    pid, ref = checkout(web, client(web))
+    pay(web, ref)
+    cid = web.sender.sent[0][1]
+    add_record(web, DEVICE, "remote_start", "starting", source=cid, amount=250)
+    add_record(web, DEVICE, "start_failed", "idle", amount=250, source=cid,
+               source_kind="command")
+    for _ in range(4):
+        web.payments.settle()
+    assert state(web, pid) == D.REFUNDED
+    rep = reconcile.build(web.side)
+    [day] = rep["days"]
+    assert day["paid"] == day["refunded"] == {"count": 1, "amount": 250}
+    assert day["balanced"] and rep["anomalies"] == []
+    add_record(web, DEVICE, "token_redeem", "starting", source="ab" * 8, amount=350)
+    add_record(web, DEVICE, "start_failed", "idle", amount=350, source="ab" * 8,
+               source_kind="token")
+    rep = reconcile.build(web.side)
+    [a] = rep["anomalies"]
+    assert a["device"] == DEVICE and "refund it by hand" in a["problem"]
+    assert a["problem"].startswith("token abababab... did not start the washer (350")
+    assert not rep["days"][0]["balanced"]
 
 
 def test_report_without_payments_table_is_unchanged(tmp_path):

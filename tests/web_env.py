@@ -55,14 +55,14 @@ def set_online(web, device=DEVICE, online=True):
 
 
 def add_record(web, device, rtype, state, program="quick", source=None, amount=None,
-               t=None, reason=None):
+               t=None, reason=None, source_kind=""):
     with web.side.transaction() as tx:
         row = tx.one("SELECT COALESCE(MAX(seq), 0) FROM records WHERE device = ?", (device,))
         seq = row[0] + 1
         tx.execute("INSERT INTO records (device, seq, raw, verified, type, state, program, "
-                   "source, amount, t, clock_ok, reason, received_at) "
-                   "VALUES (?, ?, ?, 1, ?, ?, ?, ?, ?, ?, 1, ?, ?)",
-                   (device, seq, b"x", rtype, state, program, source, amount,
+                   "source_kind, source, amount, t, clock_ok, reason, received_at) "
+                   "VALUES (?, ?, ?, 1, ?, ?, ?, ?, ?, ?, ?, 1, ?, ?)",
+                   (device, seq, b"x", rtype, state, program, source_kind, source, amount,
                     int(t or time.time()), reason, time.time()))
     return seq
 

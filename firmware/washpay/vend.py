@@ -322,7 +322,8 @@ class VendEngine:
         return seq
 
     async def drive(self):
-        """Start the washer for the committed vend; on no confirmation the price is credit."""
+        """Start the washer for the committed vend; on no confirmation the price is credit,
+        or refunded by the server if paid online (start_failed)."""
         p = self.program
         price = self.vend_price
         for attempt in range(1 + self.cfg["start_retries"]):
@@ -336,15 +337,30 @@ class VendEngine:
                 asyncio.create_task(self._watch_cycle())
                 return True
         self.washer.stop()
-        self.credit += price
-        self.state = R.CREDIT
+        if self.start_failed(price, "washer did not confirm start", self.vend_source):
+            self.notice("Not started", "refund to phone", 2000)
+        else:
+            self.notice("Start failed", "credit kept " + self.screen.money(self.credit), 2000)
+        self.update_inhibit()
+        return False
+
+    def start_failed(self, price, reason, src):
+        """The washer did not start the committed vend (`src`: who paid it). Paid online
+        (a QR token, a remote start): not credited; the record names the payer so that the
+        server refunds it (docs/pricing.md). Else the price is machine credit again.
+        True if it is left to the server to refund."""
         self.bought_s = 0
         self.starts_failed += 1
-        self._record(R.START_FAILED, program=p["name"], amount=price,
-                     reason="washer did not confirm start")
-        self.update_inhibit()
-        self.notice("Start failed", "credit kept " + self.screen.money(self.credit), 2000)
-        return False
+        fields = {}
+        online = src is not None and src[0] in (R.SOURCE_TOKEN, R.SOURCE_COMMAND)
+        if online:
+            fields["source_kind"], fields["source"] = src
+        else:
+            self.credit += price
+        self.state = R.CREDIT if self.credit else R.IDLE
+        self._record(R.START_FAILED, program=self.program["name"], amount=price,
+                     reason=reason, **fields)
+        return online
 
     async def _await_busy(self, window_ms):
         t0 = time.ticks_ms()

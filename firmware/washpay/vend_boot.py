@@ -4,7 +4,8 @@
 #   idle/credit  -> that credit is still the customer's
 #   starting     -> the washer was maybe started: if it reports busy, it runs; if not, the
 #                   price goes back to credit (start_failed, "power lost during start"),
-#                   unless its payment source settles it (a card write not confirmed)
+#                   unless its payment source settles it (a card write not confirmed) or it
+#                   was paid online (a QR token, a remote start): the server refunds that
 #   running      -> if it still reports busy it runs, else the cycle is over; a timed program
 #                   (a dryer selling time) runs on for the paid time the record had left,
 #                   less the time since it was written when the clock allows
@@ -14,6 +15,7 @@ import time
 
 from washpay.journal import records as R
 from washpay.prices import is_timed
+from washpay.vend import _SOURCE_OF
 
 
 async def recover(e, boot_reason):
@@ -34,12 +36,10 @@ async def recover(e, boot_reason):
                           recovered=True)
             elif last.get("type") in e.unconfirmed:
                 e.unconfirmed[last["type"]](last)
-            else:
-                e.credit += e.vend_price
-                e.state = R.CREDIT
-                e._record(R.START_FAILED, program=e.program["name"], amount=e.vend_price,
-                          reason="power lost before the washer confirmed")
-                e.starts_failed += 1
+            else:  # credit again, or refunded by the server if paid online (vend.py)
+                src = last.get("source")
+                e.start_failed(e.vend_price, "power lost before the washer confirmed",
+                               (_SOURCE_OF.get(last.get("type"), 0), src) if src else None)
         elif state == R.RUNNING:
             e.state = R.RUNNING
             if is_timed(e.program):

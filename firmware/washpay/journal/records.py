@@ -13,7 +13,8 @@ COIN_REJECTED = "coin_rejected"  # a pulse train that could not be a known coin:
 VEND_START = "vend_start"  # credit debited for a program; the relay is driven after this
 VEND_RUNNING = "vend_running"  # the washer confirmed the start
 VEND_DONE = "vend_done"  # the cycle ended
-START_FAILED = "start_failed"  # the washer never confirmed: the price is credit again
+START_FAILED = "start_failed"  # the washer never confirmed: the price is credit again, or,
+# with a source (kind token / command: paid online), not credited: the server refunds it
 FAULT = "fault"  # anything the operator must look at (config refused, sensor stuck, ...)
 CARD_DEBIT = "card_debit"  # a card wallet paid: amount, balance before/after, card counter
 TOKEN_REDEEM = "token_redeem"  # a QR token paid: source = token id

@@ -56,10 +56,14 @@ PAID = "paid"  # verified webhook: the money is taken
 SENT = "sent"  # the signed remote start went to the board
 STARTED = "started"  # the board journaled remote_start and is starting the washer
 RUNNING = "running"  # the washer confirmed: the wash runs (final)
-CREDIT_KEPT = "credit_kept"  # the washer did not confirm: the board kept it as credit (final)
+# the washer did not confirm and the board kept it as credit (final; boards before
+# December 2026: a newer one journals start_failed naming the payment, refunded)
+CREDIT_KEPT = "credit_kept"
 TOKEN = "token"  # the board was offline: an offline QR token was issued, not yet used
-USED = "used"  # the token was redeemed on the board (its journal says so) (final)
-REFUNDING = "refunding"  # the board refused or never answered: refund due
+# the token was redeemed on the board (its journal says so) (final, unless its washer
+# did not start: a start_failed naming it moves it to refunding)
+USED = "used"
+REFUNDING = "refunding"  # the board refused, never answered, or its washer did not start
 REFUNDED = "refunded"  # the provider refunded (final)
 CANCELLED = "cancelled"  # the checkout was abandoned or expired, nothing taken (final)
 FINAL = (RUNNING, CREDIT_KEPT, USED, REFUNDED, CANCELLED)

@@ -4,7 +4,10 @@
     sent --board replies started (or its journal has the remote_start)--> started
     sent --board replies refused / invalid, or no answer in confirm_s--> refunding
     started --journal: vend_running--> running
-    started --journal: start_failed (the board kept the price as machine credit)--> credit_kept
+    started --journal: start_failed naming the command (the washer did not start; the
+              board did not credit it)--> refunding
+    started --journal: start_failed naming no payer (a board before issue 15 kept the price
+              as machine credit)--> credit_kept
     refunding --provider refunds--> refunded          (retried until the provider does)
     created --cancelled at the provider, or left open for checkout_ttl_s--> cancelled
 
@@ -13,6 +16,7 @@ offline QR token instead (kind "token", host_tools/token.py's format, bound to t
 and program, valid token_ttl_s):
 
     paid --token issued--> token --journal: token_redeem of this token--> used
+    token or used --journal: start_failed naming this token (not started)--> refunding
     token --expired, and the board has uploaded its journal since, without it--> refunding
 
 Each move is one conditional UPDATE (PaymentDB.move): a duplicated or reordered webhook, a
@@ -49,6 +53,18 @@ LABELS = {
     D.REFUNDED: ("Refunded", "The machine could not start. Your payment was refunded."),
     D.CANCELLED: ("Cancelled", "No payment was taken."),
 }
+# a payment the board took (its journal has the start) whose washer did not start
+NOT_STARTED = {
+    D.REFUNDING: ("Not started: refunding",
+                  "The machine took the payment but the washer did not start. Your money is "
+                  "being refunded..."),
+    D.REFUNDED: ("Not started: refunded",
+                 "The washer did not start. Your payment was refunded."),
+}
+# the board's journal: the washer did not start a vend paid online, and the board did not
+# credit it (source kind token / command, source = its id: docs/journal-format.md)
+_NOT_STARTED_SQL = ("SELECT seq FROM records WHERE device = ? AND type = 'start_failed' AND "
+                    "source_kind = ? AND source = ? AND verified = 1")
 
 
 class Refused(Exception):
@@ -171,6 +187,7 @@ class Payments:
         if used:
             self.db.move(row["id"], D.TOKEN, D.USED, "token_redeem", {"seq": used[0][0]},
                          start_seq=used[0][0], settled_at=now)
+            self._token_failed(row["id"])
             return
         if now <= row["token_expires"]:
             return
@@ -181,6 +198,15 @@ class Payments:
         if dev and dev[0][0] and dev[0][0] > row["token_expires"] and dev[0][1] >= dev[0][2]:
             self.db.move(row["id"], D.TOKEN, D.REFUNDING, "token_expired",
                          detail="the code was not used before it expired")
+
+    def _token_failed(self, pid):
+        """A used token whose washer did not start (its start_failed may come in a later
+        upload than the redemption): refunded."""
+        row = self.db.get(pid)
+        failed = self.db.query(_NOT_STARTED_SQL, (row["device"], "token", row["token_id"]))
+        if failed:
+            self.db.move(pid, D.USED, D.REFUNDING, "start_failed", {"seq": failed[0][0]},
+                         settled_at=None, detail="the washer did not start")
 
     def step(self, pid):
         """Move one open payment on if what it waits for has happened."""
@@ -234,7 +260,8 @@ class Payments:
         if seq is None:
             return
         nxt = self.db.query(
-            "SELECT seq, type, amount FROM records WHERE device = ? AND seq > ? AND "
+            "SELECT seq, type, amount, source_kind, source FROM records WHERE device = ? AND "
+            "seq > ? AND "
             "verified = 1 AND type IN ('vend_running', 'start_failed') ORDER BY seq LIMIT 1",
             (row["device"], seq))
         if not nxt:
@@ -242,10 +269,15 @@ class Payments:
                 self.db.move(row["id"], D.STARTED, D.STARTED, "journal", {"seq": seq},
                              start_seq=seq)
             return
-        s, rtype, amount = nxt[0]
+        s, rtype, amount, kind, source = nxt[0]
         if rtype == "vend_running":
             self.db.move(row["id"], D.STARTED, D.RUNNING, "running", {"seq": s},
                          settled_at=self.clock(), start_seq=seq)
+        elif (kind, source) == ("command", row["command_id"]):
+            # not credited on the board: the customer may have walked away
+            self.db.move(row["id"], D.STARTED, D.REFUNDING, "start_failed",
+                         {"seq": s, "amount": amount}, start_seq=seq,
+                         detail="the washer did not start")
         else:
             self.db.move(row["id"], D.STARTED, D.CREDIT_KEPT, "credit_kept",
                          {"seq": s, "credit": amount}, settled_at=self.clock(),
@@ -274,6 +306,11 @@ class Payments:
                 self.step(pid)
             except Exception as e:  # noqa: BLE001 - one payment must not stop the others
                 self.log(f"web: payment {pid}: {type(e).__name__}: {e}")
+        for (pid,) in self.db.query(
+                "SELECT p.id FROM payments p JOIN records r ON r.device = p.device AND "
+                "r.source = p.token_id WHERE p.state = ? AND r.type = 'start_failed' AND "
+                "r.source_kind = 'token' AND r.verified = 1", (D.USED,)):
+            self._token_failed(pid)
         cutoff = self.clock() - self.checkout_ttl_s
         for (pid,) in self.db.query(
                 "SELECT id FROM payments WHERE state = ? AND created < ?", (D.CREATED, cutoff)):
@@ -300,7 +337,9 @@ class Payments:
         if row is None:
             return None
         label, text = LABELS[row["state"]]
-        if row["detail"] and row["state"] in (D.REFUNDING, D.REFUNDED):
+        if row["start_seq"] is not None and row["state"] in NOT_STARTED:
+            label, text = NOT_STARTED[row["state"]]  # the board took it; no wash
+        elif row["detail"] and row["state"] in (D.REFUNDING, D.REFUNDED):
             text += f" ({row['detail'][0].upper()}{row['detail'][1:]}.)"
         return {"id": pid, "state": row["state"], "label": label, "text": text,
                 "final": row["state"] in D.FINAL, "device": row["device"],
@@ -317,6 +356,8 @@ class Payments:
         if row["kind"] == "token":
             reached = {D.CREATED: -1, D.CANCELLED: -1, D.PAID: 0, D.TOKEN: 1, D.USED: 2,
                        D.REFUNDING: 1, D.REFUNDED: 1}[st]
+            if st in NOT_STARTED and row["start_seq"] is not None:
+                reached = 2
             names = ("Paid", "Code ready", "Code used at the machine")
             return [(n, i <= reached) for i, n in enumerate(names)]
         order = [D.PAID, D.SENT, D.STARTED, D.RUNNING]
@@ -324,6 +365,8 @@ class Payments:
                    D.RUNNING: 3, D.CREDIT_KEPT: 2,
                    D.REFUNDING: 0 if row["sent_at"] is None else 1,
                    D.REFUNDED: 0 if row["sent_at"] is None else 1}[st]
+        if st in NOT_STARTED and row["start_seq"] is not None:
+            reached = 2  # the machine accepted, the washer did not start
         names = {D.PAID: "Paid", D.SENT: "Sent to machine", D.STARTED: "Machine accepted",
                  D.RUNNING: "Washing"}
         return [(names[s], i <= reached) for i, s in enumerate(order)]

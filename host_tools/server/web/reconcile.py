@@ -1,15 +1,19 @@
 """Phone payments reconciled against the boards' starts and the refunds, per day (UTC, of
 the payment) and currency, for `washpay server report`:
 
-    paid = started (journal: remote_start then vend_running) + credit kept (start_failed)
-         + tokens used + refunded + open (still on the way)
+    paid = started (journal: remote_start then vend_running) + credit kept (start_failed
+         of a board before issue 15, which credited it) + tokens used + refunded (the
+         board refused or never answered, or its washer did not start) + open
 
 each settled payment checked against the ledger (a start or a used token has its journal
 record, a refund its provider's refund id), and what does not add up, by payment: a start
-the board journaled for a refunded payment (a late command: paid back and washed), a
-settled payment without its record or refund id, a payment open for longer than
-`stale_s` (something hangs: the server should have refunded or seen the start), a token
-past its expiry still open.
+the board journaled for a refunded payment (a late command: paid back and washed; not when
+the board journaled that its washer did not start it), a settled payment without its
+record or refund id, a payment open for longer than `stale_s` (something hangs: the server
+should have refunded or seen the start), a token past its expiry still open; and by board
+record: a token or remote start whose washer did not start (start_failed naming it, not
+credited on the board) that no phone payment refunds (a token issued by hand, `washpay
+token`): the operator refunds it.
 """
 
 import time
@@ -64,15 +68,31 @@ def build(store, since=None, stale_s=3600, now=None):
             flag(f"{state}, but the ledger holds no {rtype} of it")
         if col == "refunded" and not refund:
             flag("refunded without a refund id from the provider")
-        if col == "refunded":
-            if journaled:
-                flag(f"refunded, but the board journaled its {rtype}: paid back and washed")
+        if col == "refunded" and journaled and not store.query(
+                "SELECT 1 FROM records WHERE device = ? AND type = 'start_failed' AND "
+                "source_kind = ? AND source = ? AND verified = 1",
+                (device, "token" if kind == "token" else "command", src)):
+            flag(f"refunded, but the board journaled its {rtype}: paid back and washed")
         if col == "open":
             if kind == "token" and texp and now > texp:
                 flag("token expired, not redeemed: refunded when the board uploads its "
                      "journal")
             elif now - (updated or paid_at) > stale_s:
                 flag(f"{state} for {int((now - (updated or paid_at)) // 60)} min")
+    # not started, not credited on the board, and no phone payment of it: refund by hand
+    for device, t, skind, source, amount in store.query(
+            "SELECT r.device, r.t, r.source_kind, r.source, r.amount FROM records r "
+            "WHERE r.type = 'start_failed' AND r.source_kind IN ('token', 'command') AND "
+            "r.verified = 1 AND NOT EXISTS (SELECT 1 FROM payments p WHERE "
+            "p.device = r.device AND p.paid_at IS NOT NULL AND "
+            "(p.token_id = r.source OR p.command_id = r.source))"):
+        day = _day(t or 0)
+        if since and day < since:
+            continue
+        anomalies.append({"payment": "-", "device": device, "day": day,
+                          "problem": f"{skind} {source[:8]}... did not start the washer "
+                                     f"({amount}, not credited on the board) and no phone "
+                                     "payment refunds it: refund it by hand"})
     out = []
     for (day, currency), d in sorted(days.items()):
         row = {"day": day, "currency": currency}
