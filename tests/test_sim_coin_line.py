@@ -80,3 +80,36 @@ def test_noise_that_does_not_fit_its_period_is_refused(clock):
     m = simhw.CoinAcceptorModel(CFG)
     with pytest.raises(ValueError, match="does not fit"):
         m.storm(1000, 1, width_us=1000)
+
+
+@pytest.mark.parametrize(("words", "says"), [
+    (["--rate", "abc", "--seconds", "1"], "--rate takes a number, not 'abc'"),
+    (["--rate", "1000"], "usage: washpay sim ctl glitch --rate <Hz> --seconds <s>"),
+    (["--rate", "1000", "--seconds"], "usage: washpay sim ctl glitch --rate"),
+    (["--rate", "1000", "--seconds", "1", "--loud"], "usage: washpay sim ctl glitch --rate"),
+])
+def test_bad_noise_words_say_what_to_type(words, says, tmp_path, capsys):
+    from host_tools.cli import main
+
+    # refused before any board is asked: there is none in tmp_path
+    assert main(["sim", "ctl", "--state", str(tmp_path), "glitch", *words]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("washpay sim ctl: " + says) and "Traceback" not in err
+
+
+@pytest.mark.parametrize(("msg", "says"), [
+    ({"rate": 0, "seconds": 1}, "noise rate must be 1 to 20000 Hz, not 0"),
+    ({"rate": 50_000, "seconds": 1}, "noise rate must be 1 to 20000 Hz"),
+    ({"rate": 1000, "seconds": 0}, "noise lasts more than 0"),
+    ({"rate": 1000, "seconds": 1, "width_us": 2000}, "a glitch of 2000 us does not fit"),
+])
+def test_the_board_refuses_noise_it_cannot_make(msg, says, clock):
+    import json
+
+    board = json.loads((Path(simhw.__file__).parent / "board.json").read_text())
+    # the coin line and the washer only: no display, reader or scanner models
+    bench = simhw.Bench({k: board[k] for k in ("coin", "washer", "sim")}
+                        | {"pins": {"coin_pulse": 34, "coin_inhibit": 25}})
+    reply = bench.handle({"op": "glitch", **msg})
+    assert reply["error"].startswith(says)
+    assert bench.acceptor.noise == []
