@@ -1,6 +1,7 @@
 """Device tests: the firmware under the real micropython on the simulated board, driven
 through the same control channel as `washpay sim ctl`."""
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -10,6 +11,7 @@ import pytest
 from host_tools.sim.client import SimBoard, SimError
 
 pytestmark = pytest.mark.device
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_full_coin_wash(sim):
@@ -210,3 +212,49 @@ def test_journal_full_refuses_coins_but_vends_paid_credit(tmp_path):
         board.call("button", name="start")
         st = board.wait_for(lambda s: s["state"] == "running", what="running")
         assert st["credit"] == 300
+
+
+def journal_records(board, tmp_path):
+    """The board's records as the host's decoder reads them (pulled with mpremote)."""
+    from host_tools import journal as J
+    from host_tools import keys as K
+
+    st = board.status()
+    out = tmp_path / f"pull{len(list(tmp_path.glob('pull*')))}"
+    J.pull(st["console"], out)
+    report = J.verify(J.load_inputs([out / "journal"]),
+                      J.Keys(K.load_site_key(board.state / "site.key"),
+                             st["firmware"]["device_id"]))
+    assert report.ok, [p.message for p in report.problems]
+    board.wait_ready()
+    return [dict(r.fields) for r in report.records]
+
+
+def test_the_machine_runs_on_through_our_power_cut(sim_with_config, tmp_path):
+    # `washer auto`: the simulated machine answers the relay with its own program timer. It
+    # is on its own supply, so a power cut of our board neither stops nor restarts it: boot
+    # recovery finds it busy, the vend goes on, nothing is refunded or charged twice. Its
+    # cycle outlasts any boot however loaded the host; the test ends it by hand.
+    board_file = json.loads((ROOT / "boards" / "sim" / "board.json").read_text())
+    board_file["sim"]["washer"]["cycle_s"] = 600
+    sim = sim_with_config({"device_id": "sim-0001"}, board_file=board_file)
+    sim.insert_coin(200)
+    sim.insert_coin(100)
+    sim.call("button", name="start")  # quick, 2.50
+    st = sim.wait_for(lambda s: s["state"] == "running", what="running")
+    assert st["washer"]["busy"] is True and st["washer"]["starts"] == 1
+    sim.call("power", state="cut")
+    sim.call("power", state="on")
+    # boot recovery has journaled its boot record (the sixth) and shows its verdict
+    st = sim.wait_for(lambda s: s["boots"] == 2 and s["journal"].get("count", 0) >= 6,
+                      timeout=20, what="boot recovery")
+    assert st["boots"] == 2 and st["state"] == "running" and st["credit"] == 50
+    assert st["washer"] == {"mode": "auto", "busy": True, "door": "closed", "starts": 1}
+    assert st["relay_pulses"] == 1  # not started again
+    sim.call("washer", state="idle")  # the program ends
+    st = sim.wait_for(lambda s: s["state"] == "credit", what="the cycle's end")
+    assert st["credit"] == 50 and st["relay_pulses"] == 1
+    recs = journal_records(sim, tmp_path)
+    assert [r["type"] for r in recs] == ["boot", "coin", "coin", "vend_start", "vend_running",
+                                         "boot", "vend_done"]
+    assert [r["credit"] for r in recs] == [0, 200, 300, 50, 50, 50, 50]

@@ -200,7 +200,12 @@ class CoinAcceptorModel:
 
 
 class WasherModel:
-    """The washing machine: starts on the relay if its door is closed, reports busy."""
+    """The washing machine: starts on the relay if its door is closed, reports busy.
+
+    It is another machine on its own supply: a program it runs goes on through our board's
+    power cuts, on its own timer. The host keeps what `run()` says and hands it to the next
+    firmware process (op "washer_run"); a machine switched by its supply (start mode
+    "power") stopped when our relay let go."""
 
     def __init__(self, cfg, start_mode):
         self.confirm_us = int(cfg.get("confirm_delay_ms", 300)) * 1000
@@ -227,6 +232,18 @@ class WasherModel:
             self.run_from = t + self.confirm_us
             self.run_until = self.run_from + self.cycle_us
             self.starts += 1
+
+    def run(self):
+        """The running program, for the host to keep across power cuts."""
+        return {"op": "washer_run", "run_from": self.run_from, "run_until": self.run_until,
+                "starts": self.starts}
+
+    def restore(self, msg, t):
+        self.run_from = int(msg["run_from"])
+        self.run_until = int(msg["run_until"])
+        self.starts = int(msg["starts"])
+        if self.start_mode == "power":  # our relay was its supply: off since the cut
+            self.run_until = min(self.run_until, t)
 
     def busy(self, t):
         if self.mode == "manual":
@@ -367,8 +384,11 @@ class Bench:
                 return
         if name == "relay":
             on = level == (1 if self.washer_cfg["relay_active"] == "high" else 0)
+            before = self.washer.starts, self.washer.run_until
             self.washer.relay(on, now_us())
             self.link.send({"ev": "relay", "on": on})
+            if (self.washer.starts, self.washer.run_until) != before:
+                self.link.send({"ev": "washer_run", "run": self.washer.run()})
         elif name in ("coin_inhibit", "led_green", "led_red", "buzzer"):
             self.link.send({"ev": "pin", "name": name, "level": level})
 
@@ -508,6 +528,9 @@ class Bench:
             else:
                 self.washer.mode = "manual"
                 self.washer.manual_busy = what == "busy"
+            return {}
+        if op == "washer_run":  # the machine's program, running since before our power cut
+            self.washer.restore(msg, now_us())
             return {}
         if op == "door":
             self.washer.door_closed = msg["state"] == "closed"

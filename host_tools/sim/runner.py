@@ -327,6 +327,8 @@ class SimRunner:
             self.last_feed = time.monotonic()
         elif ev == "reset":
             self.reboot("run", "hard", banner=b"")
+        elif ev == "washer_run":  # the machine runs on its own supply: kept like its door
+            self.environment["washer_run"] = msg["run"]
         elif ev in ("card", "card_left"):
             self.cards.on_event(msg)
 
