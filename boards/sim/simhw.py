@@ -526,8 +526,14 @@ class Bench:
             if what == "auto":
                 self.washer.mode = "auto"
             else:
+                # driven by hand from now: a program the machine ran by itself is over, and
+                # back in auto it answers the relay afresh
                 self.washer.mode = "manual"
                 self.washer.manual_busy = what == "busy"
+                t = now_us()
+                if self.washer.run_until > t:
+                    self.washer.run_until = t
+                    self.link.send({"ev": "washer_run", "run": self.washer.run()})
             return {}
         if op == "washer_run":  # the machine's program, running since before our power cut
             self.washer.restore(msg, now_us())
