@@ -29,6 +29,6 @@ def test_a_storm_on_the_coin_line_inhibits_coins_and_leaves_the_credit(sim, tmp_
     events = [e["event"] for e in sim.call("events")["events"]]
     assert "watchdog reset" not in events and events.count("power on") == 1
     sim.insert_coin(100)
-    assert sim.status()["credit"] == 200
+    assert sim.firmware_status()["credit"] == 200
     faults = fault_reasons(sim, tmp_path)
     assert len(faults) == 1 and faults[0].startswith("coin line noise: "), faults

@@ -15,7 +15,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_full_coin_wash(sim):
-    st = sim.status()
+    st = sim.firmware_status()
     assert st["state"] == "idle" and st["credit"] == 0
     assert st["display"].startswith("Insert coins")
     sim.select_program("standard")  # 3.50
@@ -107,7 +107,7 @@ def test_glitches_add_no_credit(sim):
     sim.call("glitch", count=5)
     st = sim.wait_for(lambda s: s["firmware"]["coin_noise"] >= 1, what="noise seen")
     sim.insert_coin(100)
-    st = sim.status()
+    st = sim.firmware_status()
     assert st["credit"] == 100
 
 
@@ -119,7 +119,7 @@ def test_coin_while_running_is_returned(sim):
     sim.wait_for(lambda s: s["state"] == "running", what="running")
     reply = sim.call("coin", value=100)
     assert reply.get("returned") is True
-    assert sim.status()["credit"] == 50
+    assert sim.firmware_status()["credit"] == 50
 
 
 def test_unknown_train_is_rejected_not_credited(sim):
@@ -142,12 +142,12 @@ def test_max_credit_inhibits_acceptor(tmp_path):
         board.wait_ready()
         for _ in range(2):
             board.insert_coin(200)
-        assert board.status()["inhibit"] is False
+        assert board.firmware_status()["inhibit"] is False
         board.insert_coin(100)
-        st = board.status()
+        st = board.firmware_status()
         assert st["credit"] == 500 and st["inhibit"] is True
         assert board.call("coin", value=50).get("returned") is True
-        assert board.status()["credit"] == 500
+        assert board.firmware_status()["credit"] == 500
 
 
 def test_bad_config_puts_machine_out_of_order(tmp_path):
@@ -219,7 +219,7 @@ def journal_records(board, tmp_path):
     from host_tools import journal as J
     from host_tools import keys as K
 
-    st = board.status()
+    st = board.firmware_status()
     out = tmp_path / f"pull{len(list(tmp_path.glob('pull*')))}"
     J.pull(st["console"], out)
     report = J.verify(J.load_inputs([out / "journal"]),

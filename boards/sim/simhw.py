@@ -464,6 +464,10 @@ class Bench:
             "coins_returned": self.coins_returned,
             "net": "up" if self.net_up else "down",
             "display": self.lcd.text() if self.lcd else "",
+            # the last screens, oldest first, and how many there have been: a notice of a
+            # few seconds is still here when a loaded host looks late
+            "shown": list(self.lcd.note()) if self.lcd else [],
+            "shown_n": self.lcd.shown_n if self.lcd else 0,
             "flash": self.flash.counters() if self.flash else {},
             "scanner": self.scanner.status() if self.scanner else {},
         }
