@@ -188,6 +188,9 @@ def main():
     from host_tools.bench_card import bench as card_bench
 
     _table("Card payments (simulated board and MFRC522, host figures)", card_bench())
+    from host_tools.bench_storm import bench as storm_bench
+
+    _table("Coin line storm (simulated board, host figures)", storm_bench())
     from host_tools.bench_provision import bench as provision_bench
 
     _table("Provisioning (simulated board, host figures)", provision_bench())

@@ -89,6 +89,28 @@ def _hex_bytes(text, what):
                        "e.g. 00ff0d)") from None
 
 
+def _noise_request(rest):
+    """`glitch --rate HZ --seconds S [--width-us W]`: sustained noise on the coin line."""
+    usage = "usage: washpay sim ctl glitch --rate <Hz> --seconds <s> [--width-us <us>]"
+    opts = {"--rate": ("rate", int), "--seconds": ("seconds", float),
+            "--width-us": ("width_us", int)}
+    req = {"op": "glitch"}
+    i = 0
+    while i < len(rest):
+        name = rest[i]
+        if name not in opts or i + 1 >= len(rest):
+            raise SimError(usage)
+        key, kind = opts[name]
+        try:
+            req[key] = kind(rest[i + 1])
+        except ValueError:
+            raise SimError(f"{name} takes a number, not {rest[i + 1]!r}") from None
+        i += 2
+    if "rate" not in req or "seconds" not in req:
+        raise SimError(usage)
+    return req
+
+
 def _ctl_request(args):
     """Turn `washpay sim ctl ...` words into one control-channel request."""
     w = args.words
@@ -116,6 +138,8 @@ def _ctl_request(args):
             req["gap_ms"] = _whole(rest[2], "pulses: the gap (ms)")
         return req
     if what == "glitch":
+        if "--rate" in rest or "--seconds" in rest:
+            return _noise_request(rest)
         words = [w for w in rest if w != "--inside"]
         req = {"op": "glitch",
                "count": _whole(words[0], "glitch: the number of glitches") if words else 1}
@@ -512,7 +536,8 @@ def build_parser():
         "ctl",
         help="drive a running simulated board",
         description="commands: coin <value> [count] [gap-ms] | pulses <n> [width] [gap] | "
-        "glitch [count] [--inside] | program <name> | button start|select | "
+        "glitch [count] [--inside] | glitch --rate HZ --seconds S [--width-us W] | "
+        "program <name> | button start|select | "
         "washer busy|idle|auto | door open|closed | net up|down | "
         "power cut [--after-ops N] [--torn] | power on | "
         "card tap <uid|image file> [--remove-after K] [--torn old|new|mixed] | "

@@ -11,7 +11,7 @@ import time
 import pytest
 from card_helpers import UID4, UID7, image, issued_blocks, issued_image
 from conftest import ROOT, SIM, run_micropython
-from test_card_device import card, card_key, end_cycle, journal, lift, tap
+from test_card_device import card, card_key, end_cycle, journal, lift, saw, tap
 
 from host_tools.sim.client import SimBoard
 
@@ -235,14 +235,14 @@ def test_a_locked_card_stays_locked_through_a_power_cut(lock_sim, tmp_path):
     for _ in range(3):
         st = tap(sim, bad)
         lift(sim)
-    assert st["display"] == "Card locked\ntry later" and card(st)["locked"] == [UID4.hex()]
+    assert saw(st, "Card locked\ntry later") and card(st)["locked"] == [UID4.hex()]
     locked_at = time.monotonic()
     st = power_cycle(sim)
     # rebuilt from the journal: three failures, then the lockout that cleared them
     assert card(st)["restored"]["locked"] == 1 and card(st)["locked"] == [UID4.hex()]
     good = issued_image(UID4, 1000, card_key=card_key(sim))
     st = tap(sim, good)
-    assert st["display"] == "Card locked\ntry later" and st["relay_pulses"] == 0
+    assert saw(st, "Card locked\ntry later") and st["relay_pulses"] == 0
     lift(sim)
     recs = journal(sim, tmp_path)
     u = UID4.hex()
@@ -262,16 +262,16 @@ def test_failures_before_a_reset_count_after_it(lock_sim, tmp_path):
     bad = forged(sim, UID4)
     for _ in range(2):  # fail_limit - 1 before the reset
         st = tap(sim, bad)
-        assert st["display"].startswith("Card invalid")
+        assert saw(st, "Card invalid", "start")
         lift(sim)
     st = power_cycle(sim)
     assert card(st)["restored"]["fails"] == 2 and card(st)["locked"] == []
     st = tap(sim, bad)  # the fail_limit-th, after the reset: locked out
-    assert st["display"] == "Card locked\ntry later" and card(st)["locked"] == [UID4.hex()]
+    assert saw(st, "Card locked\ntry later") and card(st)["locked"] == [UID4.hex()]
     lift(sim)
     # another card's single failure after the reset does not lock it
     st = tap(sim, forged(sim, UID7))
-    assert st["display"].startswith("Card invalid")
+    assert saw(st, "Card invalid", "start")
     lift(sim)
     mine = [(r["type"], r["reason"]) for r in since_boot(journal(sim, tmp_path))
             if r["source"] == UID4.hex()]
@@ -290,7 +290,7 @@ def test_a_lockout_record_clears_the_failures_before_it(lock_sim, tmp_path):
     st = power_cycle(sim)
     assert card(st)["locked"] == [] and card(st)["restored"]["fails"] == 0
     st = tap(sim, bad)
-    assert st["display"].startswith("Card invalid") and card(st)["locked"] == []
+    assert saw(st, "Card invalid", "start") and card(st)["locked"] == []
 
 
 # ---- velocity across a power cut
@@ -307,7 +307,7 @@ def test_payments_before_a_reset_count_toward_the_velocity_limit(tmp_path):
         st = power_cycle(sim)
         assert card(st)["restored"]["pays"] == 2
         st = tap(sim, img)
-        assert st["display"] == "Too many uses\ntry later" and st["relay_pulses"] == 2
+        assert saw(st, "Too many uses\ntry later") and st["relay_pulses"] == 2
         lift(sim)
         # once the first payment is out of the window (its card_debit's wall time, read
         # back at boot), the card pays again
@@ -365,7 +365,7 @@ def test_overdraft_limit_pays_exactly_and_refuses_one_unit_past(bal_sim, tmp_pat
     # quick costs 2.50; trusted may go down to -1.00: 1.50 pays, 1.49 does not
     st = tap(sim, issued_image(UID4, 149, "trusted", card_key=card_key(sim)))
     assert card(st)["last"]["result"] == "low balance" and st["relay_pulses"] == 0
-    assert st["display"] == "Low balance 1.49\nquick costs 2.50"
+    assert saw(st, "Low balance 1.49\nquick costs 2.50")
     lift(sim)
     tap(sim, issued_image(UID7, 150, "trusted", card_key=card_key(sim)))
     st = sim.wait_for(lambda s: s["state"] == "running", what="paid to the limit")
@@ -380,7 +380,7 @@ def test_overdraft_limit_pays_exactly_and_refuses_one_unit_past(bal_sim, tmp_pat
 def test_minimum_balance_refusal_is_journaled(bal_sim, tmp_path):
     sim = bal_sim
     st = tap(sim, issued_image(UID4, 499, "saver", card_key=card_key(sim)))
-    assert st["display"] == "Low balance 4.99\nmin 5.00 to pay" and st["relay_pulses"] == 0
+    assert saw(st, "Low balance 4.99\nmin 5.00 to pay") and st["relay_pulses"] == 0
     assert card(st)["last"]["reason"] == "min balance 5.00"
     lift(sim)
     tap(sim, issued_image(UID7, 500, "saver", card_key=card_key(sim)))
@@ -395,14 +395,14 @@ def test_balance_refusals_never_lock_a_card_and_are_journaled_once(bal_sim, tmp_
     for _ in range(BAL_RISK["fail_limit"] + 2):
         for img, line in ((over, "Low balance 1.00"), (empty, "Low balance 2.00")):
             st = tap(sim, img)
-            assert st["display"].startswith(line) and card(st)["locked"] == []
+            assert saw(st, line, "start") and card(st)["locked"] == []
             lift(sim)
     assert card(st)["counts"]["refused"] == 2 * (BAL_RISK["fail_limit"] + 2)
     # one record per card per fail window, and that quiet time survives a reset too
     st = power_cycle(sim)
     for img in (over, empty):
         st = tap(sim, img)
-        assert st["display"].startswith("Low balance") and card(st)["locked"] == []
+        assert saw(st, "Low balance", "start") and card(st)["locked"] == []
         lift(sim)
     assert refusals(sim, tmp_path) == [
         ("overdraft limit -1.00", UID4.hex(), 100, 250, 250, "quick"),

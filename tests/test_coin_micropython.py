@@ -238,3 +238,83 @@ print(acc.count, acc.level)
 """
     _, out, _ = run_micropython(code)
     assert out.split() == ["1", "1"]
+
+
+STORM = """
+import asyncio
+import washpay.drivers.coin_acceptor as ca
+from washpay.drivers.coin_acceptor import CoinAcceptor
+from washpay.payments.coin import PulseTrainDecoder
+
+
+class Clock:
+    # virtual ms: each ticks_ms read is one sample, 5 ms on
+    def __init__(self):
+        self.now = 0
+
+    def ticks_ms(self):
+        self.now += 5
+        return self.now
+
+    def ticks_diff(self, a, b):
+        return a - b
+
+
+clock = Clock()
+ca.time = clock
+S, E = {start}, {end}  # noise at 1 kHz: glitch k of 0.5 ms starts at S + k + 0.2 ms
+
+
+class Counter:
+    def value(self):
+        t = clock.now
+        return 0 if t < S else min(t - S, E - S)
+
+
+class PulsePin:
+    def value(self):
+        return 1  # idle (active low): a sample at a whole ms falls between two glitches
+
+
+class OutPin:
+    def value(self, v):
+        pass
+
+
+acc = CoinAcceptor(Counter(), PulsePin(), OutPin(), PulseTrainDecoder({table!r}),
+                   sample_ms=1, stuck_ms=1000, inhibit_grace_ms=100)
+results = []
+
+
+async def on_result(r):
+    results.append((clock.now, r))
+
+
+async def main():
+    if {release}:
+        acc.inhibit(False)
+    asyncio.create_task(acc.run(on_result))
+    while clock.now < E + 3000:
+        await asyncio.sleep_ms(2)
+    acc.deinit()
+    for t, r in results:
+        print(t, r[0], r[1])
+
+
+asyncio.run(main())
+"""
+
+
+@pytest.mark.parametrize("release", [True, False])
+def test_a_storm_on_the_line_is_reported_once_and_its_end_too(release):
+    # 2 s of 1 kHz noise: the driver reports the storm within a noise window, the decoder
+    # the one train it could not classify, and the driver the calm a second after the last
+    # edge. Inhibited all along (release False), the noise is no "pulses while inhibited".
+    code = STORM.format(start=1000, end=3000, table=TABLE, release=release)
+    _, out, _ = run_micropython(code, timeout=60)
+    rows = [line.split(" ", 2) for line in out.splitlines()]
+    assert [r[1] for r in rows] == ["storm", "reject", "calm"], out
+    (t_storm, _, rises), (t_reject, _, why), (t_calm, _, zero) = rows
+    assert 1000 < int(t_storm) <= 1000 + 2 * 250 and int(rises) > 25
+    assert why.startswith("unverifiable: ") and 3000 < int(t_reject) < int(t_calm)
+    assert 3000 + 1000 <= int(t_calm) <= 3000 + 1000 + 2 * 250 and zero == "0"

@@ -26,7 +26,7 @@ def sim(sim_with_config):
 
 
 def reject(sim):
-    faults = sim.status()["firmware"]["faults"]
+    faults = sim.firmware_status()["firmware"]["faults"]
     sim.call("pulses", n=3)  # no coin is 3 pulses
     return sim.wait_for(lambda s: s["firmware"]["faults"] == faults + 1, what="the rejection")
 
@@ -46,7 +46,7 @@ def test_the_nth_rejected_train_locks_coins_out_for_a_while(sim):
     st = sim.wait_for(lambda s: s["display"].startswith("Coins blocked\nquick"),
                       what="the locked-out screen")
     reply = sim.call("coin", value=100)  # the inhibited acceptor gives it back
-    assert reply.get("returned") is True and sim.status()["credit"] == 0
+    assert reply.get("returned") is True and sim.firmware_status()["credit"] == 0
     # the lockout ends by itself; the count starts again from zero
     st = sim.wait_for(lambda s: not s["firmware"]["coin_lockout"],
                       timeout=LOCKOUT_MS / 1000 + 30, what="the lockout to end")
@@ -62,7 +62,7 @@ def fault_reasons(sim, tmp_path):
     from host_tools import journal as J
     from host_tools import keys as K
 
-    st = sim.status()
+    st = sim.firmware_status()
     dev = st["firmware"]["device_id"]  # the journal keys are the provisioned device's
     out = tmp_path / f"pull{len(list(tmp_path.glob('pull*')))}"
     J.pull(st["console"], out)

@@ -58,7 +58,7 @@ def test_door_opened_in_time_records_nothing(sim_with_config):
     sim.call("button", name="start")
     sim.wait_for(lambda s: s["state"] == "running", what="running")
     end_cycle(sim)
-    assert laundry(sim.status()) == "waiting"
+    assert laundry(sim.firmware_status()) == "waiting"
     sim.call("door", state="open")
     st = sim.wait_for(lambda s: laundry(s) == "collected", what="collected")
     assert st["journal"]["last_type"] == "vend_done"

@@ -8,7 +8,7 @@ import json
 
 import pytest
 from card_helpers import UID4, UID7, issued_image
-from test_card_device import card, card_key, end_cycle, journal, lift, tap, washpay
+from test_card_device import card, card_key, end_cycle, journal, lift, saw, tap, washpay
 
 pytestmark = pytest.mark.device
 
@@ -48,7 +48,7 @@ def sim(sim_with_config):
 
 
 def test_rule_active_now_sets_the_coin_price(sim, tmp_path):
-    st = sim.status()
+    st = sim.firmware_status()
     progs = {p["name"]: p["price"] for p in st["firmware"]["programs"]}
     # base 2.50 / 3.50 / 4.50, +20% now (not the +100% of the other days)
     assert progs == {"quick": 300, "standard": 420, "heavy": 540}
@@ -86,7 +86,7 @@ def test_tier_discount_on_a_card_payment(sim, tmp_path):
 
 def test_tier_that_may_not_buy_the_program_is_refused(sim, tmp_path):
     st = tap(sim, issued_image(UID4, 1000, "student", card_key=card_key(sim)))
-    assert st["display"] == "Not for card\nchoose another"
+    assert saw(st, "Not for card\nchoose another")
     assert st["state"] == "idle" and st["relay_pulses"] == 0
     assert card(st)["counts"]["refused"] == 1
     refused = [r for r in journal(sim, tmp_path) if r["type"] == "card_refused"]
@@ -104,7 +104,7 @@ def test_overdraft_down_to_exactly_the_limit(sim, tmp_path):
     # trusted: overdraft 1.00; quick costs 3.00 now. 1.99 would end at -1.01: refused
     st = tap(sim, issued_image(UID4, 199, "trusted", card_key=card_key(sim)))
     assert card(st)["last"]["result"] == "low balance" and st["relay_pulses"] == 0
-    assert "Low balance 1.99" in st["display"]
+    assert saw(st, "Low balance 1.99", "in")
     # 2.00 ends exactly at -1.00: paid
     tap(sim, issued_image(UID7, 200, "trusted", card_key=card_key(sim)))
     st = sim.wait_for(lambda s: s["state"] == "running", what="paid")

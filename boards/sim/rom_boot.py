@@ -41,12 +41,16 @@ try:
 except OSError:
     pass
 # the machine on the relay is the one the provisioned board file describes (a dryer is
-# switched by its supply: start_mode power); the pins stay the simulated board's
+# switched by its supply: start_mode power), and so is its model's timing (sim.washer:
+# confirm_delay_ms, cycle_s) where the file has one; the pins stay the simulated board's
 if "board.json" in _factory:
     try:
-        _board["washer"] = json.loads(_factory["board.json"])["washer"]
-    except (ValueError, KeyError):
+        _prov = json.loads(_factory["board.json"])
+        _board["washer"] = _prov["washer"]
+        _board["sim"]["washer"] = _prov.get("sim", {}).get("washer", _board["sim"]["washer"])
+    except (ValueError, KeyError, AttributeError):
         pass  # the firmware reports a broken board file itself
+    _prov = None
 
 if _bare:
     _factory = {}

@@ -72,6 +72,11 @@ class SimLCD1602:
         self._high = -1  # 4-bit mode: the first nibble of a byte, until the second comes
         self._busy_until = time.ticks_add(time.ticks_us(), _POWER_ON_US)
         self.busy_writes = 0
+        # the last screens shown, oldest first: a test reads what a notice of a few seconds
+        # said however late it looks (taken at each address set or clear, when one screen's
+        # writing begins and the one before it is whole)
+        self.shown = []
+        self.shown_n = 0  # screens ever added to `shown`
 
     @property
     def backlight(self):
@@ -116,6 +121,8 @@ class SimLCD1602:
 
     def _execute(self, rs, b, t):
         busy = _EXEC_US
+        if not rs and b & 0x83:  # set DDRAM address, home or clear: note what is shown
+            self.note()
         if rs:
             self._write_data(b)
         elif b & 0x80:
@@ -222,6 +229,15 @@ class SimLCD1602:
         ddram = self._ddram
         out = [self._glyph(ddram[base + (first + c + self._shift) % span]) for c in range(cols)]
         return "".join(out).rstrip(" ")
+
+    def note(self):
+        """Add the screen as it is now to `shown` (the last 8), if it is new there."""
+        text = self.text()
+        if text.strip() and (not self.shown or self.shown[-1] != text):
+            self.shown.append(text)
+            self.shown_n += 1
+            del self.shown[:-8]
+        return self.shown
 
     def text(self):
         """The visible rows, joined with newlines; blank while the display is off."""

@@ -21,23 +21,71 @@ def now_us():
     return time.time_ns() // 1000
 
 
+class Noise:
+    """Glitches on the coin line from something else (a motor, a relay, a bad ground):
+    `count` glitches of `width_us`, one per `period_us` from t0, each started up to
+    `jitter_us` late (a fixed pseudo-random sequence). Generated as time reaches them, so
+    an hour of noise costs no memory."""
+
+    def __init__(self, t0, period_us, width_us, count, jitter_us=0):
+        self.t0 = t0
+        self.period = period_us
+        self.width = width_us
+        self.jitter = jitter_us
+        self.left = count
+        self.k = 0
+        self.x = t0 & 0x7FFFFFFF
+        self.s = self._at()
+
+    def _at(self):
+        t = self.t0 + self.k * self.period
+        if self.jitter:
+            self.x = (self.x * 1103515245 + 12345) & 0x7FFFFFFF
+            t += (self.x >> 8) % (self.jitter + 1)
+        return t
+
+    def take(self):
+        """The next glitch as (start, end); None once the noise is over."""
+        if self.left <= 0:
+            return None
+        s = self.s
+        self.left -= 1
+        self.k += 1
+        self.s = self._at()
+        return s, s + self.width
+
+
 class CoinAcceptorModel:
-    """A CH-926-style acceptor: one pulse train per accepted coin, nothing while inhibited."""
+    """A CH-926-style acceptor: one pulse train per accepted coin, nothing while inhibited;
+    and its line, which noise can reach whatever the acceptor does.
+
+    The line is active while any pulse or glitch holds it. They are kept as pending
+    intervals (the acceptor's pulses, sorted by start) and noise sources; reading the line
+    or the counter at time t consumes what started by t, in time order, and counts the
+    line's real edges: a glitch inside a pulse is no edge. Reads come in time order, so each
+    costs O(1) plus the intervals that started since the last one."""
 
     def __init__(self, cfg):
         self.pulses_for = {int(v): int(n) for v, n in cfg["pulses"].items()}
         self.pulse_us = int(cfg.get("pulse_ms", 50)) * 1000
         self.gap_us = int(cfg.get("gap_ms", 50)) * 1000
         self.between_us = int(cfg.get("between_ms", 300)) * 1000
-        self.intervals = []  # [start_us, end_us] of the line being active, in time order
-        self.done_starts = 0  # starts of intervals already pruned
-        self.done_ends = 0
+        self.pending = []  # [start_us, end_us] not yet reached, sorted by start
+        self.noise = []  # Noise sources still emitting
         self.free_at = 0  # the acceptor is busy emitting until then
+        # the line up to self.t: edges so far, and the active stretch under way
+        self.t = 0
+        self.rises = 0
+        self.falls = 0
+        self.on = False
+        self.on_from = 0
+        self.on_until = 0
 
     def _add(self, start, end):
-        self.intervals.append([start, end])
-        self.intervals.sort()
-        self.free_at = max(self.free_at, end)
+        i = len(self.pending)
+        while i and self.pending[i - 1][0] > start:
+            i -= 1
+        self.pending.insert(i, [start, end])
 
     def train(self, n, t0, pulse_us=None, gap_us=None, jitter_us=0):
         pulse_us = pulse_us or self.pulse_us
@@ -51,6 +99,7 @@ class CoinAcceptorModel:
                 w += randint(-jitter_us, jitter_us)
             self._add(t, t + w)
             t += w + gap_us
+        self.free_at = max(self.free_at, t - gap_us)
         return t
 
     def insert(self, value, count=1, gap_ms=None):
@@ -64,53 +113,99 @@ class CoinAcceptorModel:
 
     def glitch(self, count=1, width_us=500, inside=False):
         now = now_us()
-        for i in range(count):
-            if inside:
-                # a short drop inside the next (or current) pulse: one more counted edge
-                for iv in self.intervals:
-                    if iv[1] > now + 2 * width_us and iv[1] - iv[0] > 4 * width_us:
-                        mid = (iv[0] + iv[1]) // 2
-                        end = iv[1]
-                        iv[1] = mid
-                        self._add(mid + width_us, end)
-                        break
-            else:
-                t = now + 20_000 + i * 37_000
-                self._add(t, t + width_us)
+        if not inside:
+            # phantom pulses, 37 ms apart: each one an edge of its own
+            self.noise.append(Noise(now + 20_000, 37_000, width_us, count))
+            return
+        # short drops inside the next (or current) pulses: one more counted edge each
+        self.advance(now)
+        for _ in range(count):
+            lo = now + width_us
+            if self.on and self.on_until > lo + width_us and \
+                    self.on_until - self.on_from > 4 * width_us:
+                mid = max((self.on_from + self.on_until) // 2, lo)
+                self._add(mid + width_us, self.on_until)
+                self.on_until = mid
+                continue
+            for iv in self.pending:
+                if iv[1] - iv[0] > 4 * width_us:
+                    mid = (iv[0] + iv[1]) // 2
+                    end = iv[1]
+                    iv[1] = mid
+                    self._add(mid + width_us, end)
+                    break
 
-    def _prune(self, t):
-        # forget intervals long past, keeping their edge counts
-        while self.intervals and self.intervals[0][1] < t - 2_000_000:
-            self.intervals.pop(0)
-            self.done_starts += 1
-            self.done_ends += 1
+    def storm(self, rate_hz, seconds, width_us=None):
+        """Noise at `rate_hz` for `seconds`, from now: glitches of width_us (default: a
+        quarter period, at most 0.5 ms) at random points of each period."""
+        period = 1_000_000 // rate_hz
+        width = width_us or min(500, period // 4)
+        if not 0 < width < period:
+            raise ValueError("a glitch of %d us does not fit a period of %d us"
+                             % (width, period))
+        count = int(rate_hz * seconds)
+        self.noise.append(Noise(now_us() + 20_000, period, width, count,
+                                period - width - 1))
+        return count
 
-    def active(self, t):
-        self._prune(t)
-        for s, e in self.intervals:
-            if s <= t < e:
-                return True
+    def advance(self, t):
+        """Bring the line's edge counts up to time t (earlier times change nothing: the
+        counter never counts backwards)."""
+        if t < self.t:
+            return
+        pending = self.pending
+        while True:
+            src = None
+            s = t + 1
+            if pending and pending[0][0] < s:
+                s = pending[0][0]
+            for n in self.noise:
+                if n.s < s and n.left > 0:
+                    src = n
+                    s = n.s
             if s > t:
                 break
-        return False
+            if src is None:
+                e = pending.pop(0)[1]
+            else:
+                e = src.take()[1]
+                if src.left <= 0:
+                    self.noise.remove(src)
+            if self.on and s > self.on_until:  # the line went idle in between
+                self.falls += 1
+                self.on = False
+            if self.on:
+                self.on_until = max(self.on_until, e)
+            else:
+                self.rises += 1
+                self.on = True
+                self.on_from = s
+                self.on_until = e
+        if self.on and self.on_until <= t:
+            self.falls += 1
+            self.on = False
+        self.t = t
+
+    def active(self, t):
+        self.advance(t)
+        return self.on
 
     def starts(self, t):
-        n = self.done_starts
-        for s, _ in self.intervals:
-            if s <= t:
-                n += 1
-        return n
+        self.advance(t)
+        return self.rises
 
     def ends(self, t):
-        n = self.done_ends
-        for _, e in self.intervals:
-            if e <= t:
-                n += 1
-        return n
+        self.advance(t)
+        return self.falls
 
 
 class WasherModel:
-    """The washing machine: starts on the relay if its door is closed, reports busy."""
+    """The washing machine: starts on the relay if its door is closed, reports busy.
+
+    It is another machine on its own supply: a program it runs goes on through our board's
+    power cuts, on its own timer. The host keeps what `run()` says and hands it to the next
+    firmware process (op "washer_run"); a machine switched by its supply (start mode
+    "power") stopped when our relay let go."""
 
     def __init__(self, cfg, start_mode):
         self.confirm_us = int(cfg.get("confirm_delay_ms", 300)) * 1000
@@ -137,6 +232,18 @@ class WasherModel:
             self.run_from = t + self.confirm_us
             self.run_until = self.run_from + self.cycle_us
             self.starts += 1
+
+    def run(self):
+        """The running program, for the host to keep across power cuts."""
+        return {"op": "washer_run", "run_from": self.run_from, "run_until": self.run_until,
+                "starts": self.starts}
+
+    def restore(self, msg, t):
+        self.run_from = int(msg["run_from"])
+        self.run_until = int(msg["run_until"])
+        self.starts = int(msg["starts"])
+        if self.start_mode == "power":  # our relay was its supply: off since the cut
+            self.run_until = min(self.run_until, t)
 
     def busy(self, t):
         if self.mode == "manual":
@@ -277,8 +384,11 @@ class Bench:
                 return
         if name == "relay":
             on = level == (1 if self.washer_cfg["relay_active"] == "high" else 0)
+            before = self.washer.starts, self.washer.run_until
             self.washer.relay(on, now_us())
             self.link.send({"ev": "relay", "on": on})
+            if (self.washer.starts, self.washer.run_until) != before:
+                self.link.send({"ev": "washer_run", "run": self.washer.run()})
         elif name in ("coin_inhibit", "led_green", "led_red", "buzzer"):
             self.link.send({"ev": "pin", "name": name, "level": level})
 
@@ -354,6 +464,10 @@ class Bench:
             "coins_returned": self.coins_returned,
             "net": "up" if self.net_up else "down",
             "display": self.lcd.text() if self.lcd else "",
+            # the last screens, oldest first, and how many there have been: a notice of a
+            # few seconds is still here when a loaded host looks late
+            "shown": list(self.lcd.note()) if self.lcd else [],
+            "shown_n": self.lcd.shown_n if self.lcd else 0,
             "flash": self.flash.counters() if self.flash else {},
             "scanner": self.scanner.status() if self.scanner else {},
         }
@@ -388,6 +502,18 @@ class Bench:
                 int(msg.get("gap_ms", 50)) * 1000,
             )
             return {"ends_in_ms": (t - now_us()) // 1000}
+        if op == "glitch" and "rate" in msg:
+            rate, seconds = int(msg["rate"]), float(msg.get("seconds", 1))
+            if not 1 <= rate <= 20_000:
+                return {"error": "noise rate must be 1 to 20000 Hz, not %d" % rate}
+            if not 0 < seconds <= 86_400:
+                return {"error": "noise lasts more than 0 and at most 86400 s"}
+            width = int(msg.get("width_us", 0))
+            try:
+                n = self.acceptor.storm(rate, seconds, width)
+            except ValueError as e:
+                return {"error": str(e)}
+            return {"glitches": n, "ends_in_ms": int(seconds * 1000) + 20}
         if op == "glitch":
             self.acceptor.glitch(
                 int(msg.get("count", 1)), int(msg.get("width_us", 500)), bool(msg.get("inside"))
@@ -404,8 +530,17 @@ class Bench:
             if what == "auto":
                 self.washer.mode = "auto"
             else:
+                # driven by hand from now: a program the machine ran by itself is over, and
+                # back in auto it answers the relay afresh
                 self.washer.mode = "manual"
                 self.washer.manual_busy = what == "busy"
+                t = now_us()
+                if self.washer.run_until > t:
+                    self.washer.run_until = t
+                    self.link.send({"ev": "washer_run", "run": self.washer.run()})
+            return {}
+        if op == "washer_run":  # the machine's program, running since before our power cut
+            self.washer.restore(msg, now_us())
             return {}
         if op == "door":
             self.washer.door_closed = msg["state"] == "closed"

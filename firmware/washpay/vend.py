@@ -57,6 +57,9 @@ class VendEngine:
         self._rejects = []  # ticks_ms of the recent rejected coin trains (risk.reject_burst)
         self.coin_lockout = False  # too many rejects: the acceptor is inhibited for a while
         self.coin_stuck = False  # the coin line is stuck active: inhibited until it is idle
+        # noise on the coin line: None while it is quiet, else the trains rejected during
+        # the storm so far (vend_watch.coin_storm); inhibited until it is quiet
+        self.coin_storm = None
 
     # ---- prices (washpay/pricing.py, docs/pricing.md)
     def price_of(self, program=None, tier=None):
@@ -135,7 +138,7 @@ class VendEngine:
         elif self.credit:
             self.screen.show("Credit " + m(self.credit),
                              "%s +%s" % (p["name"], m(price - self.credit)))
-        elif self.coin_lockout or self.coin_stuck:
+        elif self.coin_lockout or self.coin_stuck or self.coin_storm is not None:
             self.screen.show("Coins blocked", "%s %s" % (p["name"], m(price)))
         elif not self.journal.accepts_payments:
             self.screen.show("Journal full", "sync required")
@@ -163,6 +166,7 @@ class VendEngine:
             or self.state == R.RUNNING and not self._room_s()
             or self.coin_lockout
             or self.coin_stuck
+            or self.coin_storm is not None
             or self.credit >= self.cfg["max_credit"]
             or not self.journal.accepts_payments  # the reserve is for money already taken
         )
@@ -197,6 +201,8 @@ class VendEngine:
             self.update_inhibit()
             self.show()
             self.timings["coin_to_credit_us"] = time.ticks_diff(time.ticks_us(), t0)
+        elif kind == "reject" and self.coin_storm is not None:
+            W.storm_reject(self, result)
         elif kind == "reject":
             self.faults += 1
             self.last_fault = result[1]
@@ -207,6 +213,8 @@ class VendEngine:
             W.coin_fault(self, "coin line stuck active")
         elif kind == "released":
             W.coin_fault(self, "coin line released", False)
+        elif kind in ("storm", "calm"):
+            W.coin_storm(self, result)
         elif kind == "inhibited":  # the acceptor ignores its inhibit line, or is tampered
             W.coin_fault(self, "pulses while inhibited", None)
         else:  # line noise: no coin, nothing to record per glitch
@@ -426,6 +434,7 @@ class VendEngine:
             "left_s": self.left_s(),
             "coin_lockout": self.coin_lockout,
             "coin_stuck": self.coin_stuck,
+            "coin_storm": self.coin_storm,
             "coin_noise": self.noise,
             "timings": self.timings,
             "inhibit": self.acceptor.inhibited,

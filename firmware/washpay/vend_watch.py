@@ -53,6 +53,34 @@ def coin_fault(e, why, block=True):
         e.show()
 
 
+def coin_storm(e, result):
+    """Noise on the coin line began (("storm", rises, ms): the fault is journaled, coins are
+    refused) or ended (("calm", 0): coins are taken again). One fault record per storm:
+    its end is in the status, and the storm's trains are the next function's."""
+    if result[0] == "calm":
+        e.coin_storm = None
+        e.update_inhibit()
+        e.show()
+        return
+    e.coin_storm = 0
+    e.update_inhibit()
+    e.faults += 1
+    e.last_fault = "coin line noise: %d edges in %d ms" % (result[1], result[2])
+    e._record(R.FAULT, reason=e.last_fault)
+    e.notice("Coins blocked", "ask staff", 3000)
+
+
+def storm_reject(e, result):
+    """A train the decoder rejected during a storm. The first is journaled: it is the one
+    a coin in flight when the storm began would be in. The others are noise the fault
+    record already stands for: counted, not journaled, no reject burst."""
+    e.coin_storm += 1
+    if e.coin_storm == 1:
+        e._record(R.COIN_REJECTED, reason=result[1], pulses=result[2])
+    else:
+        e.noise += 1
+
+
 async def watch_collect(e, program, source):
     """Laundry left in the machine: the door not opened within collect_ms of the cycle's
     end is journaled against the payer, and the display says so until it opens."""

@@ -57,6 +57,11 @@ class SimClient:
                     return st
             except SimError:
                 pass
+            except (KeyError, TypeError):
+                # a status without the firmware's part (booting, or too busy to answer
+                # within the simulator's status timeout on a loaded host) cannot satisfy a
+                # predicate that reads it: not yet, ask again
+                pass
             time.sleep(interval)
         raise SimError(f"timed out after {timeout}s waiting for {what}; last status: {st}")
 
@@ -69,9 +74,15 @@ class SimClient:
             what="the firmware to start",
         )
 
+    def firmware_status(self, timeout=10.0):
+        """The next status that has the firmware's part (a loaded host can make one status
+        come back without it): what to read a count from before acting."""
+        return self.wait_for(lambda st: bool(st["firmware"]), timeout,
+                             what="the firmware's status")
+
     def insert_coin(self, value, timeout=10.0):
         """Drop one coin of `value` and wait until the firmware has credited it."""
-        before = self.status()["credit"]
+        before = self.firmware_status()["credit"]
         reply = self.call("coin", value=value)
         if "pulses" not in reply:
             raise SimError(f"the acceptor took no coin of {value}: {reply}")

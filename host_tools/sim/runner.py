@@ -433,6 +433,8 @@ class SimRunner:
             self.main_started = True
             if self.sigint_pending and self.child is not None:
                 self._interrupt()
+        elif ev == "washer_run":  # the machine runs on its own supply: kept like its door
+            self.environment["washer_run"] = msg["run"]
         elif ev in ("card", "card_left"):
             self.cards.on_event(msg)
 

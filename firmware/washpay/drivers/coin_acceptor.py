@@ -21,6 +21,14 @@ _READ_TRIES = const(4)
 _REBASE_MS = const(1 << 28)
 _SAMPLES_MASK = const(0x3FFFFFFF)
 _LONG_PAUSE_MS = const(1 << 20)
+# Noise on the line (a motor, a relay, a bad ground): more rises a second than any acceptor
+# sends (a train of 50 ms pulses and gaps is 10 a second, the fastest CH-926 setting not
+# twice that) and faster than the decoder can tell glitches from pulses. Judged over windows
+# of _NOISE_WINDOW_MS; over when no edge came for _QUIET_MS, so that a storm with short
+# pauses stays one storm.
+_NOISE_HZ = const(100)
+_NOISE_WINDOW_MS = const(250)
+_QUIET_MS = const(1000)
 
 
 class CoinAcceptor:
@@ -43,6 +51,8 @@ class CoinAcceptor:
         #   ("inhibited", n)   n pulses counted while the inhibit line had been asserted for
         #                      inhibit_grace_ms (a coin already in flight may finish): once
         #                      per inhibit period
+        #   ("storm", n, ms)   n rises in ms: noise, far more than any coin train; once per storm
+        #   ("calm", 0)        no edge for _QUIET_MS after a storm
         self.stuck_ms = stuck_ms
         self.inhibit_grace_ms = inhibit_grace_ms
         self.stuck = False
@@ -50,6 +60,12 @@ class CoinAcceptor:
         self._inhibit_t = 0
         self._inhibit_flagged = False
         self._seen_count = 0
+        self.noisy = False
+        self._win_t = time.ticks_ms()  # the noise window: its start, count, last edge
+        self._win_c = counter.value()
+        self._win_inh = 0  # pulses while inhibited in this window, and in the one before
+        self._inh_held = 0
+        self._edge_t = 0
         # The decoder's clock runs from construction, across any pause of the task: time that
         # passed must never look shorter than it was.
         self._now = 0
@@ -104,8 +120,7 @@ class CoinAcceptor:
             res = decoder.feed(self._now, self.count, self.level)
             if res is not None:
                 await on_result(res)
-            if self.stuck_ms or self.inhibit_grace_ms:
-                await self._anomalies(t, on_result)
+            await self._anomalies(t, on_result)
             await asyncio.sleep_ms(self.sample_ms)
 
     async def _anomalies(self, t, on_result):
@@ -113,8 +128,10 @@ class CoinAcceptor:
         self._seen_count = self.count
         if n and self.inhibit_grace_ms and self._inhibited and not self._inhibit_flagged and \
                 time.ticks_diff(t, self._inhibit_t) >= self.inhibit_grace_ms:
-            self._inhibit_flagged = True
-            await on_result(("inhibited", n))
+            self._win_inh += n
+        w = time.ticks_diff(t, self._win_t)
+        if w >= _NOISE_WINDOW_MS:
+            await self._noise(t, w, on_result)
         if not self.stuck_ms:
             return
         if not self.level:
@@ -127,6 +144,32 @@ class CoinAcceptor:
         elif not self.stuck and time.ticks_diff(t, self._active_t) >= self.stuck_ms:
             self.stuck = True
             await on_result(("stuck", self.stuck_ms))
+
+    async def _noise(self, t, w, on_result):
+        # One window ends: a storm starts or ends, or pulses while inhibited are reported.
+        # Those wait one more window: a storm that began at the end of this one is seen in
+        # the next, and explains them (one fault per storm, not two).
+        n = self.count - self._win_c
+        inh = self._win_inh
+        held = self._inh_held
+        self._win_t = t
+        self._win_c = self.count
+        self._win_inh = 0
+        self._inh_held = 0
+        if n:
+            self._edge_t = t
+        if self.noisy:
+            if not n and not self.level and time.ticks_diff(t, self._edge_t) >= _QUIET_MS:
+                self.noisy = False
+                await on_result(("calm", 0))
+        elif n * 1000 > _NOISE_HZ * w:
+            self.noisy = True
+            await on_result(("storm", n, w))
+        elif held:
+            self._inhibit_flagged = True
+            await on_result(("inhibited", held + inh))
+        else:
+            self._inh_held = inh
 
     def deinit(self):
         """Stop sampling and refuse coins: nobody would decode them."""
