@@ -7,7 +7,6 @@ far slower than a host running the unix port.
     python -m host_tools.bench_crypto [path/to/micropython] [runs]
 """
 
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -68,8 +67,12 @@ def bench(micropython_path, runs=101):
 
 
 def _default_micropython():
-    beside = Path(sys.executable).parent / "micropython"
-    return str(beside) if beside.exists() else shutil.which("micropython")
+    from host_tools.interp import InterpreterError, micropython
+
+    try:
+        return micropython()
+    except InterpreterError:
+        return None
 
 
 def main(argv=None):

@@ -18,7 +18,6 @@ figures are the firmware's own work, not the host's disk:
     python -m host_tools.bench_journal [path/to/micropython]
 """
 
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -140,8 +139,12 @@ for stored in (100, {big} - ({big} - 100) % 31, {big}):
 
 
 def _default_micropython():
-    beside = Path(sys.executable).parent / "micropython"
-    return str(beside) if beside.exists() else shutil.which("micropython")
+    from host_tools.interp import InterpreterError, micropython
+
+    try:
+        return micropython()
+    except InterpreterError:
+        return None
 
 
 def bench(micropython_path=None, records=3000, big=10000):

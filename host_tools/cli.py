@@ -9,7 +9,14 @@ from host_tools.sim.client import SimClient, SimError
 
 
 def cmd_sim_run(args):
+    from host_tools.interp import InterpreterError, micropython
     from host_tools.sim.runner import SimRunner
+
+    try:
+        interp = micropython(args.micropython)
+    except InterpreterError as e:
+        print(f"washpay: {e}", file=sys.stderr)
+        return 2
 
     if args.broker or args.broker_ca:  # docs/sync.md: the board's config.json on a blank flash
         from host_tools.server.cli import sim_broker_files
@@ -24,6 +31,8 @@ def cmd_sim_run(args):
         site_key=args.site_key,
         bare=args.bare,
         flash_image=args.flash_image,
+        micropython=interp,
+        fw_heap=args.fw_heap,
     ).serve()
     return 0
 
@@ -387,6 +396,14 @@ def build_parser():
     run.add_argument(
         "--heap", default="512k", help="MicroPython GC heap (make bench shows the ESP32 fit)"
     )
+    run.add_argument(
+        "--fw-heap", default=None,
+        help="the firmware's own GC heap (e.g. 96k): what is free when main.py starts, the "
+        "simulator's share set aside (make bench bisects it)")
+    run.add_argument(
+        "--micropython", default=None, metavar="PATH",
+        help="the micropython that runs the board (default: $WASHPAY_MICROPYTHON, else the "
+        "one of this environment); e.g. a 32-bit build for ESP32 object sizes")
     run.add_argument("--device-id", default="sim-0001", help="device id on first start")
     run.add_argument(
         "--site-key",

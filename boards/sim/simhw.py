@@ -424,3 +424,4 @@ class Bench:
 
 bench = None  # the one Bench of this process, set by the boot ROM
 heap_baseline = 0  # GC heap in use before main.py: the simulator's own share
+heap_aside = None  # rom_boot: the heap set aside so the firmware gets exactly FW_HEAP
