@@ -166,33 +166,35 @@ def bench_heap():
 def main():
     print(f"washpay bench — micropython: {micropython_command()}")
     _table("Coin wash latency (simulated board, host figures)", bench_latency())
-    _table("GC heap (ESP32-WROOM-32 without PSRAM: ~112 KiB)", bench_heap())
+    from host_tools.bench.heap import bench as heap_bench
+
+    heap_bench()  # its own tables: both interpreters, both layouts, the budget
     try:
-        from host_tools.bench_crypto import bench as crypto_bench
+        from host_tools.bench.crypto import bench as crypto_bench
 
         _table("Crypto primitives under micropython (host)", crypto_bench(micropython_command()))
     except ImportError:
         pass
     try:
-        from host_tools.bench_journal import bench as journal_bench
+        from host_tools.bench.journal import bench as journal_bench
 
         _table("Journal", journal_bench())
     except ImportError:
         pass
     try:
-        from host_tools.bench_token import bench as token_bench
+        from host_tools.bench.token import bench as token_bench
 
         _table("QR tokens and remote start", token_bench())
     except ImportError:
         pass
-    from host_tools.bench_card import bench as card_bench
+    from host_tools.bench.card import bench as card_bench
 
     _table("Card payments (simulated board and MFRC522, host figures)", card_bench())
-    from host_tools.bench_provision import bench as provision_bench
+    from host_tools.bench.provision import bench as provision_bench
 
     _table("Provisioning (simulated board, host figures)", provision_bench())
     try:
-        from host_tools.bench_sync import bench as sync_bench
+        from host_tools.bench.sync import bench as sync_bench
 
         _table("Sync: journal upload over MQTT, server ingest (loopback)", sync_bench())
     except ImportError:

@@ -15,14 +15,14 @@ figures are the firmware's own work, not the host's disk:
   30: its cost follows how full the open segment is, not how many records are stored, and
   9,989 leaves it as full as 100 does).
 
-    python -m host_tools.bench_journal [path/to/micropython]
+    python -m host_tools.bench.journal [path/to/micropython]
 """
 
 import subprocess
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 # Runs under MicroPython; prints one "name value unit" line per measurement.
 _SCRIPT = """
