@@ -34,6 +34,7 @@ class Result:
         self.live = None  # firmware's live heap after the scenario (bytes)
         self.baseline = None  # the simulator's own share (and what was set aside)
         self.boots = None
+        self.after = {}  # step -> firmware's live heap when it was done (bytes)
 
     def __repr__(self):
         return (f"Result(ok={self.ok}, step={self.step!r}, error={self.error!r}, "
@@ -205,6 +206,19 @@ def _sync_steps(sim, server):
     sim.wait_for(_uploaded, timeout=30, what="everything acknowledged")
 
 
+def _live(sim, samples=3):
+    """The firmware's live heap: the least of a few collections 50 ms apart (a collection
+    keeps what a stale pointer on the stack still names: a single one varies by ~1 KiB)."""
+    least = None
+    for i in range(samples):
+        if i:
+            time.sleep(0.05)
+        h = sim.call("heap")
+        n = h["alloc"] - h["sim_baseline"]
+        least = n if least is None else min(least, n)
+    return least
+
+
 class OutOfMemory(Exception):
     """The firmware ran out of heap, crashed or reset: the run fails at once (SimClient's
     polls swallow SimError, not this)."""
@@ -236,10 +250,11 @@ class WatchedClient(SimClient):
 
 
 def run(tmp, firmware=None, micropython=None, fw_heap=None, tls=True, heap="3m",
-        site_rig=None, without=()):
+        site_rig=None, without=(), heap_map=False):
     """Run the scenario once on a fresh board; a Result. `firmware`: None (source), a
     directory of .mpy, or a .romfs image; `fw_heap`: the firmware's own GC heap ("96k");
-    `site_rig`: (broker, server) to share between runs, else one of its own."""
+    `site_rig`: (broker, server) to share between runs, else one of its own; `heap_map`:
+    the firmware's heap block map and qstr figures at the end, in STATE/console.log."""
     tmp = Path(tmp)
     res = Result()
     with contextlib.ExitStack() as stack:
@@ -254,12 +269,15 @@ def run(tmp, firmware=None, micropython=None, fw_heap=None, tls=True, heap="3m",
         try:
             sim.start()
             for step in steps(sim, server, without):
+                if res.step is not None:
+                    res.after[res.step] = _live(sim)
                 res.step = step
+            res.after[res.step] = _live(sim)
             res.step = None
             st = sim.status()
             res.boots = st.get("boots")
-            h = sim.call("heap")
-            res.live = h["alloc"] - h["sim_baseline"]
+            res.live = _live(sim, 5)
+            h = sim.call("heap", map=heap_map)
             res.baseline = h["sim_baseline"]
             sim.status()
             res.ok = True
