@@ -367,8 +367,14 @@ class Bench:
             import gc
 
             gc.collect()
-            return {"alloc": gc.mem_alloc(), "free": gc.mem_free(),
-                    "sim_baseline": heap_baseline}
+            out = {"alloc": gc.mem_alloc(), "free": gc.mem_free(),
+                   "sim_baseline": heap_baseline}
+            if msg.get("map"):  # the block map and qstr figures on the console (bench)
+                import micropython
+
+                micropython.qstr_info()
+                micropython.mem_info(1)
+            return out
         if op == "status":
             return self.status()
         if op == "coin":
