@@ -154,7 +154,10 @@ class SimMifareClassic:
 
     @classmethod
     def from_image(cls, image):
-        blocks = bytes.fromhex("".join(image["blocks"]))
+        # block by block: no 2 KB string in the heap the firmware shares with the simulator
+        blocks = bytearray(len(image["blocks"]) * 16)
+        for i, b in enumerate(image["blocks"]):
+            blocks[16 * i : 16 * i + 16] = bytes.fromhex(b)
         atqa = bytes.fromhex(image["atqa"]) if image.get("atqa") else None
         return cls(bytes.fromhex(image["uid"]), blocks, image.get("sak", 0x08), atqa)
 
