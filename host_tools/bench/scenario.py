@@ -226,7 +226,8 @@ class OutOfMemory(Exception):
 
 class WatchedClient(SimClient):
     """A control-channel client whose every status poll also reads the console log: a
-    MemoryError, a crash or a reset ends the run at once instead of at a step's timeout."""
+    MemoryError, a traceback, a crash or a reset ends the run at once instead of at a
+    step's timeout."""
 
     def __init__(self, state):
         super().__init__(state)
@@ -239,7 +240,9 @@ class WatchedClient(SimClient):
                 f.seek(max(0, self._seen - 64))  # a word cut in two by the last read
                 text = f.read()
                 self._seen = f.tell()
-            for bad in (b"MemoryError", b"memory allocation failed", b"crashed; resetting"):
+            # any traceback: the firmware survived an exception it should not have had
+            for bad in (b"MemoryError", b"memory allocation failed", b"crashed; resetting",
+                        b"Traceback"):
                 if bad in text:
                     why = bad.decode()
                     raise OutOfMemory(f"the firmware ran out of memory or crashed ({why})")
