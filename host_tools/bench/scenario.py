@@ -244,8 +244,9 @@ class WatchedClient(SimClient):
             for bad in (b"MemoryError", b"memory allocation failed", b"crashed; resetting",
                         b"Traceback"):
                 if bad in text:
-                    why = bad.decode()
-                    raise OutOfMemory(f"the firmware ran out of memory or crashed ({why})")
+                    at = text.index(bad)
+                    what = text[at : at + 600].decode(errors="replace").strip()
+                    raise OutOfMemory(f"the firmware ran out of memory or crashed: {what}")
         st = super().status()
         if st.get("boots", 1) > 1:
             raise OutOfMemory("the board reset during the scenario")
@@ -285,7 +286,7 @@ def run(tmp, firmware=None, micropython=None, fw_heap=None, tls=True, heap="3m",
             sim.status()
             res.ok = True
         except (SimError, OutOfMemory, OSError, KeyError, TypeError) as e:
-            res.error = str(e)[:300]
+            res.error = str(e)[:700]
         finally:
             sim.stop()
     return res

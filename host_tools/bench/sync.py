@@ -268,7 +268,8 @@ def bench():
     with tempfile.TemporaryDirectory() as tmp:
         rate, wire, st = _drain(Path(tmp) / "slow", 2000, latency_ms=100)
         rows.append(("drain 2000 records, 100 ms added each way", round(rate), "records/s"))
-        rows.append(("  batches for 2000 records (batch size grows to max_batch, 16)", st["batches"],
+        rows.append(("  batches for 2000 records (batch size grows to max_batch, 16)",
+                     st["batches"],
                      "batches"))
     with tempfile.TemporaryDirectory() as tmp:
         rate, wire, st = _drain(Path(tmp) / "slow1", 2000, latency_ms=100,
