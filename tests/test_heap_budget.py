@@ -53,3 +53,32 @@ def test_full_scenario_in_budget_mpy_files(mp32, tmp_path):
     r = scenario.run(tmp_path / "run", firmware=fw, micropython=mp32,
                      fw_heap=f"{MPY_HEAP_K}k", tls=False)
     assert r.ok, f"the full scenario failed in {MPY_HEAP_K} KiB: {r}"
+
+
+REPLAY_FULL = """
+import gc, sys
+sys.path.append(%(fw)r)
+from washpay.replay import ReplayCache
+t = 1_800_000_000  # epoch seconds past 2**30: a heap integer on an ESP32
+c = ReplayCache(%(path)r, 64, clock=lambda: t, trusted=lambda: True)
+ids = [bytes((i, 1, 2, 3, 4, 5, 6, 7)) for i in range(64)]
+gc.collect()
+before = gc.mem_alloc()
+for i in range(64):
+    c.add(ids[i], t, t + 600 + i)
+gc.collect()
+print(gc.mem_alloc() - before)
+"""
+
+
+def test_a_full_replay_cache_holds_no_heap_integers(mp32, tmp_path):
+    # the ids and expiry times of used tokens live in buffers made at start: filling the
+    # cache allocates nothing that stays (a list of expiry times held 64 heap integers)
+    import subprocess
+
+    from conftest import FIRMWARE
+
+    code = REPLAY_FULL % {"fw": str(FIRMWARE), "path": str(tmp_path / "used")}
+    out = subprocess.run([mp32, "-X", "heapsize=256k", "-c", code], capture_output=True,
+                         text=True, timeout=60, check=True).stdout
+    assert int(out.strip()) <= 64, out

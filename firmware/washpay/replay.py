@@ -15,6 +15,7 @@
 import binascii
 import struct
 import time
+from array import array
 
 from micropython import const
 
@@ -41,7 +42,9 @@ class ReplayCache:
         self.clock = clock
         self._trusted = trusted  # callable -> True/False/None (None: judge by the date)
         self._ids = bytearray(capacity * ID_LEN)
-        self._exp = [0] * capacity
+        # expiry times as u32: a list would hold each one as a heap integer on an ESP32
+        # (small integers end at 2**30, epoch seconds are past it)
+        self._exp = array("I", bytes(4 * capacity))
         self.count = 0
         self.floor = 0  # newest authenticated issue time seen: time is at least this
         self.damaged = False
