@@ -157,6 +157,8 @@ def measure(interp, fw, tmp, bisect=True, hint=None):
     for tls in (True, False):
         r = _once(tmp, firmware=fw, micropython=interp, tls=tls)
         out["live_tls" if tls else "live_plain"] = r.live if r.ok else None
+        if not tls and r.ok:
+            out["after"] = r.after  # the live heap after each step: its first use
         if not r.ok:
             out["error"] = f"{r.step}: {r.error}"
         if bisect and r.ok:
@@ -230,6 +232,15 @@ def print_tables(figures, labels, layouts):
     for name, vals in rows.items():
         print(head.format(name, *[kib(vals.get(c)) for c in cols]))
     print(head.format("total", *[kib(sum(v.get(c, 0) for v in rows.values())) for c in cols]))
+    print("\n## Live heap after each step of the scenario (plain MQTT): what first use adds, "
+          "KiB\n")
+    cols = [(lbl, lay) for lay in layouts for lbl in labels]
+    head = "  {:<18}" + " {:>14}" * len(cols)
+    print(head.format("step", *[f"{lbl} {lay}" for lbl, lay in cols]))
+    steps = next((f["after"] for f in (figures.get(c, {}) for c in cols) if f.get("after")), {})
+    for step in steps:
+        print(head.format(step, *[kib((figures.get(c, {}).get("after") or {}).get(step))
+                                  for c in cols]))
     print("\n## What each subsystem costs a running board (ROMFS, plain MQTT): live heap after"
           " the scenario with it minus without it, KiB\n")
     head = "  {:<22}" + " {:>10}" * len(labels)
