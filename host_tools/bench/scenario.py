@@ -35,6 +35,7 @@ class Result:
         self.baseline = None  # the simulator's own share (and what was set aside)
         self.boots = None
         self.after = {}  # step -> firmware's live heap when it was done (bytes)
+        self.oom = False  # it failed for want of memory (else: a timeout, a refusal)
 
     def __repr__(self):
         return (f"Result(ok={self.ok}, step={self.step!r}, error={self.error!r}, "
@@ -287,6 +288,7 @@ def run(tmp, firmware=None, micropython=None, fw_heap=None, tls=True, heap="3m",
             res.ok = True
         except (SimError, OutOfMemory, OSError, KeyError, TypeError) as e:
             res.error = str(e)[:700]
+            res.oom = isinstance(e, OutOfMemory) or "MemoryError" in str(e)
         finally:
             sim.stop()
     return res
