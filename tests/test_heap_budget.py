@@ -10,8 +10,10 @@ varies by a few KiB from run to run: a heap that does not compact is as fragment
 order of events made it), a ratchet: lower them as the firmware shrinks, never raise them
 to let a change through. The issue's targets are lower still:
 bytecode in place live <= 64 and passing in 96; .mpy files passing in 160 (make bench
-prints where the firmware stands). Skipped, saying so, where there is no 32-bit
-interpreter ($WASHPAY_MICROPYTHON32, or ../shared/tools/micropython-i386 beside the repo).
+prints where the firmware stands). A run that fails for something other than memory (a
+coin train mistimed on a loaded machine, an MQTT ack late) is run again. Skipped, saying
+so, where there is no 32-bit interpreter ($WASHPAY_MICROPYTHON32, or
+../shared/tools/micropython-i386 beside the repo).
 """
 
 import pytest
@@ -40,7 +42,7 @@ def mp32():
 
 def test_full_scenario_in_budget_bytecode_in_place(mp32, tmp_path):
     fw = build_romfs(tmp_path / "fw.romfs")
-    r = scenario.run(tmp_path / "run", firmware=fw, micropython=mp32,
+    r = scenario.attempt(tmp_path / "run", firmware=fw, micropython=mp32,
                      fw_heap=f"{ROMFS_HEAP_K}k", tls=False)
     assert r.ok, f"the full scenario failed in {ROMFS_HEAP_K} KiB: {r}"
     assert r.live <= ROMFS_LIVE_K * 1024, (
@@ -50,7 +52,7 @@ def test_full_scenario_in_budget_bytecode_in_place(mp32, tmp_path):
 
 def test_full_scenario_in_budget_mpy_files(mp32, tmp_path):
     fw = compile_firmware(tmp_path / "mpy")
-    r = scenario.run(tmp_path / "run", firmware=fw, micropython=mp32,
+    r = scenario.attempt(tmp_path / "run", firmware=fw, micropython=mp32,
                      fw_heap=f"{MPY_HEAP_K}k", tls=False)
     assert r.ok, f"the full scenario failed in {MPY_HEAP_K} KiB: {r}"
 

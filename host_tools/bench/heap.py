@@ -130,15 +130,9 @@ def import_budget(interp, firmware):
     return out
 
 
-def _once(tmp, tries=3, **kw):
-    """One run; a failure that is not for want of memory (a coin train mistimed on a loaded
-    machine, a timeout) is tried again, so that it does not pass for a heap too small."""
-    for _ in range(tries):
-        with tempfile.TemporaryDirectory(dir=tmp) as d:
-            r = scenario.run(d, **kw)
-        if r.ok or r.oom:
-            return r
-    return r
+def _once(tmp, **kw):
+    with tempfile.TemporaryDirectory(dir=tmp) as d:
+        return scenario.attempt(d, **kw)
 
 
 def smallest(tmp, lo=32, hi=256, step=4, **kw):
