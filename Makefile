@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup system-packages demo test bench fuzz lint clean
+.PHONY: setup system-packages demo test test32 bench fuzz lint clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -25,6 +25,13 @@ demo: $(STAMP)
 
 test: $(STAMP) system-packages
 	$(BIN)/pytest -q
+
+# the device tests again under the 32-bit micropython (an ESP32's object sizes and 31-bit
+# small ints): $WASHPAY_MICROPYTHON32, else ../shared/tools/micropython-i386
+test32: $(STAMP)
+	@mp=$${WASHPAY_MICROPYTHON32:-../shared/tools/micropython-i386}; \
+	if [ -x "$$mp" ]; then WASHPAY_MICROPYTHON=$$mp $(BIN)/pytest -q -m device; \
+	else echo "test32: no 32-bit micropython at $$mp: set WASHPAY_MICROPYTHON32"; exit 2; fi
 
 bench: $(STAMP)
 	$(BIN)/python -m host_tools.bench

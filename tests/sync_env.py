@@ -9,7 +9,6 @@ import queue
 import selectors
 import shutil
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -25,8 +24,9 @@ DEVICES = ("sim-0001", "sim-0002", "dev-1", "dev-2")
 
 
 def micropython():
-    here = Path(sys.executable).parent / "micropython"
-    return str(here) if here.exists() else shutil.which("micropython")
+    from host_tools.interp import micropython as lookup
+
+    return lookup()
 
 
 def need_mosquitto():

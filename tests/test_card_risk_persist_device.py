@@ -99,7 +99,7 @@ j = w.Journal(w.ROOT, w.KEYS, capacity=400, warn=100, reserve=62)
 out["after_boot"] = back(4)
 j.ack(70)  # the segments of 1..62 are deleted: the reader stops at the oldest stored
 out["oldest_after_ack"] = back(1000)[-1][0]
-path = j._stage[(j.last_seq - 1) % 31 - 1]  # the record before the newest, in the stage
+path = j._stage_fmt % ((j.last_seq - 1) % 31 - 1)  # the record before the newest, in the stage
 with open(path, "rb") as f:
     rec = bytearray(f.read())
 rec[40] ^= 1  # flash corruption in its body

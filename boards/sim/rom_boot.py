@@ -1,14 +1,16 @@
 # The simulated board's boot ROM: what the ESP32's bootloader and MicroPython's _boot.py do
 # on a real board, for the unix port.
 #
-#   micropython -i rom_boot.py STATE_DIR MODE FIRMWARE_DIR SIM_DIR BOOT_REASON [format]
+#   micropython -i rom_boot.py STATE_DIR MODE FIRMWARE_DIR SIM_DIR BOOT_REASON [format] [fw_heap=N]
 #
 # It opens the flash file, mounts its LittleFS volume at / (formatting a blank flash and
 # installing the factory files from STATE_DIR/provision, as a factory image would), mounts
 # the firmware directory read-only at /rom (where a ROMFS image lives on a real board),
 # connects the simulated peripherals to the host, and in MODE "run" starts main.py the way
 # MicroPython does: from / if present, else from /rom. Afterwards `-i` leaves the REPL on
-# the console, as a real board does when main.py ends or is interrupted.
+# the console, as a real board does when main.py ends or is interrupted. fw_heap=N (e.g.
+# 96k): the GC heap left free for the firmware when main.py starts; the rest is set aside,
+# so the firmware runs in what a board would give it, whatever the simulator itself takes.
 #
 # A flash that does not mount and is not blank is never formatted by itself (it holds the
 # journal: money records not yet synced): the host is told, and stops the simulator with
@@ -22,7 +24,9 @@ import time
 import vfs
 
 _state, _mode, _firmware, _simdir, _reason = sys.argv[1:6]
-_format = sys.argv[6:7] == ["format"]
+_opts = sys.argv[6:]
+_format = "format" in _opts
+_fw_heap = ([o[8:] for o in _opts if o.startswith("fw_heap=")] or [None])[0]
 sys.path.insert(0, _simdir)
 # FIRMWARE_DIR "-": a bare board, as MicroPython is after `washpay flash`: no /rom, no
 # factory files; a blank flash becomes an empty volume and main.py runs only if one is there
@@ -127,6 +131,19 @@ _factory = None
 import gc  # noqa: E402
 
 gc.collect()
+if _fw_heap:
+    # one block the firmware never sees, sized so that FW_HEAP bytes stay free; the second
+    # allocation corrects the first for the block's header and rounding
+    _n = int(_fw_heap[:-1]) * 1024 if _fw_heap[-1] in "kK" else int(_fw_heap)
+    _size = gc.mem_free() - _n - 64
+    _aside = bytearray(max(0, _size))
+    gc.collect()
+    _size += gc.mem_free() - _n
+    _aside = None
+    gc.collect()
+    _aside = bytearray(max(0, _size))
+    gc.collect()
+    simhw.heap_aside = _aside
 simhw.heap_baseline = gc.mem_alloc()
 
 if _mode == "run" and (not _bare or "main.py" in os.listdir("/")):

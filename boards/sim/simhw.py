@@ -254,7 +254,9 @@ class WasherModel:
 class HostLink:
     def __init__(self, path):
         self.sock = None
-        self.buf = b""
+        self._rx = bytearray(8192)  # the longest line: a card image (~3 KB)
+        self._mv = memoryview(self._rx)
+        self._n = 0
         if path:
             s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             # the unix port takes a raw struct sockaddr_un: family, path, NUL
@@ -265,28 +267,44 @@ class HostLink:
     def send(self, obj):
         if self.sock is None:
             return
-        data = (json.dumps(obj) + "\n").encode()
         self.sock.setblocking(True)
         try:
-            self.sock.write(data)
+            # streamed: a status reply is kilobytes, and the simulator shares the
+            # firmware's GC heap (three copies of it in one piece is what fails first)
+            json.dump(obj, self.sock)
+            self.sock.write(b"\n")
         finally:
             self.sock.setblocking(False)
 
     def messages(self):
         if self.sock is None:
             return
-        while True:
+        # read into one buffer made at start (in the simulator's share of the heap) and
+        # parse lines in place: the simulator shares the firmware's GC heap, and a card
+        # image is a 3 KB line that a fragmented heap may not have in one piece
+        rx, mv = self._rx, self._mv
+        while self._n < len(rx):
             try:
-                chunk = self.sock.recv(4096)
+                n = self.sock.readinto(mv[self._n :])
             except OSError:
-                chunk = None
-            if not chunk:
+                n = None
+            if not n:
                 break
-            self.buf += chunk
-        while b"\n" in self.buf:
-            line, self.buf = self.buf.split(b"\n", 1)
-            if line:
-                yield json.loads(line)
+            self._n += n
+        while True:
+            nl = rx.find(b"\n", 0, self._n)
+            if nl < 0:
+                break
+            msg = json.loads(mv[:nl]) if nl else None
+            # the line leaves the buffer before it is handled: handling may poll again
+            rest = self._n - nl - 1
+            rx[:rest] = mv[nl + 1 : self._n]
+            self._n = rest
+            if msg is not None:
+                yield msg
+        if self._n == len(rx):
+            self._n = 0  # a line longer than the buffer: dropped
+            print("sim: a link message longer than %d bytes was dropped" % len(rx))
 
 
 class Bench:
@@ -481,8 +499,14 @@ class Bench:
             import gc
 
             gc.collect()
-            return {"alloc": gc.mem_alloc(), "free": gc.mem_free(),
-                    "sim_baseline": heap_baseline}
+            out = {"alloc": gc.mem_alloc(), "free": gc.mem_free(),
+                   "sim_baseline": heap_baseline}
+            if msg.get("map"):  # the block map and qstr figures on the console (bench)
+                import micropython
+
+                micropython.qstr_info()
+                micropython.mem_info(1)
+            return out
         if op == "status":
             return self.status()
         if op == "coin":
@@ -559,3 +583,4 @@ class Bench:
 
 bench = None  # the one Bench of this process, set by the boot ROM
 heap_baseline = 0  # GC heap in use before main.py: the simulator's own share
+heap_aside = None  # rom_boot: the heap set aside so the firmware gets exactly FW_HEAP

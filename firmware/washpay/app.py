@@ -5,7 +5,7 @@ import json
 import sys
 import time
 
-from washpay import VERSION, config
+from washpay import VERSION, forget
 from washpay import board as boardmod
 from washpay.drivers.coin_acceptor import CoinAcceptor
 from washpay.drivers.keypad import Keypad
@@ -47,14 +47,18 @@ def device_id(cfg, board):
 class App:
     def __init__(self):
         self.board = boardmod.load()
+        # config.py checks the files once, at boot: it is unloaded after (forget)
+        from washpay import config
+
         self.cfg, self.config_error = config.load()
+        secrets = config.load_secrets()
         self.device_id = device_id(self.cfg, self.board)
         b = self.board
         self.screen = Screen(_display(b), self.cfg["decimals"])
         # the journal is sealed with keys derived from this board's provisioned secret
         from washpay.keys import journal_keys, load_device_secret
 
-        secret = load_device_secret(config.load_secrets())
+        secret = load_device_secret(secrets)
         if secret is None:
             raise boardmod.BoardError(
                 "%s has no device_secret: provision the board (washpay provision)"
@@ -85,13 +89,15 @@ class App:
         )
         self.keypad = Keypad({"start": b.button("btn_start"), "select": b.button("btn_select")})
         self.engine = VendEngine(self.cfg, self.journal, self.washer, self.acceptor, self.screen)
-        self.sync = self._sync(secret)
+        self.sync = self._sync(secret, secrets.get("wifi_password"))
         self.tiers = None  # the server's tier overrides by card (tierlist.py)
-        self.card = self._card()  # before recover(): it settles card payments cut short
+        self.card = self._card(secrets)  # before recover(): it settles card payments cut short
         self.qr = None
         self.tokens, self.remote = self._signed_payments(secret)
+        del config, secrets
+        forget("washpay.config")
 
-    def _card(self):
+    def _card(self, secrets):
         # card payments (payments/card.py) when the board has a reader and the site's card
         # key is provisioned; a reader that does not answer is logged, and coins go on
         b = self.board
@@ -99,7 +105,7 @@ class App:
             return None
         from washpay.payments.wallet import CardKeys, load_card_key
 
-        key = load_card_key(config.load_secrets())
+        key = load_card_key(secrets)
         if key is None:
             log("card payments off: /secrets.json has no card_key (washpay provision)")
             return None
@@ -178,7 +184,7 @@ class App:
                 continue
             await asyncio.sleep_ms(60000)
 
-    def _sync(self, secret):
+    def _sync(self, secret, wifi_password):
         # the journal's way to the operator's server (docs/sync.md), when a broker is set;
         # a sync that cannot start is logged, and the machine takes payments regardless
         if not self.cfg.get("broker"):
@@ -187,7 +193,7 @@ class App:
 
         try:
             return Sync(self.board.wlan(), self.cfg, secret, self.journal, self.device_id,
-                        wifi_password=config.load_secrets().get("wifi_password"), log=log)
+                        wifi_password=wifi_password, log=log)
         except (OSError, ValueError, ImportError) as e:
             log("sync disabled:", e)
             return None

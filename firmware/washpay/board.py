@@ -14,7 +14,8 @@ class BoardError(Exception):
 
 class Board:
     def __init__(self, spec):
-        self.spec = spec
+        # only the parts used are kept: the rest of board.json (names, flash layout, the
+        # simulator's section) goes back to the heap
         self.id = spec["id"]
         self.pins = spec["pins"]
         self.coin = spec["coin"]

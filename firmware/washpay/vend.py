@@ -103,9 +103,10 @@ class VendEngine:
     async def recover(self, boot_reason="power on"):
         """Boot recovery from the journal's last record (vend_boot.py: run once, so its
         code is not kept in RAM with the engine's)."""
-        from washpay import vend_boot
+        from washpay import forget, vend_boot
 
         await vend_boot.recover(self, boot_reason)
+        forget("washpay.vend_boot")
 
     def _program(self, name):
         for p in self.programs:

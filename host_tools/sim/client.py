@@ -111,8 +111,10 @@ class SimBoard:
     """Starts `washpay sim run` in the background; a context manager for tests and the demo."""
 
     def __init__(self, state_dir, heap="512k", device_id=None, log=None, firmware=None,
-                 bare=False, flash_image=None, args=()):
+                 bare=False, flash_image=None, micropython=None, fw_heap=None, args=()):
         self.state = Path(state_dir)
+        self.micropython = micropython  # None: $WASHPAY_MICROPYTHON or the environment's
+        self.fw_heap = fw_heap  # the firmware's own heap (sim run --fw-heap)
         self.firmware = firmware
         self.bare = bare  # a freshly flashed MicroPython board (washpay sim run --bare)
         self.flash_image = flash_image
@@ -132,6 +134,10 @@ class SimBoard:
             cmd += ["--firmware", str(self.firmware)]
         if self.bare:
             cmd += ["--bare"]
+        if self.micropython:
+            cmd += ["--micropython", str(self.micropython)]
+        if self.fw_heap:
+            cmd += ["--fw-heap", str(self.fw_heap)]
         if self.flash_image:
             cmd += ["--flash-image", str(self.flash_image)]
         cmd += self.args

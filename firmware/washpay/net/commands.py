@@ -298,12 +298,14 @@ class Commands:
         """Validate `raw` as at boot and write it to /config.json atomically (a new file,
         then a rename: a power cut leaves the old config or the new one); return the
         validated config. A config the board would refuse at boot is refused here."""
-        from washpay import config
+        from washpay import config, forget
 
         try:
             cfg = config.validate(raw)
         except config.ConfigError as e:
             raise _Refused(str(e)[:60])
+        finally:
+            forget("washpay.config")  # loaded for this check only, as at boot
         tmp = self.config_path + ".new"
         try:
             with open(tmp, "w") as f:

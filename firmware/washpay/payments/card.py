@@ -589,9 +589,11 @@ class CardPayment:
         undone = []  # (uid, counter) of card payments cancelled or unresolved: not paid
         ref = None  # the reference: now, or the newest record's time if later
         newer = now  # the time taken for the record after the one at hand
+        from washpay import forget
         from washpay.journal.recent import recent
 
         records = recent(self.journal, _RISK_SCAN)
+        forget("washpay.journal.recent")  # boot only: the function is held while it runs
         try:
             for r in records:
                 found["records"] += 1

@@ -4,15 +4,14 @@ Times are taken inside MicroPython with time.ticks_us (median of N runs after a 
 process start-up does not count. The numbers compare revisions on one machine; an ESP32 is
 far slower than a host running the unix port.
 
-    python -m host_tools.bench_crypto [path/to/micropython] [runs]
+    python -m host_tools.bench.crypto [path/to/micropython] [runs]
 """
 
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
-FIRMWARE = Path(__file__).resolve().parent.parent / "firmware"
+FIRMWARE = Path(__file__).resolve().parents[2] / "firmware"
 
 # Runs under MicroPython; prints one "name value unit" line per measurement.
 _SCRIPT = """
@@ -68,8 +67,12 @@ def bench(micropython_path, runs=101):
 
 
 def _default_micropython():
-    beside = Path(sys.executable).parent / "micropython"
-    return str(beside) if beside.exists() else shutil.which("micropython")
+    from host_tools.interp import InterpreterError, micropython
+
+    try:
+        return micropython()
+    except InterpreterError:
+        return None
 
 
 def main(argv=None):

@@ -15,7 +15,7 @@ throwaway key), loaded as .mpy the way a board imports it:
 Times compare revisions on one machine; an ESP32 at 240 MHz is some tens of times slower
 than a host running the unix port.
 
-    python -m host_tools.bench_release [runs]
+    python -m host_tools.bench.release [runs]
 """
 
 import subprocess

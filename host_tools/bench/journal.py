@@ -15,15 +15,14 @@ figures are the firmware's own work, not the host's disk:
   30: its cost follows how full the open segment is, not how many records are stored, and
   9,989 leaves it as full as 100 does).
 
-    python -m host_tools.bench_journal [path/to/micropython]
+    python -m host_tools.bench.journal [path/to/micropython]
 """
 
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 # Runs under MicroPython; prints one "name value unit" line per measurement.
 _SCRIPT = """
@@ -140,8 +139,12 @@ for stored in (100, {big} - ({big} - 100) % 31, {big}):
 
 
 def _default_micropython():
-    beside = Path(sys.executable).parent / "micropython"
-    return str(beside) if beside.exists() else shutil.which("micropython")
+    from host_tools.interp import InterpreterError, micropython
+
+    try:
+        return micropython()
+    except InterpreterError:
+        return None
 
 
 def bench(micropython_path=None, records=3000, big=10000):

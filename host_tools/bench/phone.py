@@ -5,7 +5,7 @@ server, Mosquitto and the simulated board running the whole firmware under micro
 → the relay on the simulated board; and → the payment "running" in the ledger (the
 board's vend_running record uploaded and read back). Median and p99 over N payments.
 
-    python -m host_tools.bench_phone [N]      (make bench runs it too, N = 20)
+    python -m host_tools.bench.phone [N]      (make bench runs it too, N = 20)
 """
 
 import statistics

@@ -13,7 +13,7 @@
   uploads (on the unix port mbedTLS allocates from the GC heap; on an ESP32 its ~20 KiB of
   buffers live in the IDF heap instead).
 
-    python -m host_tools.bench_sync          (make bench runs it too)
+    python -m host_tools.bench.sync          (make bench runs it too)
 
 It reuses the test suite's fault proxy and firmware harness (tests/faultproxy.py,
 tests/sync_env.py).
@@ -24,7 +24,7 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 TESTS = ROOT / "tests"
 BACKLOG = 10_000
 
@@ -268,7 +268,8 @@ def bench():
     with tempfile.TemporaryDirectory() as tmp:
         rate, wire, st = _drain(Path(tmp) / "slow", 2000, latency_ms=100)
         rows.append(("drain 2000 records, 100 ms added each way", round(rate), "records/s"))
-        rows.append(("  batches for 2000 records (batch size grows to 32)", st["batches"],
+        rows.append(("  batches for 2000 records (batch size grows to max_batch, 16)",
+                     st["batches"],
                      "batches"))
     with tempfile.TemporaryDirectory() as tmp:
         rate, wire, st = _drain(Path(tmp) / "slow1", 2000, latency_ms=100,

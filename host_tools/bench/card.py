@@ -9,7 +9,7 @@
 - `washpay card issue` / `topup` wall time through mpremote (host);
 - GC heap the card code holds once imported (as .mpy).
 
-    python -m host_tools.bench_card
+    python -m host_tools.bench.card
 """
 
 import json
@@ -29,7 +29,7 @@ UID7 = bytes.fromhex("04112233445566")
 
 
 def _issued(card_key, uid, balance):
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "boards" / "sim"))
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "boards" / "sim"))
     from sim_mfrc522 import blank_blocks
 
     blocks = blank_blocks(uid)

@@ -14,7 +14,7 @@ from pathlib import Path
 from host_tools import keys as K
 from host_tools import token as T
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SITE_KEY = bytes(range(32))
 DEVICE = "sim-0001"
 T0 = 1767225600

@@ -1,0 +1,265 @@
+"""The firmware's GC heap at ESP32 object sizes (issue 13): figures, not pass/fail.
+
+For each interpreter there is (the environment's 64-bit one; the 32-bit build with ESP32's
+word and GC block sizes when host_tools.interp finds it) and each layout (.mpy files in the
+filesystem, as stock MicroPython runs them; bytecode in place, as a ROMFS image or a frozen
+build runs it):
+
+- the firmware's live heap after the full scenario (host_tools/bench/scenario.py), over TLS
+  and over plain MQTT: on the unix port mbedTLS allocates in the GC heap, on an ESP32 it
+  does not, so the difference is the TLS share an ESP32 keeps outside the GC heap;
+- the smallest firmware heap (`sim run --fw-heap`: what is free when main.py starts) the
+  scenario passes in, found by bisection;
+- a budget per subsystem: the heap each group of modules takes at import (code and module
+  globals), and what each subsystem costs a running board (code and state, after first use:
+  the scenario with and without it).
+
+    python -m host_tools.bench.heap [--only 32] [--layout romfs] [--quick]
+"""
+
+import argparse
+import contextlib
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from host_tools.bench import scenario
+from host_tools.interp import micropython, micropython32
+
+LAYOUTS = (("mpy", ".mpy files"), ("romfs", "bytecode in place (ROMFS)"))
+
+# the subsystems of the budget and their modules, imported in this order (a group's delta
+# leaves out what an earlier group already imported)
+GROUPS = (
+    ("boot/config/journal", "washpay washpay.config washpay.board washpay.keys washpay.crypto "
+     "washpay.journal washpay.journal.records washpay.journal.seal washpay.journal.recent "
+     "washpay.vend_boot"),
+    ("coin + vend engine", "washpay.drivers.coin_acceptor washpay.payments.coin "
+     "washpay.drivers.washer washpay.drivers.keypad washpay.prices washpay.vend "
+     "washpay.vend_watch washpay.vend_timed"),
+    ("display", "washpay.ui washpay.drivers.lcd1602"),
+    ("pricing/lists", "washpay.pricing washpay.cardlist washpay.blacklist washpay.tierlist"),
+    ("card", "washpay.drivers.mfrc522 washpay.payments.wallet washpay.payments.card_state "
+     "washpay.payments.card"),
+    ("QR/token", "washpay.replay washpay.drivers.gm65 washpay.payments.token"),
+    ("sync/MQTT", "washpay.net.link washpay.net.mqtt washpay.net.uploader washpay.net"),
+    ("remote commands", "washpay.payments.remote washpay.net.commands"),
+    ("TLS (module)", "tls"),
+    ("app wiring", "washpay.app"),
+)
+
+_IMPORTS = """
+import gc, sys, vfs
+src = %(src)r
+if src.endswith(".romfs"):
+    f = open(src, "rb")
+    img = f.read()
+    f.close()
+    vfs.mount(vfs.VfsRom(img), "/rom")
+    sys.path.insert(0, "/rom")
+else:
+    sys.path.insert(0, src)
+# MicroPython interns every name in a pool that grows by doubling: a group that happens to
+# cross a doubling would be charged kilobytes of pool the others fill. Names made up front
+# until a pool of at least 2560 entries has just been made leave room for the firmware's
+# (~1300), so the groups are charged their code and objects; the names are a line of their
+# own (entries x the pool's bytes per entry, measured here).
+class _O:
+    pass
+_o = _O()
+gc.collect()
+last = gc.mem_alloc()
+i = 0
+per = 0
+while True:
+    getattr(_o, "_bench_q%%d" %% i, None)
+    i += 1
+    gc.collect()
+    a = gc.mem_alloc()
+    if a - last > 1000:
+        per = (a - last) / (i - 1)  # one entry's share of the pool just made
+        if i > 2500:
+            break
+    last = a
+import micropython
+print("per|" + str(int(per * 100)))
+micropython.qstr_info()
+for name, mods in %(groups)r:
+    gc.collect()
+    a = gc.mem_alloc()
+    for m in mods.split():
+        __import__(m)
+    gc.collect()
+    print(name + "|" + str(gc.mem_alloc() - a))
+micropython.qstr_info()
+"""
+
+
+def interpreters():
+    """[(label, path)]: the environment's micropython, and the 32-bit one when found."""
+    out = [("64-bit", micropython())]
+    p32 = micropython32()
+    if p32:
+        out.append(("32-bit", p32))
+    return out
+
+
+def builds(tmp):
+    """{layout: firmware for SimBoard}: .mpy tree and ROMFS image."""
+    from host_tools.bench import build_romfs, compile_firmware
+
+    tmp = Path(tmp)
+    return {"mpy": compile_firmware(tmp / "mpy"), "romfs": build_romfs(tmp / "fw.romfs")}
+
+
+def import_budget(interp, firmware):
+    """[(subsystem, bytes)] taken at import, in GROUPS' order, and the names the firmware
+    interns (qstr pool entries; a frozen build keeps them in flash)."""
+    code = _IMPORTS % {"src": str(firmware), "groups": GROUPS}
+    proc = subprocess.run([interp, "-X", "heapsize=4m", "-c", code], capture_output=True,
+                          text=True, timeout=120)
+    if proc.returncode != 0:
+        raise RuntimeError(f"import budget failed under {interp}:\n{proc.stdout}{proc.stderr}")
+    rows = [ln.split("|") for ln in proc.stdout.splitlines() if "|" in ln]
+    per = int(rows.pop(0)[1]) / 100
+    counts = [int(ln.split("n_qstr=")[1].split(",")[0]) for ln in proc.stdout.splitlines()
+              if "n_qstr=" in ln]
+    out = [(n, int(v)) for n, v in rows]
+    out.append((f"names ({counts[-1] - counts[0]} qstrs)", round((counts[-1] - counts[0]) * per)))
+    return out
+
+
+def _once(tmp, **kw):
+    with tempfile.TemporaryDirectory(dir=tmp) as d:
+        return scenario.attempt(d, **kw)
+
+
+def smallest(tmp, lo=32, hi=256, step=4, **kw):
+    """Smallest firmware heap (KiB) the scenario passes in, to `step` KiB; None if it does
+    not pass in 1 MiB."""
+    while not _once(tmp, fw_heap=f"{hi}k", **kw).ok:
+        lo, hi = hi, hi * 2
+        if hi > 1024:
+            return None
+    while hi - lo > step:
+        mid = (lo + hi) // 2
+        if _once(tmp, fw_heap=f"{mid}k", **kw).ok:
+            hi = mid
+        else:
+            lo = mid
+    return hi
+
+
+def measure(interp, fw, tmp, bisect=True, hint=None):
+    """{figure: value} for one interpreter and one firmware layout."""
+    out = {}
+    for tls in (True, False):
+        r = _once(tmp, firmware=fw, micropython=interp, tls=tls)
+        out["live_tls" if tls else "live_plain"] = r.live if r.ok else None
+        if not tls and r.ok:
+            out["after"] = r.after  # the live heap after each step: its first use
+        if not r.ok:
+            out["error"] = f"{r.step}: {r.error}"
+        if bisect and r.ok:
+            lo = max(16, (r.live or 0) // 1024)
+            hi = hint or lo * 2
+            out["least_tls" if tls else "least_plain"] = smallest(
+                tmp, lo=lo, hi=max(hi, lo + 8), firmware=fw, micropython=interp, tls=tls)
+    return out
+
+
+def subsystem_costs(interp, fw, tmp):
+    """{subsystem: bytes}: live heap after the scenario with it minus without it (plain
+    MQTT; sync's figure leaves out the steps that need it)."""
+    full = _once(tmp, firmware=fw, micropython=interp, tls=False)
+    costs = {}
+    for part in scenario.SUBSYSTEMS:
+        r = _once(tmp, firmware=fw, micropython=interp, tls=False, without=(part,))
+        costs[part] = (full.live - r.live) if (full.ok and r.ok) else None
+    return costs
+
+
+def kib(n):
+    return "-" if n is None else f"{n / 1024:.1f}"
+
+
+def bench(only=None, layouts=("mpy", "romfs"), bisect=True):
+    """Print the heap tables; return the figures."""
+    figures = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        fws = builds(tmp)
+        interps = [(lbl, p) for lbl, p in interpreters() if not only or lbl.startswith(only)]
+        for lbl, interp in interps:
+            for layout in layouts:
+                figures[(lbl, layout)] = measure(interp, fws[layout], tmp, bisect=bisect)
+            figures[(lbl, "budget")] = {lay: import_budget(interp, fws[lay]) for lay in layouts}
+            figures[(lbl, "costs")] = subsystem_costs(interp, fws["romfs"], tmp)
+    print_tables(figures, [lbl for lbl, _ in interps], layouts)
+    return figures
+
+
+def print_tables(figures, labels, layouts):
+    names = dict(LAYOUTS)
+    print("\n## Firmware GC heap, full scenario (coin, card, QR token, offline backlog synced, "
+          "remote start, price and blacklist push)\n")
+    print("  KiB; live = after the scenario and a collection; least = smallest firmware heap "
+          "it passes in (free at main.py, 4 KiB steps)")
+    head = "  {:<28} {:<9}" + " {:>10}" * 5
+    print(head.format("layout", "interp", "live TLS", "live plain", "TLS share", "least TLS",
+                      "least plain"))
+    for layout in layouts:
+        for lbl in labels:
+            f = figures.get((lbl, layout), {})
+            share = (f["live_tls"] - f["live_plain"]
+                     if f.get("live_tls") is not None and f.get("live_plain") is not None
+                     else None)
+            print(head.format(names[layout], lbl, kib(f.get("live_tls")),
+                              kib(f.get("live_plain")), kib(share),
+                              f.get("least_tls") or "-", f.get("least_plain") or "-"))
+            if f.get("error"):
+                print(f"    failed: {f['error']}")
+    print("\n  targets (32-bit, TLS share excluded): ROMFS live <= 64 KiB and passes in 96 KiB;"
+          " .mpy passes in 160 KiB")
+    print("\n## Budget per subsystem: heap taken at import (code + module globals), KiB\n")
+    cols = [(lbl, lay) for lbl in labels for lay in layouts]
+    head = "  {:<22}" + " {:>14}" * len(cols)
+    print(head.format("subsystem", *[f"{lbl} {lay}" for lbl, lay in cols]))
+    rows = {}
+    for lbl, lay in cols:
+        for name, n in figures[(lbl, "budget")][lay]:
+            rows.setdefault(name, {})[(lbl, lay)] = n
+    for name, vals in rows.items():
+        print(head.format(name, *[kib(vals.get(c)) for c in cols]))
+    print(head.format("total", *[kib(sum(v.get(c, 0) for v in rows.values())) for c in cols]))
+    print("\n## Live heap after each step of the scenario (plain MQTT): what first use adds, "
+          "KiB\n")
+    cols = [(lbl, lay) for lay in layouts for lbl in labels]
+    head = "  {:<18}" + " {:>14}" * len(cols)
+    print(head.format("step", *[f"{lbl} {lay}" for lbl, lay in cols]))
+    steps = next((f["after"] for f in (figures.get(c, {}) for c in cols) if f.get("after")), {})
+    for step in steps:
+        print(head.format(step, *[kib((figures.get(c, {}).get("after") or {}).get(step))
+                                  for c in cols]))
+    print("\n## What each subsystem costs a running board (ROMFS, plain MQTT): live heap after"
+          " the scenario with it minus without it, KiB\n")
+    head = "  {:<22}" + " {:>10}" * len(labels)
+    print(head.format("subsystem", *labels))
+    for part in scenario.SUBSYSTEMS:
+        print(head.format(part, *[kib(figures[(lbl, "costs")].get(part)) for lbl in labels]))
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(prog="python -m host_tools.bench.heap")
+    ap.add_argument("--only", choices=("32", "64"), help="one interpreter")
+    ap.add_argument("--layout", choices=("mpy", "romfs"), help="one layout")
+    ap.add_argument("--quick", action="store_true", help="no bisection")
+    a = ap.parse_args(argv)
+    with contextlib.suppress(KeyboardInterrupt):
+        bench(only=a.only and f"{a.only}-bit", layouts=(a.layout,) if a.layout else
+              ("mpy", "romfs"), bisect=not a.quick)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
