@@ -487,10 +487,14 @@ def check_memory(probe_, board, version):
             have = max(have, mem.get("gc_heap_kib") or 0)
     need = boards.heap_needed_kib(layout)
     if probe_.heap is not None and have < need:
-        how = ("flash MicroPython with washpay frozen in (washpay firmware build --board "
-               f"{board['id']} --micropython-src DIR, then washpay flash --firmware FILE) or "
-               "use a board with PSRAM (esp32-wrover-e)") if layout == "mpy" else \
-            "use a board with PSRAM (esp32-wrover-e)"
+        if board.get("simulated"):
+            how = "start the simulated board with a bigger heap (washpay sim run --heap)"
+        elif layout == "mpy":
+            how = ("flash MicroPython with washpay frozen in (washpay firmware build --board "
+                   f"{board['id']} --micropython-src DIR, then washpay flash --firmware FILE) "
+                   "or use a board with PSRAM (esp32-wrover-e)")
+        else:
+            how = "use a board with PSRAM (esp32-wrover-e)"
         raise Refused(f"not enough memory: the board has {have} KiB of GC heap; washpay as "
                       f"{'frozen bytecode' if layout == 'frozen' else '.mpy files'} needs "
                       f"{need} KiB: {how}")

@@ -49,7 +49,8 @@ def test_sim_run_refuses_a_missing_interpreter_in_one_line(tmp_path):
                           capture_output=True, text=True, timeout=60, cwd=ROOT)
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [
-        f"washpay: --micropython names {tmp_path / 'nope'}, which is not an executable file"]
+        f"washpay sim run: --micropython names {tmp_path / 'nope'}, which is not an "
+        "executable file"]
     assert not (tmp_path / "st").exists()
 
 
