@@ -17,10 +17,10 @@ from binascii import unhexlify
 from washpay.net.commands import Commands
 class Cache:
     floor = 0
-    def check_time(self, issued, expires): return None
+    def check_time(self, issued, expires, pool=0): return None
     def used(self, cid): return False
-    def room(self): return True
-    def add(self, cid, issued, expires): pass
+    def room(self, pool=0): return True
+    def add(self, cid, issued, expires, pool=0): pass
 class Remote:
     cache = Cache()
 class Journal:
