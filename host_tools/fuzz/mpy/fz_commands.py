@@ -8,7 +8,7 @@ import os
 import struct
 from binascii import unhexlify
 
-from fzlib import NOT_UTF8, below, chance, mutate, pick, rbytes, rnd
+from fzlib import NOT_UTF8, OpenCache, below, chance, mutate, pick, rbytes, rnd
 from washpay.crypto import MacKey
 from washpay.net.commands import Commands
 
@@ -17,24 +17,8 @@ PROGRAMS = ("quick", "standard", "heavy")
 DAYS = ("mon", "tue", "sat", "sun", "mon-fri", "fri-mon", "sat,sun")
 
 
-class _Cache:
-    floor = 0
-
-    def check_time(self, issued, expires, pool=0):
-        return None
-
-    def used(self, cid):
-        return False
-
-    def room(self, pool=0):
-        return True
-
-    def add(self, cid, issued, expires, pool=0):
-        pass
-
-
 class _Remote:
-    cache = _Cache()
+    cache = OpenCache()
 
     def on_command(self, payload):
         return b'{"result": "invalid", "reason": "remote start"}'

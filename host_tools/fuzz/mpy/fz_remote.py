@@ -4,20 +4,12 @@
 import struct
 from binascii import unhexlify
 
-from fzlib import NOT_UTF8, below, mutate, name, pick, rbytes, rnd, utf8_ok
+from fzlib import NOT_UTF8, OpenCache, below, mutate, name, pick, rbytes, rnd, utf8_ok
 from washpay.crypto import MacKey
 from washpay.payments.remote import REASONS, CommandVerifier
 from washpay.payments.token import Refused
 
 STATS = {"valid": 0, "forged": 0, "signed_garbage": 0}
-
-
-class _Cache:
-    def check_time(self, issued, expires, pool=0):
-        return None
-
-    def used(self, cid):
-        return False
 
 
 def _body(device, prog=None):
@@ -33,7 +25,7 @@ def _refused_ok(found, data, e):
 
 def run(req, count, found):
     key = unhexlify(req["command_key"])
-    v = CommandVerifier(key, req["device"], _Cache())
+    v = CommandVerifier(key, req["device"], OpenCache())
     mac = MacKey(key)
     seeds = [unhexlify(c) for c in req["commands"]]
     for s in seeds:
