@@ -5,8 +5,7 @@
 import struct
 from binascii import unhexlify
 
-from fzlib import (NOT_UTF8, OpenCache, b32encode, below, mutate, name, pick, rbytes, rnd,
-                   utf8_ok)
+from fzlib import NOT_UTF8, OpenCache, b32encode, below, mutate, name, pick, rbytes, rnd, utf8_ok
 from washpay.crypto import MacKey
 from washpay.payments.token import MESSAGES, Refused, TokenVerifier, b32decode_into
 
