@@ -444,9 +444,20 @@ def device_script(root, broker_url, device="sim-0001", sync=None, append=0, appe
 
 
 def ledger(store, device="sim-0001"):
-    """{seq: raw} of the server's verified records of `device`."""
-    rows = store.query("SELECT seq, raw, verified FROM records WHERE device = ? ORDER BY seq",
-                       (device,))
+    """{seq: raw} of the server's verified records of `device`. A running server's store
+    is read through a connection of its own: the server's connection belongs to its MQTT
+    thread (a second thread's query on it can land inside the server's transaction)."""
+    sql = "SELECT seq, raw, verified FROM records WHERE device = ? ORDER BY seq"
+    if getattr(store, "path", ":memory:") != ":memory:":
+        import sqlite3
+
+        conn = sqlite3.connect(store.path, timeout=30)
+        try:
+            rows = conn.execute(sql, (device,)).fetchall()
+        finally:
+            conn.close()
+    else:
+        rows = store.query(sql, (device,))
     assert all(r[2] == 1 for r in rows), "unverified records in the ledger"
     return {r[0]: bytes(r[1]) for r in rows}
 

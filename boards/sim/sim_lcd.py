@@ -46,6 +46,7 @@ _SLOW_US = const(1520)  # clear display, return home
 _EXEC_US = const(37)
 _CELLS = const(80)  # DDRAM characters: two lines of 40, or one of 80
 _LINE_CELLS = const(40)
+_HISTORY = const(8)  # screens kept for `shown`
 
 
 class SimLCD1602:
@@ -72,11 +73,13 @@ class SimLCD1602:
         self._high = -1  # 4-bit mode: the first nibble of a byte, until the second comes
         self._busy_until = time.ticks_add(time.ticks_us(), _POWER_ON_US)
         self.busy_writes = 0
-        # the last screens shown, oldest first: a test reads what a notice of a few seconds
-        # said however late it looks (taken at each address set or clear, when one screen's
-        # writing begins and the one before it is whole)
-        self.shown = []
-        self.shown_n = 0  # screens ever added to `shown`
+        # the last screens shown: a test reads what a notice of a few seconds said however
+        # late it looks (taken at each address set or clear, when one screen's writing
+        # begins and the one before it is whole). Kept as copies of the cells and the shift
+        # in buffers made here: note() runs inside the firmware's heap and allocates nothing
+        self._snaps = [bytearray(_CELLS + 2) for _ in range(_HISTORY)]
+        self._snap_at = -1  # the newest snapshot's slot
+        self.shown_n = 0  # screens ever noted
 
     @property
     def backlight(self):
@@ -213,10 +216,13 @@ class SimLCD1602:
             return chr(code)
         return "\ufffd"
 
-    def row_text(self, row):
-        """What DDRAM puts on one row of the glass, whether or not the display is on."""
+    def row_text(self, row, ddram=None, shift=None, two_line=None):
+        """What DDRAM puts on one row of the glass, whether or not the display is on (of a
+        snapshot's cells, shift and mode where given)."""
         cols = self.cols
-        if self.two_line:
+        ddram = self._ddram if ddram is None else ddram
+        shift = self._shift if shift is None else shift
+        if self.two_line if two_line is None else two_line:
             base = (row & 1) * _LINE_CELLS
             first = (row >> 1) * cols  # rows 2 and 3 of 4-row glass continue lines 0 and 1
             span = _LINE_CELLS
@@ -226,18 +232,46 @@ class SimLCD1602:
             span = _CELLS
         else:
             return ""  # one-line mode drives only the first row
-        ddram = self._ddram
-        out = [self._glyph(ddram[base + (first + c + self._shift) % span]) for c in range(cols)]
+        out = [self._glyph(ddram[base + (first + c + shift) % span]) for c in range(cols)]
         return "".join(out).rstrip(" ")
 
     def note(self):
-        """Add the screen as it is now to `shown` (the last 8), if it is new there."""
-        text = self.text()
-        if text.strip() and (not self.shown or self.shown[-1] != text):
-            self.shown.append(text)
-            self.shown_n += 1
-            del self.shown[:-8]
-        return self.shown
+        """Keep the screen as it is now among the last ones shown, if it is not blank and
+        not the newest kept already."""
+        if not self.display_on:
+            return
+        d = self._ddram
+        for i in range(_CELLS):
+            if d[i] != 0x20:
+                break
+        else:
+            return  # blank
+        if self._snap_at >= 0:
+            s = self._snaps[self._snap_at]
+            for i in range(_CELLS):
+                if s[i] != d[i]:
+                    break
+            else:
+                if s[_CELLS] == self._shift and s[_CELLS + 1] == self.two_line:
+                    return  # the same screen
+        self._snap_at = (self._snap_at + 1) % _HISTORY
+        s = self._snaps[self._snap_at]
+        for i in range(_CELLS):
+            s[i] = d[i]
+        s[_CELLS] = self._shift
+        s[_CELLS + 1] = self.two_line
+        self.shown_n += 1
+
+    @property
+    def shown(self):
+        """The last screens shown (at most 8), oldest first, as text."""
+        n = min(self.shown_n, _HISTORY)
+        out = []
+        for k in range(n):
+            s = self._snaps[(self._snap_at - n + 1 + k) % _HISTORY]
+            out.append("\n".join([self.row_text(r, s, s[_CELLS], s[_CELLS + 1])
+                                  for r in range(self.rows)]))
+        return out
 
     def text(self):
         """The visible rows, joined with newlines; blank while the display is off."""

@@ -470,6 +470,8 @@ class Bench:
                 self.link.send({"ev": "reply", "data": reply})
 
     def status(self):
+        if self.lcd:
+            self.lcd.note()  # the screen now is among the ones shown
         st = {
             "pins": dict(self.outputs),
             "washer": {
@@ -484,7 +486,7 @@ class Bench:
             "display": self.lcd.text() if self.lcd else "",
             # the last screens, oldest first, and how many there have been: a notice of a
             # few seconds is still here when a loaded host looks late
-            "shown": list(self.lcd.note()) if self.lcd else [],
+            "shown": self.lcd.shown if self.lcd else [],
             "shown_n": self.lcd.shown_n if self.lcd else 0,
             "flash": self.flash.counters() if self.flash else {},
             "scanner": self.scanner.status() if self.scanner else {},
