@@ -105,7 +105,12 @@ def holds_everything_unacknowledged(root, dev=None):
     if not seqs:
         return False
     # everything after the board's cursor is there
-    return seqs == list(range(seqs[0], seqs[-1] + 1)) and seqs[0] <= cursor + 1
+    missing = sorted(set(range(seqs[0], seqs[-1] + 1)) - set(seqs))
+    ok = not missing and seqs[0] <= cursor + 1
+    if not ok:  # say what is wrong: a hole, or records after the cursor gone
+        print(f"journal holds {seqs[0]}..{seqs[-1]} ({len(seqs)}), cursor {cursor}, "
+              f"missing {missing[:20]}")
+    return ok
 
 
 def test_backlog_of_thousands_drains_when_the_network_returns(tmp_path, broker, server):
