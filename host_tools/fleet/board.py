@@ -266,7 +266,7 @@ class Board:
                 if now - fl[0][1] < self.settings["ack_timeout_ms"] / 2000:
                     self.batch = min(self.max_batch, self.batch * 2)
             while fl and fl[0][0] <= seq:
-                fl.pop(0)
+                self.fleet.stats.round_trip.append(now - fl.pop(0)[1])
             self.acked = seq
         self.sent_seq = max(self.sent_seq, self.acked)
         self.wake.set()

@@ -29,6 +29,7 @@ class Stats:
         self.connect_times = []  # monotonic time of each CONNACK
         self.connect_s = []  # TCP connect + sign-in duration
         self.latency = []  # seconds from sealing a record to its authenticated ack
+        self.round_trip = []  # seconds from publishing a batch to the ack that covers it
         self.acked = 0
         self.ready = 0
         self.failures = collections.Counter()
