@@ -88,8 +88,10 @@ class Rig:
         return len(rows), ok
 
     def problems(self):
+        """Lines the server logged besides its start: problems found, messages refused."""
         text = (self.tmp / "server.log").read_text()
-        return sum(1 for line in text.splitlines() if " at " in line or "Error" in line)
+        return sum(1 for line in text.splitlines()
+                   if not line.startswith(("server: ledger", "server: connected")))
 
     def stop(self):
         if self.server.poll() is None:
@@ -146,6 +148,7 @@ async def outage(rig, site_key, n, k, log):
         "broker CPU (% of a core)": 100 * (cpu1["broker"] - cpu0["broker"]) / wall,
         "generator CPU (% of a core)": 100 * (cpu1["generator"] - cpu0["generator"]) / wall,
         "ledger: stored once, verified": f"{stored} {'yes' if once else 'NO'}",
+        "server log: problems, errors": rig.problems(),
     }
 
 
@@ -182,6 +185,7 @@ async def steady(rig, site_key, n, rate, duration, log):
         "broker CPU (% of a core)": 100 * (cpu1["broker"] - cpu0["broker"]) / wall,
         "generator CPU (% of a core)": 100 * (cpu1["generator"] - cpu0["generator"]) / wall,
         "ledger: stored once, verified": f"{stored} {'yes' if once else 'NO'}",
+        "server log: problems, errors": rig.problems(),
     }
 
 
