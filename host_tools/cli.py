@@ -633,6 +633,9 @@ def build_parser():
     from host_tools.server.cli import add_parsers as add_sync_parsers  # broker, server
 
     add_sync_parsers(sub)
+    from host_tools.fleet.cli import add_parsers as add_fleet_parsers
+
+    add_fleet_parsers(sub)
     return p
 
 
