@@ -167,3 +167,30 @@ print(j.last_seq, j.last()["credit"], gc.mem_alloc() - before, gc.mem_free())
     last_seq, credit, kept, free = map(int, proc.stdout.split())
     assert (last_seq, credit) == (100, 4950)
     print(f"\njournal object keeps {kept} bytes of heap; {free} bytes free of 64 KiB")
+
+
+def test_a_lost_head_keeps_the_cursor_at_what_was_deleted(tmp_path):
+    """The head file (oldest segment, sync cursor) can be lost: a cut between its truncate and
+    its write on a file system that does not commit a file at close, or a damaged block. The
+    segments below the oldest present one were deleted only after the server acknowledged
+    them, so the cursor is at least the record before it: the board neither reports a
+    cursor of 0 nor asks to send records it no longer has."""
+    code = f"""
+import os
+from washpay.journal import Journal
+from washpay.keys import device_secret, journal_keys
+keys = journal_keys(device_secret(bytes(range(32)), "sim-0001"))
+root = {str(tmp_path / "journal")!r}
+j = Journal(root, keys)
+for i in range(100):
+    j.append("coin", amount=50, credit=50 * i, state="credit", program="quick")
+j.ack(70)  # deletes the segments 1-31 and 32-62
+os.remove(root + "/head")
+j2 = Journal(root, keys)
+print(j2.synced_seq, j2.last_seq, j2.unsynced, [s for s, _ in j2.sealed()][0])
+"""
+    from conftest import run_micropython
+
+    out = run_micropython(code, heap="256k")[1].split()
+    # 63 is the oldest record the board still has: everything before it was acknowledged
+    assert out == ["62", "100", "38", "63"], out

@@ -267,6 +267,10 @@ class Journal:
             firsts.pop()
             self._newest = firsts[-1] if firsts else 0
             self._oldest = firsts[0] if firsts else 0
+        # segments are deleted only once the server has acknowledged them: whatever came before
+        # the oldest one left was acknowledged (a lost head must not put the cursor at 0)
+        if self._oldest > 1:
+            self.synced_seq = self._oldest - 1
 
     def _segment_header_ok(self, path, first):
         h = self._hdr
