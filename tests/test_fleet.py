@@ -101,7 +101,6 @@ def test_the_host_decoder_accepts_what_the_sealer_seals():
 
 
 FIRMWARE_READER = """
-import json
 from binascii import hexlify, unhexlify
 from washpay.journal.seal import Sealer, unpack
 from washpay.keys import device_secret, journal_keys
@@ -310,3 +309,15 @@ def test_fleet_sim_without_a_server_says_what_to_do(rig, tmp_path):
 def test_fleet_bench_refuses_bad_arguments():
     r = _washpay("fleet", "bench", "--rate", "0")
     assert r.returncode == 2 and "--rate and --duration must be positive" in r.stderr
+
+
+def test_the_simulated_boards_sync_settings_are_the_firmwares():
+    """One definition of the board's defaults: the fleet's copy (host code imports no
+    firmware module) must not drift from washpay/net SETTINGS, read under micropython."""
+    from conftest import run_micropython
+
+    from host_tools.fleet.board import SETTINGS
+
+    out = run_micropython("import json\nfrom washpay.net import SETTINGS\n"
+                          "print(json.dumps(SETTINGS))")[1]
+    assert json.loads(out.strip().splitlines()[-1]) == SETTINGS

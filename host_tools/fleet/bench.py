@@ -112,7 +112,7 @@ def _pct(values, p):
     return s[min(len(s) - 1, int(round(p / 100 * (len(s) - 1))))]
 
 
-SETTINGS = {"keepalive_s": 60}  # the board's defaults otherwise (backoff 1-60 s, batch 8-32)
+SETTINGS = {"keepalive_s": 60}  # the board's defaults otherwise (backoff 1-60 s, batch 8-16)
 
 
 async def outage(rig, site_key, n, k, log):

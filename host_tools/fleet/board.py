@@ -35,7 +35,8 @@ from host_tools.fleet.mqtt import MQTTClient
 from host_tools.fleet.seal import BoardJournal
 from host_tools.server import wire
 
-# docs/sync.md, settings (the firmware's defaults: washpay/net/__init__.py SETTINGS)
+# docs/sync.md, settings: the firmware's defaults (washpay/net/__init__.py SETTINGS; host
+# code does not import firmware modules: tests/test_fleet.py holds the two equal)
 SETTINGS = {
     "keepalive_s": 30,
     "connect_timeout_ms": 10000,
@@ -43,7 +44,7 @@ SETTINGS = {
     "backoff_max_ms": 60000,
     "stable_ms": 30000,
     "batch": 8,
-    "max_batch": 32,
+    "max_batch": 16,
     "window": 2,
     "ack_timeout_ms": 15000,
 }
