@@ -101,6 +101,7 @@ def test_the_host_decoder_accepts_what_the_sealer_seals():
 
 
 FIRMWARE_READER = """
+import json
 from binascii import hexlify, unhexlify
 from washpay.journal.seal import Sealer, unpack
 from washpay.keys import device_secret, journal_keys
