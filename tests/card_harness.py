@@ -29,14 +29,14 @@ sys.path.append("boards/sim")
 
 from sim_mfrc522 import SimMFRC522, SimMifareClassic  # noqa: E402
 from washpay import config  # noqa: E402
-from washpay import vend as vendmod  # noqa: E402
-from washpay.blacklist import Blacklist  # noqa: E402
+from washpay.cardlists.blacklist import Blacklist  # noqa: E402
 from washpay.drivers.mfrc522 import MFRC522  # noqa: E402
 from washpay.journal import Journal  # noqa: E402
 from washpay.journal import records as R  # noqa: E402
 from washpay.payments.card import CardPayment  # noqa: E402
 from washpay.payments.wallet import CardKeys  # noqa: E402
 from washpay.ui import Screen  # noqa: E402
+from washpay.vend import engine as vendmod  # noqa: E402
 
 vendmod._POLL_MS = 1  # the engine polls the washer every ms: a cycle ends at once here
 ROOT = "/ram"

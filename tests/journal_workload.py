@@ -220,7 +220,7 @@ def boot(journal):
     """Boot recovery by the real vend engine (washer idle) -> (credit, state) it settles on."""
     import asyncio
 
-    from washpay.vend import VendEngine
+    from washpay.vend.engine import VendEngine
 
     class Washer:
         mode = "contact"

@@ -15,8 +15,8 @@ from tests.conftest import micropython_i386, run_micropython
 sys.path.insert(0, str(Path(__file__).parent / "shims"))
 sys.path.insert(0, str(Path(__file__).parent.parent / "firmware"))
 
-from washpay import prices as P  # noqa: E402
-from washpay.pricing import PriceTable, PricingError  # noqa: E402
+from washpay.vend import prices as P  # noqa: E402
+from washpay.vend.pricing import PriceTable, PricingError  # noqa: E402
 
 
 def seconds_for(tab, program, amount, when, tier=None):
@@ -85,13 +85,13 @@ def test_boundaries_cpython(table, program, when, tier, expected):
 
 def test_boundaries_micropython():
     code = f"""
-from washpay.pricing import PriceTable
+from washpay.vend.pricing import PriceTable
 import json
 tab = PriceTable(json.loads({json.dumps(json.dumps(PROGRAMS))}),
                  json.loads({json.dumps(json.dumps(TABLE))}))
 for prog, when, tier, _ in json.loads({json.dumps(json.dumps(CASES))}):
     print(tab.price(prog, when, tier))
-from washpay.prices import cost_of, seconds_for
+from washpay.vend.prices import cost_of, seconds_for
 step = tab.price("dry", {t(0, 12, 0)})
 print(seconds_for(tab.programs["dry"], step, 250), cost_of(tab.programs["dry"], step, 25 * 60))
 print(tab.allowed("standard", "student"), tab.allowed("quick", "student"))
@@ -222,7 +222,7 @@ def test_wrong_json_types_are_the_pricing_error_micropython():
     code = f"""
 import json
 from binascii import unhexlify
-from washpay.pricing import PriceTable, PricingError
+from washpay.vend.pricing import PriceTable, PricingError
 progs = json.loads({json.dumps(json.dumps(PROGRAMS))})
 raws = [json.loads(unhexlify(h)) for h in {issue!r}]
 raws += [json.loads(s) for s in json.loads({json.dumps(json.dumps([
@@ -253,7 +253,7 @@ def test_keys_that_are_not_text_are_refused_micropython():
     texts = ['{"tiers": {"t0": {"percent": -58}, 14: "days"}}', '{"tiers": {null: {}}}']
     code = f"""
 import json
-from washpay.pricing import PriceTable, PricingError
+from washpay.vend.pricing import PriceTable, PricingError
 progs = json.loads({json.dumps(json.dumps(PROGRAMS))})
 for text in {texts!r}:
     try:

@@ -1,6 +1,7 @@
 """The board's card lists (docs/blacklist-format.md): one implementation
-(firmware/washpay/cardlist.py) behind the blacklist and the tier overrides. The firmware's
-lists under CPython (with the shims, for hypothesis) and under MicroPython, against the
+(firmware/washpay/cardlists/__init__.py) behind the blacklist and the tier overrides.
+The firmware's lists under CPython (with the shims, for hypothesis) and under MicroPython,
+against the
 host's independent reader and writer (host_tools/card.py) and a model of the list: the
 blacklist's file stays byte for byte what the host writes, the tier list merges, stays
 sorted, refuses what it cannot hold and changes nothing then."""
@@ -21,9 +22,9 @@ for _path in (HERE / "shims", ROOT / "firmware"):
     if str(_path) not in sys.path:
         sys.path.insert(0, str(_path))
 
-from washpay.blacklist import Blacklist  # noqa: E402
-from washpay.cardlist import CardListError  # noqa: E402
-from washpay.tierlist import LIMIT, TierList  # noqa: E402
+from washpay.cardlists import CardListError  # noqa: E402
+from washpay.cardlists.blacklist import Blacklist  # noqa: E402
+from washpay.cardlists.tierlist import LIMIT, TierList  # noqa: E402
 
 UID = bytes.fromhex("04a1b2c3")
 uids = st.one_of(st.binary(min_size=4, max_size=4), st.binary(min_size=7, max_size=7),
@@ -136,7 +137,7 @@ def test_tier_list_under_micropython(tmp_path):
     path = tmp_path / "tiers.bin"
     path.write_bytes(C.build_tier_list(5, [(UID, "late"), (b"\x04" * 7, "watch")]))
     out = run_micropython(
-        "from washpay.tierlist import TierList\n"
+        "from washpay.cardlists.tierlist import TierList\n"
         f"tl = TierList({str(path)!r})\n"
         f"print(tl.lookup({UID!r}), tl.lookup(b'\\x04' * 7), tl.lookup(b'\\x05' * 4))\n"
         f"print(tl.update(add=[(b'\\x05' * 4, b'staff')], remove=[{UID!r}]), tl.generation)\n"

@@ -16,7 +16,7 @@ def run(code, tmp_path, heap="128k"):
     # a test with the vend engine imports it first, as app.py does at boot (the engine is
     # imported with the app, the token payments later): on a capped heap the order decides
     # how fragmented the heap is when the larger module is compiled
-    first = "from washpay.vend import VendEngine\n" if "VendEngine(" in code else ""
+    first = "from washpay.vend.engine import VendEngine\n" if "VendEngine(" in code else ""
     prelude = f"""
 {first}import json
 from binascii import unhexlify
@@ -121,7 +121,7 @@ out["per_check"] = (before - gc.mem_free()) // 10
 
 
 ENGINE = """
-from washpay.vend import VendEngine
+from washpay.vend.engine import VendEngine
 from washpay.journal import JournalFull
 from washpay.payments.token import TokenPayments
 class Washer:

@@ -23,7 +23,7 @@ for _path in (HERE / "shims", ROOT / "firmware"):
         sys.path.insert(0, str(_path))
 
 from washpay import config  # noqa: E402
-from washpay.blacklist import Blacklist, civil_date  # noqa: E402
+from washpay.cardlists.blacklist import Blacklist, civil_date  # noqa: E402
 from washpay.payments import wallet as F  # noqa: E402
 from washpay.payments.card_state import PendingPayments, SeenCounters  # noqa: E402
 
@@ -261,7 +261,7 @@ def test_blacklist_under_micropython(tmp_path):
     path = tmp_path / "blacklist.bin"
     path.write_bytes(C.build_blacklist(3, [(UID, 1, 1772323200), (b"\x04" * 7, 2, 0)]))
     out = run_micropython(
-        "from washpay.blacklist import Blacklist\n"
+        "from washpay.cardlists.blacklist import Blacklist\n"
         f"bl = Blacklist({str(path)!r})\n"
         f"e = bl.lookup({UID!r})\n"
         "print(e, bl.describe(e), bl.lookup(b'\\x04' * 7), bl.lookup(b'\\x05' * 4))\n"

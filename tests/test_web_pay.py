@@ -264,7 +264,7 @@ def test_no_answer_within_the_window_is_refunded_once(web):
 
 def test_washer_not_started_is_refunded(web):
     """Issue 15: the board does not credit a remote start whose washer never confirmed
-    (firmware/washpay/vend.py start_failed()): its start_failed names the command, and the
+    (firmware/washpay/vend/engine.py start_failed()): its start_failed names the command, and the
     server refunds through the provider, once."""
     c = client(web)
     pid, ref = checkout(web, c)

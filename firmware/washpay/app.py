@@ -13,7 +13,7 @@ from washpay.drivers.washer import Washer
 from washpay.journal import Journal
 from washpay.payments.coin import PulseTrainDecoder
 from washpay.ui import Screen
-from washpay.vend import VendEngine
+from washpay.vend.engine import VendEngine
 
 _FEED_MS = 500
 
@@ -109,10 +109,10 @@ class App:
         if key is None:
             log("card payments off: /secrets.json has no card_key (washpay provision)")
             return None
-        from washpay.blacklist import Blacklist
+        from washpay.cardlists.blacklist import Blacklist
+        from washpay.cardlists.tierlist import TierList
         from washpay.drivers.mfrc522 import MFRC522, CardError
         from washpay.payments.card import CardPayment
-        from washpay.tierlist import TierList
 
         reader = MFRC522(b.spi("card_spi"), b.pin_out("card_cs", 1), b.pin_out("card_rst", 1))
         try:
@@ -157,9 +157,9 @@ class App:
         if self.sync is not None and self.sync.commands is None:
             # the command topic's dispatcher: remote start is `remote`'s; prices, blacklist,
             # clock and status are the operator's commands (docs/sync.md)
-            from washpay.blacklist import Blacklist
+            from washpay.cardlists.blacklist import Blacklist
+            from washpay.cardlists.tierlist import TierList
             from washpay.net.commands import Commands
-            from washpay.tierlist import TierList
 
             bl = self.card.blacklist if self.card is not None else Blacklist()
             if self.tiers is None:  # no card reader: the list is kept for when one is fitted

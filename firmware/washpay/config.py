@@ -238,7 +238,7 @@ def validate(raw):
         merged[k] = _int(v, "risk." + k, RISK_DEFAULTS[k][1], RISK_DEFAULTS[k][2])
     cfg["risk"] = merged
     if cfg["pricing"] != {}:  # {}: base prices, and pricing.py's RAM is not spent
-        from washpay.pricing import PriceTable, PricingError
+        from washpay.vend.pricing import PriceTable, PricingError
 
         try:
             PriceTable(progs, cfg["pricing"])

@@ -118,13 +118,14 @@ def bench_tool(sim):
 _MEM_SCRIPT = """
 import gc, sys
 sys.path.insert(0, {root!r})
-from washpay import crypto, vend
+from washpay import crypto
+from washpay.vend import engine as vend
 from washpay.journal import Journal
 gc.collect(); a0 = gc.mem_alloc()
 from washpay.drivers import mfrc522
 gc.collect(); a1 = gc.mem_alloc()
 from washpay.payments import card, card_state, wallet
-from washpay import blacklist, tierlist
+from washpay.cardlists import blacklist, tierlist
 gc.collect(); a2 = gc.mem_alloc()
 print(a1 - a0, a2 - a1)
 """

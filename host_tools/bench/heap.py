@@ -34,12 +34,13 @@ LAYOUTS = (("mpy", ".mpy files"), ("romfs", "bytecode in place (ROMFS)"))
 GROUPS = (
     ("boot/config/journal", "washpay washpay.config washpay.board washpay.keys washpay.crypto "
      "washpay.journal washpay.journal.records washpay.journal.seal washpay.journal.recent "
-     "washpay.vend_boot"),
+     "washpay.vend.boot"),
     ("coin + vend engine", "washpay.drivers.coin_acceptor washpay.payments.coin "
-     "washpay.drivers.washer washpay.drivers.keypad washpay.prices washpay.vend "
-     "washpay.vend_watch washpay.vend_timed"),
+     "washpay.drivers.washer washpay.drivers.keypad washpay.vend.prices washpay.vend.engine "
+     "washpay.vend.watch washpay.vend.timed"),
     ("display", "washpay.ui washpay.drivers.lcd1602"),
-    ("pricing/lists", "washpay.pricing washpay.cardlist washpay.blacklist washpay.tierlist"),
+    ("pricing/lists", "washpay.vend.pricing washpay.cardlists washpay.cardlists.blacklist "
+     "washpay.cardlists.tierlist"),
     ("card", "washpay.drivers.mfrc522 washpay.payments.wallet washpay.payments.card_state "
      "washpay.payments.card"),
     ("QR/token", "washpay.replay washpay.drivers.gm65 washpay.payments.token"),

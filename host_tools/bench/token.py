@@ -101,7 +101,8 @@ _IMPORTS = """
 import sys, gc
 sys.path.insert(0, %(rom)r)
 import asyncio, json, struct, hashlib, binascii
-from washpay import journal, vend, crypto, keys, config, board, ui
+from washpay import journal, crypto, keys, config, board, ui
+from washpay.vend import engine as vend
 gc.collect()
 free = gc.mem_free()
 from washpay.drivers import gm65

@@ -70,8 +70,8 @@ class Commands:
         self._device = device_hash(device_id)
         self.engine = engine
         self.journal = journal
-        self.blacklist = blacklist  # washpay.blacklist.Blacklist (the card reader's own)
-        self.tiers = tiers  # washpay.tierlist.TierList (the card reader's own)
+        self.blacklist = blacklist  # washpay.cardlists.blacklist.Blacklist (the card reader's own)
+        self.tiers = tiers  # washpay.cardlists.tierlist.TierList (the card reader's own)
         self.board = board
         self.status_fn = status
         self.config_path = config_path
@@ -338,8 +338,8 @@ class Commands:
     def _tiers(self, body):
         # tier overrides by card (docs/sync.md action 8): n x (uid length, uid, tier
         # length, tier); a tier of length 0 clears the card's override
-        from washpay.cardlist import CardListError
-        from washpay.tierlist import TIER_LEN
+        from washpay.cardlists import CardListError
+        from washpay.cardlists.tierlist import TIER_LEN
 
         tl = self.tiers
         if tl is None:

@@ -113,8 +113,8 @@ def _head(device, issued, action):
 
 
 def run(req, count, found):
-    from washpay.blacklist import Blacklist
-    from washpay.tierlist import TierList
+    from washpay.cardlists.blacklist import Blacklist
+    from washpay.cardlists.tierlist import TierList
 
     key = unhexlify(req["command_key"])
     d = req["dir"]

@@ -5,7 +5,7 @@
 import json
 
 from fzlib import below, chance, mutate, pick, rnd, tweak
-from washpay.pricing import PriceTable, PricingError
+from washpay.vend.pricing import PriceTable, PricingError
 
 STATS = {"valid": 0, "tweaked": 0, "text": 0, "not_json": 0, "refused": 0}
 PROGRAMS = [{"name": "quick", "price": 250, "minutes": 30},

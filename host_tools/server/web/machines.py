@@ -29,7 +29,7 @@ from host_tools.server import commands as C
 _PRICES = """
 import sys, json
 from washpay import config
-from washpay.prices import price_table, is_timed
+from washpay.vend.prices import price_table, is_timed
 req = json.loads(sys.stdin.read())
 raw = req["config"]
 for kind, args in req["pushed"]:

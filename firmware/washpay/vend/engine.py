@@ -3,14 +3,14 @@
 # Money rule: a payment counts only once its journal record is durable, and the relay is
 # never driven for a vend that is not in the journal. Every record carries the credit, the
 # state and the paid time left after it, so after a power cut the last record says where
-# we were (vend_boot.py).
+# we were (vend/boot.py).
 import asyncio
 import time
 
-from washpay import vend_watch as W
 from washpay.journal import JournalError
 from washpay.journal import records as R
-from washpay.prices import is_timed, price_table
+from washpay.vend import watch as W
+from washpay.vend.prices import is_timed, price_table
 
 _POLL_MS = 50
 # the payer's kind for the not_collected record, by the record that paid
@@ -32,7 +32,7 @@ class VendEngine:
         self.state = R.IDLE
         self.credit = 0
         self.vend_price = 0  # price of the vend in progress
-        # a timed program (vend_timed.py): seconds bought and not yet started, and the
+        # a timed program (vend/timed.py): seconds bought and not yet started, and the
         # ticks_ms at which the paid time of the one running runs out (None: none runs)
         self.bought_s = 0
         self.ends_ms = None
@@ -61,7 +61,7 @@ class VendEngine:
         # the storm so far (vend_watch.coin_storm); inhibited until it is quiet
         self.coin_storm = None
 
-    # ---- prices (washpay/pricing.py, docs/pricing.md)
+    # ---- prices (washpay/vend/pricing.py, docs/pricing.md)
     def price_of(self, program=None, tier=None):
         """What `program` (the selected one by default) costs now, for a card `tier`
         (None: coins, tokens, an untiered card)."""
@@ -101,12 +101,13 @@ class VendEngine:
 
     # ---- boot recovery
     async def recover(self, boot_reason="power on"):
-        """Boot recovery from the journal's last record (vend_boot.py: run once, so its
+        """Boot recovery from the journal's last record (vend/boot.py: run once, so its
         code is not kept in RAM with the engine's)."""
-        from washpay import forget, vend_boot
+        from washpay import forget
+        from washpay.vend import boot as vend_boot
 
         await vend_boot.recover(self, boot_reason)
-        forget("washpay.vend_boot")
+        forget("washpay.vend.boot")
 
     def _program(self, name):
         for p in self.programs:
@@ -405,10 +406,10 @@ class VendEngine:
         if self.cfg.get("collect_ms"):
             asyncio.create_task(W.watch_collect(self, p["name"], self.vend_source))
 
-    # ---- timed programs (dryers): vend_timed.py, loaded by a board that sells time
+    # ---- timed programs (dryers): vend/timed.py, loaded by a board that sells time
     @staticmethod
     def _timed():
-        from washpay import vend_timed
+        from washpay.vend import timed as vend_timed
 
         return vend_timed
 

@@ -5,7 +5,7 @@
 # carry a reason and the date it was reported.
 import struct
 
-from washpay.cardlist import CardList, CardListError
+from washpay.cardlists import CardList, CardListError
 
 MAGIC = b"WPBL"
 ENTRY_SIZE = 16  # not a const(): it would be substituted into "ENTRY_SIZE = ENTRY_SIZE"

@@ -9,7 +9,7 @@ import asyncio
 import time
 
 from washpay.journal import records as R
-from washpay.prices import cost_of, max_s, seconds_for, step_s
+from washpay.vend.prices import cost_of, max_s, seconds_for, step_s
 
 _TICK_MS = 250  # how often the running vend looks at its clock, the credit and the display
 

@@ -1,6 +1,6 @@
 # What the vend engine watches besides payments (config "risk", "collect_ms"): bursts of
 # rejected coins, coin acceptor anomalies, and laundry left in the machine after a cycle.
-# Functions of the engine, kept out of vend.py so that compiling it fits a capped heap.
+# Functions of the engine, kept out of vend/engine.py so that compiling it fits a capped heap.
 import asyncio
 import time
 

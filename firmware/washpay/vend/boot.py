@@ -1,5 +1,5 @@
 # Boot recovery of the vend engine: where the last journal record says the machine was.
-# Every record carries the credit, vend state and paid time left after it (vend.py's money
+# Every record carries the credit, vend state and paid time left after it (vend/engine.py's money
 # rule), so the last one is enough:
 #   idle/credit  -> that credit is still the customer's
 #   starting     -> the washer was maybe started: if it reports busy, it runs; if not, the
@@ -14,8 +14,8 @@ import asyncio
 import time
 
 from washpay.journal import records as R
-from washpay.prices import is_timed
-from washpay.vend import _SOURCE_OF
+from washpay.vend.engine import _SOURCE_OF
+from washpay.vend.prices import is_timed
 
 
 async def recover(e, boot_reason):
@@ -36,7 +36,7 @@ async def recover(e, boot_reason):
                           recovered=True)
             elif last.get("type") in e.unconfirmed:
                 e.unconfirmed[last["type"]](last)
-            else:  # credit again, or refunded by the server if paid online (vend.py)
+            else:  # credit again, or refunded by the server if paid online (vend/engine.py)
                 src = last.get("source")
                 e.start_failed(e.vend_price, "power lost before the washer confirmed",
                                (_SOURCE_OF.get(last.get("type"), 0), src) if src else None)

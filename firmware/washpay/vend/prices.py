@@ -1,11 +1,11 @@
-# The engine's price source: the programs' base prices, or washpay/pricing.py's PriceTable
+# The engine's price source: the programs' base prices, or washpay/vend/pricing.py's PriceTable
 # when config.json has a price table (docs/pricing.md). Kept apart from both so that a board
 # without a table spends neither pricing.py's RAM nor the vend engine's compile peak on it.
 
 
 class BasePrices:
     """The programs' base prices, always: a board without a price table does not spend the
-    RAM of washpay/pricing.py (about 10 KB on the unix port). PriceTable's interface."""
+    RAM of washpay/vend/pricing.py (about 10 KB on the unix port). PriceTable's interface."""
 
     version = 0
 
@@ -58,6 +58,6 @@ def cost_of(program, step_price, seconds):
 def price_table(programs, raw):
     if not raw:
         return BasePrices(programs)
-    from washpay.pricing import PriceTable
+    from washpay.vend.pricing import PriceTable
 
     return PriceTable(programs, raw)

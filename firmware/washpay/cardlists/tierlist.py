@@ -5,7 +5,7 @@
 # card list (cardlist.py; docs/blacklist-format.md, "Tier overrides") of 19-byte entries:
 # the UID key and the tier's name (the price table's tier key, at most 8 ASCII bytes, as in
 # the card header), binary-searched in the file: no RAM for the list.
-from washpay.cardlist import KEY_SIZE, CardList, CardListError
+from washpay.cardlists import KEY_SIZE, CardList, CardListError
 
 MAGIC = b"WPTL"
 TIER_LEN = 8
