@@ -145,7 +145,7 @@ def test_s3_image_uses_the_whole_8mb_vfs(site, firmware, tmp_path):
     assert data[:1] == b"\xe9" and len(data) == 0x200000 + 0x600000  # base 0x0 on the S3
     assert (tmp_path / "vfs.bin").read_bytes() == data[0x200000:]
     files = mounted_files(out, 0x200000, 0x600000 // 4096)
-    assert "/board.json" in files and "/washpay/vend.mpy" in files
+    assert "/board.json" in files and "/washpay/vend/engine.mpy" in files
     r = subprocess.run([sys.executable, "-m", "esptool", "image-info", str(out)],
                        capture_output=True, text=True, timeout=60)
     assert "Detected image type: ESP32-S3" in r.stdout
