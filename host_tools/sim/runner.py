@@ -50,6 +50,21 @@ def micropython_command(explicit=None):
         raise SystemExit(str(e)) from None
 
 
+
+# On the board the firmware has a core to itself and samples the coin line every 5 ms; on a
+# shared host a busy moment (parallel tests, a compile) could hold the simulated firmware off
+# the CPU for longer than a pulse, and it would then rightly refuse a train it could not time.
+# So the simulated firmware runs at a higher scheduling priority than the host's own work
+# where the host allows it (root or CAP_SYS_NICE; else it runs as it is).
+FIRMWARE_NICE = -5
+
+
+def _firmware_priority(pid):
+    try:
+        os.setpriority(os.PRIO_PROCESS, pid, FIRMWARE_NICE)
+    except OSError:
+        pass
+
 class SimRefused(Exception):
     """`washpay sim run` did not start the board; the message says why and what to do."""
 
@@ -264,6 +279,7 @@ class SimRunner:
             start_new_session=True,
             close_fds=True,
         )
+        _firmware_priority(self.child.pid)
         self.power = "on"
         self.boot_mode = mode
         self.boots += 1
