@@ -73,23 +73,29 @@ def _serve_until_stopped(stop_fn, alive=lambda: True):
 
 
 def cmd_server_run(args):
+    from host_tools.server.alerts.config import AlertConfigError
+    from host_tools.server.alerts.config import parse as parse_alerts
     from host_tools.server.service import Server, ServiceError
     from host_tools.server.store import StoreError
+    from host_tools.server.web import WebError, load_config
 
     key = _site_key(args.site_key)
     try:
+        # the server config file (--web-config): its "alerts" object (docs/alerts.md)
+        server_cfg = load_config(args.web_config)
+        alerts = parse_alerts(server_cfg.get("alerts"))
         srv = Server(args.db, key, args.broker, ca=args.ca, instance=args.instance,
-                     log=lambda m: print(m, flush=True)).start()
-    except (ServiceError, StoreError, OSError) as e:
+                     log=lambda m: print(m, flush=True), alerts=alerts).start()
+    except (ServiceError, StoreError, OSError, WebError, AlertConfigError) as e:
         print(f"washpay server run: {e}", file=sys.stderr)
         return 2
     web = None
     if args.http:
-        from host_tools.server.web import Web, WebError, load_config, parse_http
+        from host_tools.server.web import Web, parse_http
 
         try:
             host, port = parse_http(args.http)
-            web = Web(load_config(args.web_config), args.db, key, srv.send_command,
+            web = Web(server_cfg, args.db, key, srv.send_command,
                       log=lambda m: print(m, flush=True)).start(host, port)
         except (WebError, StoreError) as e:
             srv.stop()
@@ -504,9 +510,10 @@ def add_parsers(sub):
                    help="also serve the customers' pay-by-phone pages here "
                    "(docs/phone-payment.md), e.g. 127.0.0.1:8080")
     r.add_argument("--web-config", default=os.environ.get("WASHPAY_WEB_CONFIG"),
-                   metavar="FILE", help="the web pages' config (JSON: machines, payment "
-                   "provider and its keys); default $WASHPAY_WEB_CONFIG, else the sandbox "
-                   "provider and the firmware's default programs")
+                   metavar="FILE", help="the server config (JSON: machines, payment "
+                   "provider and its keys, \"alerts\": docs/alerts.md); default "
+                   "$WASHPAY_WEB_CONFIG, else the sandbox provider, the firmware's default "
+                   "programs and no alert destinations")
     r.set_defaults(func=cmd_server_run)
     st = sub.add_parser("sticker", help="a machine's QR sticker: its pay-by-phone page")
     st.add_argument("--device", required=True, help="the board's device id")
@@ -604,4 +611,7 @@ def add_parsers(sub):
     cmd.add_argument("--ttl", type=int, default=300, help="seconds the command stays valid")
     cmd.add_argument("--wait", type=float, default=10.0, help="seconds to wait for the reply")
     cmd.set_defaults(func=cmd_server_command)
+    from host_tools.server.alerts.cli import add_parsers as alerts_parsers
+
+    alerts_parsers(srv)
     return srv
