@@ -4,6 +4,8 @@
     ...
     web.stop()
 
+The operator console (docs/console.md) is part of the same app, under /console.
+
 `washpay server run --http HOST:PORT [--web-config web.json]` runs it in the server's
 process: it sends remote starts through the server's broker connection, and reads the
 board's replies and journal from the same database. Its own tables (payments,
@@ -74,6 +76,10 @@ class Web:
                                 rate=A.RateLimit(int(rl.get("checkouts", 6)),
                                                  float(rl.get("per_s", 60))),
                                 base_url=config.get("base_url"))
+        from host_tools.server.web import console
+
+        self.console = console.install(self.app, self.db, config.get("console"),
+                                       clock=clock)
         self.log = log
         self.httpd = None
         self.url = None
