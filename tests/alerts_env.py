@@ -43,12 +43,14 @@ class Receiver:
         self.fail_status = fail_status
         self.token = token
         self.hold = None
+        self.arrived = 0  # requests read, answered or not
         self.lock = threading.Lock()
         rx = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self):
                 body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                rx.arrived += 1
                 if rx.hold is not None:
                     rx.hold.wait(30)
                 with rx.lock:
