@@ -80,6 +80,8 @@ class Web:
 
         self.console = console.install(self.app, self.db, config.get("console"),
                                        clock=clock)
+        # the console's action pages send commands and refunds through this app's payments
+        self.app.extensions["washpay_web"] = self
         self.log = log
         self.httpd = None
         self.url = None
