@@ -144,9 +144,14 @@ def login(b, web, name):
 
 
 def flashes(b):
+    """The messages shown above the page ([] while a new page replaces the old one)."""
+    from selenium.common.exceptions import StaleElementReferenceException
     from selenium.webdriver.common.by import By
 
-    return [e.text for e in b.find_elements(By.CSS_SELECTOR, ".flash")]
+    try:
+        return [e.text for e in b.find_elements(By.CSS_SELECTOR, ".flash")]
+    except StaleElementReferenceException:
+        return []
 
 
 def uploaded(sim):
@@ -268,7 +273,9 @@ def test_an_attendants_refund_over_the_limit_is_refused(rig, browser):
     browser.find_element(By.ID, "refund-amount").send_keys("200")
     browser.find_element(By.ID, "refund-reason").send_keys("machine ate the coins")
     browser.find_element(By.ID, "refund").click()
-    wait(lambda: [f for f in flashes(browser) if "Manual refund" in f], what="the refund")
+    msg = wait(lambda: [f for f in flashes(browser) if "Manual refund" in f],
+               what="the refund")
+    assert msg[0].endswith("recorded: give the customer the money.")
     assert [tuple(r) for r in web.db.query(
         "SELECT device, amount, operator FROM console_refunds")] == [(DEVICE, 200,
                                                                       "attendant")]
