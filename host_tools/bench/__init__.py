@@ -1,7 +1,8 @@
 """`make bench`: figures, not pass/fail. Host numbers from the unix port stand in for the
 ESP32's only in proportion; heap figures are real MicroPython GC heap sizes, at ESP32 object
 sizes under the 32-bit interpreter (heap.py). One module per concern: crypto, journal,
-token, card, provision, sync, heap (scenario.py: the full scenario heap.py measures)."""
+token, card, provision, sync, heap (scenario.py: the full scenario heap.py measures),
+alerts (the server's alerts engine and notices courier)."""
 
 import shutil
 import statistics
@@ -133,6 +134,9 @@ def main():
 
     _table("Signed releases: the board's check (firmware/washpay/ota)",
            [(f"{name} ({interp})", value, unit) for interp, name, value, unit in release_bench()])
+    from host_tools.bench.alerts import bench as alerts_bench
+
+    _table("Alerts and notices (SQLite ledger, loopback HTTP)", alerts_bench())
     return 0
 
 

@@ -53,9 +53,11 @@ def journal_full(tx, cfg, now):
     reply says level low or full, or the server is missing journal_backlog records or more
     that the board says it has (they wait on the board, taking its flash)."""
     status = {}
+    # each board's newest status reply only
     for device, result in tx.all(
-            "SELECT device, result FROM commands WHERE kind = 'status' AND result IS NOT NULL "
-            "ORDER BY done_at"):
+            "SELECT device, result FROM commands c WHERE kind = 'status' AND result IS NOT "
+            "NULL AND done_at = (SELECT max(done_at) FROM commands WHERE device = c.device "
+            "AND kind = 'status' AND result IS NOT NULL)"):
         try:
             j = (json.loads(result).get("status") or {}).get("journal") or {}
         except (ValueError, AttributeError):
