@@ -1,14 +1,14 @@
 """The fleet and device pages against a ledger filled by the server's own ingest with
-records sealed by the firmware's Journal under micropython: backlog, faults, the price
-table version, the journal verification status (bad tags, gaps, forks, rollbacks), a
-board's status reply, and asking for it. The browser test (test_console_browser.py) does
-the same end to end with a simulated board and Mosquitto."""
+records sealed by the firmware's Journal under micropython, on SQLite and PostgreSQL:
+backlog, faults, the price table version, the journal verification status (bad tags, gaps,
+forks), a board's status reply, and asking for it. The browser test
+(test_console_browser.py) does the same end to end with a simulated board and Mosquitto."""
 
 import re
 
 import pytest
 from console_env import add_operators, csrf
-from sync_env import SITE_KEY, coin_day, firmware_records
+from sync_env import SITE_KEY, coin_day, firmware_records, postgres_cluster
 from web_env import DEVICE, make_web, reply, set_online
 
 from host_tools.server import wire
@@ -28,10 +28,26 @@ def day(tmp_path_factory):
     return firmware_records(tmp_path_factory.mktemp("j") / "journal", steps)
 
 
-@pytest.fixture
-def web(tmp_path):
+@pytest.fixture(scope="module")
+def pg_url():
+    with postgres_cluster() as url:
+        yield url
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def web(request, tmp_path):
+    url = None
+    if request.param == "postgresql":
+        import psycopg
+
+        base = request.getfixturevalue("pg_url")
+        with psycopg.connect(base, autocommit=True) as c:
+            c.execute("DROP DATABASE IF EXISTS fleet")
+            c.execute("CREATE DATABASE fleet")
+        url = base.rsplit("/", 1)[0] + "/fleet"
     w = make_web(tmp_path, config={"machines": {DEVICE: {"name": "Washer 1"},
-                                                "dryer-2": {"name": "Dryer 2"}}})
+                                                "dryer-2": {"name": "Dryer 2"}}},
+                 store_url=url)
     add_operators(w)
     yield w
     w.store.close()

@@ -27,6 +27,15 @@ CHAIN_KINDS = {"chain": ("bad_tag",), "gaps": ("gap", "malformed"), "forks": ("f
                          "card_balance_mismatch")}
 
 
+# What the fleet's per-device lookups need so that a page stays quick with a long journal
+# in the ledger: a board's newest fault or price-table record without walking all its
+# records, its newest status reply without scanning every command.
+INDEXES = """
+CREATE INDEX IF NOT EXISTS records_device_type ON records (device, type, seq);
+CREATE INDEX IF NOT EXISTS commands_device_kind ON commands (device, kind, done_at)
+"""
+
+
 def summary():
     """{"devices", "online", "offline", "problems", "backlog"} for the console's home."""
     rows = fleet()
@@ -61,8 +70,8 @@ def _ledger_prices_version(db, device):
     """(version, seq) from the board's newest record that names its price table."""
     rows = db.query(
         "SELECT reason, seq FROM records WHERE device = ? AND verified = 1 AND type IN "
-        "('boot', 'command_done') AND reason LIKE '%prices v%' ORDER BY seq DESC LIMIT 1",
-        (device,))
+        "('boot', 'command_done') AND reason LIKE ? ORDER BY seq DESC LIMIT 1",
+        (device, "%prices v%"))
     if not rows:
         return None, None
     m = PRICES_V.search(rows[0][0] or "")
