@@ -155,6 +155,24 @@ def test_asking_for_status_and_showing_the_reply(web, day):
                                                                        cid)
 
 
+def test_asking_every_online_board(web, day):
+    Ingest(web.side, SITE_KEY).batch(DEVICE, batch(day[:3], 3))
+    set_online(web)
+    c = logged_in(web, "attendant")
+    page = c.get("/console/fleet").text
+    r = c.post("/console/fleet/status", data={"csrf": csrf(page)}, follow_redirects=True)
+    assert "Status asked of 1 online board(s)" in r.text
+    # dryer-2 is offline (never heard from): asked nothing
+    assert [(d, k) for d, _c, k, *_ in web.sender.sent] == [(DEVICE, "status")]
+    row = web.console.accounts.audit_rows(action="status_request")[0]
+    assert row["target"] == "fleet" and list(row["detail"]["commands"]) == [DEVICE]
+    set_online(web, online=False)
+    r = c.post("/console/fleet/status", data={"csrf": csrf(page)}, follow_redirects=True)
+    assert "No board is online: nothing asked." in r.text and len(web.sender.sent) == 1
+    # a viewer sees no such button
+    assert "ask-fleet-status" not in logged_in(web, "viewer").get("/console/fleet").text
+
+
 def test_a_status_request_that_cannot_be_sent_says_why(web, day):
     def down(*a, **kw):
         raise OSError("no connection to the broker")
