@@ -45,12 +45,17 @@ def summary():
             "backlog": sum(d["backlog"] or 0 for d in rows)}
 
 
-def _status_replies(db, device=None):
+DEVICE_COLUMNS = ("device, first_seen, last_seen, online, state_at, high_seq, reported_seq, "
+                  "batches, duplicates")
+NEVER_SEEN = (None, None, None, None, 0, 0, 0, 0)
+
+
+def _status_replies(tx, device=None):
     """{device: (status dict, when)} from the newest `status` reply of each board."""
     where, args = "", ()
     if device is not None:
         where, args = " AND c.device = ?", (device,)
-    rows = db.query(
+    rows = tx.all(
         "SELECT c.device, c.result, c.done_at FROM commands c WHERE c.kind = 'status' "
         "AND c.status = 'done'" + where + " AND c.done_at = (SELECT MAX(d.done_at) FROM "
         "commands d WHERE d.device = c.device AND d.kind = 'status' AND d.status = 'done')",
@@ -66,57 +71,85 @@ def _status_replies(db, device=None):
     return out
 
 
-def _ledger_prices_version(db, device):
+def _ledger_prices_version(tx, device):
     """(version, seq) from the board's newest record that names its price table."""
-    rows = db.query(
-        "SELECT reason, seq FROM records WHERE device = ? AND verified = 1 AND type IN "
-        "('boot', 'command_done') AND reason LIKE ? ORDER BY seq DESC LIMIT 1",
-        (device, "%prices v%"))
-    if not rows:
-        return None, None
-    m = PRICES_V.search(rows[0][0] or "")
-    return (int(m.group(1)), rows[0][1]) if m else (None, None)
+    best = None
+    # one type at a time: each walks the (device, type, seq) index from its newest record
+    for rtype in ("boot", "command_done"):
+        row = tx.one(
+            "SELECT seq, reason FROM records WHERE device = ? AND type = ? AND verified = 1 "
+            "AND reason LIKE ? ORDER BY seq DESC LIMIT 1", (device, rtype, "%prices v%"))
+        if row and (best is None or row[0] > best[0]):
+            best = row
+    m = PRICES_V.search(best[1] or "") if best else None
+    return (int(m.group(1)), best[0]) if m else (None, None)
+
+
+def _ledger_facts(names=None):
+    """{device: facts} of the ledger, read in one transaction: the devices row, open
+    problems by kind, newest fault record, price table version, newest status reply.
+    `names`: these devices only (None: every device in the ledger)."""
+    c = console()
+    out = {}
+    with c.accounts.tx() as tx:
+        if names is None:
+            rows = tx.all(f"SELECT {DEVICE_COLUMNS} FROM devices")
+            problems = tx.all("SELECT device, kind, COUNT(*) FROM problems "
+                              "WHERE state = 'open' GROUP BY device, kind")
+            status = _status_replies(tx)
+        else:
+            rows, problems, status = [], [], {}
+            for name in names:
+                rows += tx.all(f"SELECT {DEVICE_COLUMNS} FROM devices WHERE device = ?",
+                               (name,))
+                problems += tx.all("SELECT device, kind, COUNT(*) FROM problems WHERE "
+                                   "device = ? AND state = 'open' GROUP BY device, kind",
+                                   (name,))
+                status.update(_status_replies(tx, name))
+        for row in rows:
+            name = row[0]
+            fault = tx.one("SELECT seq, reason, t, received_at FROM records WHERE "
+                           "device = ? AND type = 'fault' ORDER BY seq DESC LIMIT 1", (name,))
+            out[name] = {"row": row, "problems": {}, "status": status.get(name),
+                         "fault": fault, "version": _ledger_prices_version(tx, name)}
+        for name, kind, n in problems:
+            if name in out:
+                out[name]["problems"][kind] = n
+    return out
 
 
 def device(name):
     """One device's facts (the fleet row's fields), or None if neither the ledger nor the
     catalogue knows it."""
-    c = console()
-    db = c.accounts
-    rows = db.query("SELECT device, first_seen, last_seen, online, state_at, high_seq, "
-                    "reported_seq, batches, duplicates FROM devices WHERE device = ?", (name,))
-    machines = c.machines
-    if not rows and not (machines and name in machines.catalogue):
-        return None
-    row = rows[0] if rows else (name, None, None, None, None, 0, 0, 0, 0)
-    return _device(db, row, _status_replies(db, name).get(name))
+    machines = console().machines
+    facts = _ledger_facts([name]).get(name)
+    if facts is None:
+        if not (machines and name in machines.catalogue):
+            return None
+        facts = {"row": (name, *NEVER_SEEN), "problems": {}, "status": None, "fault": None,
+                 "version": (None, None)}
+    return _device(facts)
 
 
 def fleet():
     """Every device the ledger or the web app's catalogue knows, by name."""
-    c = console()
-    db = c.accounts
-    rows = {r[0]: r for r in db.query(
-        "SELECT device, first_seen, last_seen, online, state_at, high_seq, reported_seq, "
-        "batches, duplicates FROM devices")}
-    for name in (c.machines.catalogue if c.machines else ()):
-        rows.setdefault(name, (name, None, None, None, None, 0, 0, 0, 0))
-    status = _status_replies(db)
-    return [_device(db, rows[k], status.get(k)) for k in sorted(rows)]
-
-
-def _device(db, row, status):
     machines = console().machines
-    (name, first_seen, last_seen, _online, state_at, high, reported, batches, dups) = row
+    facts = _ledger_facts()
+    for name in (machines.catalogue if machines else ()):
+        facts.setdefault(name, {"row": (name, *NEVER_SEEN), "problems": {}, "status": None,
+                                "fault": None, "version": (None, None)})
+    # Machines.state takes the store's lock itself: after the transaction above
+    return [_device(facts[k]) for k in sorted(facts)]
+
+
+def _device(facts):
+    machines = console().machines
+    (name, first_seen, last_seen, _online, state_at, high, reported, batches,
+     dups) = facts["row"]
     st = machines.state(name) if machines else {"state": "unknown", "last_seen": last_seen}
-    problems = {}
-    for kind, n in db.query("SELECT kind, COUNT(*) FROM problems WHERE device = ? AND "
-                            "state = 'open' GROUP BY kind", (name,)):
-        problems[kind] = n
-    fault = db.query("SELECT seq, type, reason, t, received_at FROM records WHERE device = ? "
-                     "AND type = 'fault' ORDER BY seq DESC LIMIT 1", (name,))
+    problems, fault, status = facts["problems"], facts["fault"], facts["status"]
     out_of_order = st.get("state") == "out_of_order"
-    version, version_seq = _ledger_prices_version(db, name)
+    version, version_seq = facts["version"]
     board = status[0] if status else {}
     journal = board.get("journal") or {}
     sync = board.get("sync") or {}
@@ -135,8 +168,8 @@ def _device(db, row, status):
         "duplicates": dups,
         "problems": problems,
         "problems_open": sum(problems.values()),
-        "last_fault": ({"seq": fault[0][0], "reason": fault[0][2],
-                        "t": fault[0][3] or fault[0][4]} if fault else None),
+        "last_fault": ({"seq": fault[0], "reason": fault[1], "t": fault[2] or fault[3]}
+                       if fault else None),
         "out_of_order": out_of_order,
         "out_of_order_reason": st.get("reason") if out_of_order else None,
         "prices_version": version if version is not None else board.get("prices_version"),
