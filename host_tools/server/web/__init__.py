@@ -25,7 +25,8 @@ class WebError(Exception):
 
 def load_config(path):
     """The web config file (JSON): {"base_url", "provider", "sandbox"|"stripe",
-    "machines", "confirm_s", "offline_after_s", "rate_limit", "secret"}; {} without one."""
+    "machines", "confirm_s", "offline_after_s", "rate_limit", "secret", "console"}; {} without
+    one ("console": docs/console.md)."""
     if not path:
         return {}
     p = Path(path)
@@ -79,8 +80,9 @@ class Web:
         from host_tools.server.web import console
 
         self.console = console.install(self.app, self.db, config.get("console"),
-                                       clock=clock)
-        # the console's action pages send commands and refunds through this app's payments
+                                       clock=clock, machines=self.machines,
+                                       site_key=site_key, send=send)
+        # the console's refunds page refunds phone payments through this app's payments
         self.app.extensions["washpay_web"] = self
         self.log = log
         self.httpd = None

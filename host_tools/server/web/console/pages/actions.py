@@ -12,9 +12,9 @@ import time
 
 from flask import abort, current_app, flash, g, redirect, render_template, request, url_for
 
-from host_tools.server import commands as C
 from host_tools.server.web.console import refunds as R
 from host_tools.server.web.console.auth import audit, console, operator_route
+from host_tools.server.web.console.boards import BoardsError
 from host_tools.server.web.console.pages.alerts import alerts_config, ledger
 from host_tools.server.web.machines import MachineError
 
@@ -24,16 +24,24 @@ REPLY_WAIT_S = 8.0
 
 
 def web():
+    """The web app (its payments: the phone payments' refund path, its config)."""
     w = current_app.extensions.get("washpay_web")
     if w is None:
-        abort(409, "This console runs without the ledger server (no broker connection).")
+        abort(409, "This console runs without the pay-by-phone app.")
     return w
+
+
+def machines():
+    m = console().machines
+    if m is None:
+        abort(409, "This console has no machine catalogue.")
+    return m
 
 
 def _devices():
     db = console().accounts
     known = [r[0] for r in db.query("SELECT device FROM devices ORDER BY device")]
-    return sorted(set(known) | set(web().machines.catalogue))
+    return sorted(set(known) | set(machines().catalogue))
 
 
 def _reply(cid):
@@ -55,25 +63,25 @@ def _reply(cid):
 
 @operator_route("/console/remote-start", role="attendant", nav="Remote start", nav_order=30)
 def remote_start_page():
-    w = web()
-    machines = []
+    m = machines()
+    listed = []
     for d in _devices():
         try:
-            progs = [p["name"] for p in w.machines.prices(d)["programs"]]
+            progs = [p["name"] for p in m.prices(d)["programs"]]
         except MachineError:
             progs = []
-        machines.append({"device": d, "name": w.machines.name(d),
-                         "state": w.machines.state(d)["state"], "programs": progs})
+        listed.append({"device": d, "name": m.name(d), "state": m.state(d)["state"],
+                       "programs": progs})
     db = console().accounts
     recent = db.query("SELECT id, device, args, status, created FROM commands WHERE "
                       "kind = 'start' AND args LIKE ? ORDER BY created DESC LIMIT 20",
                       ('%"operator"%',))
-    return render_template("console/remote_start.html", machines=machines, recent=recent)
+    return render_template("console/remote_start.html", machines=listed, recent=recent)
 
 
 @operator_route("/console/remote-start", role="attendant", methods=("POST",))
 def remote_start():
-    w = web()
+    m = machines()
     device = request.form.get("device", "")
     program = request.form.get("program", "")
     reason = (request.form.get("reason") or "").strip()
@@ -90,25 +98,22 @@ def remote_start():
     if device not in _devices():
         return refuse(f"No machine {device!r}.")
     try:
-        if w.machines.price_of(device, program) is None:
+        if m.price_of(device, program) is None:
             return refuse(f"No program {program!r} on {device}.")
     except MachineError as e:
         return refuse(str(e))
-    state = w.machines.state(device)["state"]
+    state = m.state(device)["state"]
     if state == "offline":
         return refuse(f"{device} is offline: a remote start cannot reach it.")
     if state == "running":
         return refuse(f"{device} is running a cycle: start it when it is free.")
-    now = int(w.payments.clock())
-    payload, cid = C.build(w.payments.site_key, device, "start", ttl_s=START_TTL_S,
-                           issued=now, program=program, amount=0)
-    args = {"program": program, "amount": 0, "operator": op, "reason": reason[:500]}
     try:
-        w.payments.send(device, cid.hex(), "start", payload, args, now + START_TTL_S)
-    except Exception as e:  # noqa: BLE001 - the broker is down: say so, nothing started
+        cid = console().boards.send(device, "start", ttl_s=START_TTL_S, program=program,
+                                    amount=0, operator=op, reason=reason[:500])
+    except BoardsError as e:  # the broker is down, or no broker: say so, nothing started
         return refuse(f"Could not send the command: {e}")
-    audit("remote_start", target=device, program=program, reason=reason, cmd=cid.hex())
-    status, res = _reply(cid.hex())
+    audit("remote_start", target=device, program=program, reason=reason, cmd=cid)
+    status, res = _reply(cid)
     if status == "started":
         flash(f"{device} started {program} (journal record {res.get('seq')}).", "ok")
     elif status is None:
