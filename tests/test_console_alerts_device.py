@@ -9,7 +9,8 @@ app, a local fake SMS gateway (a real HTTP server), and headless Chromium for th
 - an attendant's remote start with a reason starts the simulated washer;
 - an attendant's refund over the limit is refused.
 
-Screenshots go to $WASHPAY_SCREENSHOTS (default build/console-alerts-screens)."""
+Screenshots of the pages go to $WASHPAY_CONSOLE_SCREENSHOTS (default docs/console, beside
+the other console pages' own, named alerts-*)."""
 
 import contextlib
 import json
@@ -35,8 +36,7 @@ from host_tools.server.store import open_store
 pytestmark = pytest.mark.device
 
 ROOT = Path(__file__).resolve().parent.parent
-SHOTS = Path(os.environ.get("WASHPAY_SCREENSHOTS") or ROOT / "build" /
-             "console-alerts-screens")
+SHOTS = Path(os.environ.get("WASHPAY_CONSOLE_SCREENSHOTS") or ROOT / "docs" / "console")
 DEVICE = "sim-0001"
 TOKEN = "gateway-token-7"
 PHONE = "+4915112345678"
@@ -207,7 +207,7 @@ def test_an_attendant_acknowledges_an_alert_in_the_browser(rig, browser):
     browser.get(f"{web.url}/console/alerts")
     row = browser.find_element(By.ID, f"alert-{aid}")
     row.find_element(By.NAME, "note").send_keys("door latch fixed")
-    browser.save_screenshot(str(SHOTS / "alerts-open.png"))
+    browser.save_screenshot(str(SHOTS / "alerts-1-open.png"))
     row.find_element(By.CSS_SELECTOR, "button.ack").click()
     wait(lambda: any("acknowledged" in f for f in flashes(browser)),
          what=f"the ack: {browser.current_url} {browser.find_element(By.TAG_NAME, 'main').text}")
@@ -216,7 +216,7 @@ def test_an_attendant_acknowledges_an_alert_in_the_browser(rig, browser):
     row = browser.find_element(By.ID, f"alert-{aid}")
     assert row.get_attribute("data-state") == "acknowledged"
     assert "by attendant" in row.text and "door latch fixed" in row.text
-    browser.save_screenshot(str(SHOTS / "alerts-acknowledged.png"))
+    browser.save_screenshot(str(SHOTS / "alerts-2-acknowledged.png"))
     with web.db.tx() as tx:
         assert book.get(tx, aid)["acked_by"] == "attendant"
 
@@ -234,7 +234,7 @@ def test_a_remote_start_with_a_reason_starts_the_washer(rig, browser):
     Select(browser.find_element(By.ID, "start-device")).select_by_value(DEVICE)
     Select(browser.find_element(By.ID, "start-program")).select_by_value("quick")
     browser.find_element(By.ID, "start-reason").send_keys("coins jammed, customer paid")
-    browser.save_screenshot(str(SHOTS / "remote-start.png"))
+    browser.save_screenshot(str(SHOTS / "alerts-3-remote-start.png"))
     browser.find_element(By.ID, "start").click()
     msg = wait(lambda: [f for f in flashes(browser) if DEVICE in f], what="the reply")
     assert msg[0].startswith(f"{DEVICE} started quick (journal record"), msg
@@ -267,7 +267,7 @@ def test_an_attendants_refund_over_the_limit_is_refused(rig, browser):
     browser.find_element(By.ID, "refund").click()
     msg = wait(lambda: [f for f in flashes(browser) if "limit" in f], what="the refusal")
     assert msg[0].startswith("Over your limit: an attendant refunds at most 300")
-    browser.save_screenshot(str(SHOTS / "refund-refused.png"))
+    browser.save_screenshot(str(SHOTS / "alerts-4-refund-refused.png"))
     assert web.db.query("SELECT count(*) FROM console_refunds")[0][0] == 0
     # within the limit it is recorded
     browser.find_element(By.ID, "refund-amount").send_keys("200")

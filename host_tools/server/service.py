@@ -188,6 +188,8 @@ class Server:
                     (res.get("result", "?"), json.dumps(res), res["at"], cid),
                 )
         self.results.append(res)
+        if self.alerts and cid:
+            self.alerts.poke()  # a status reply may say the journal is filling
         if self.on_result:
             self.on_result(res)
 
