@@ -223,3 +223,45 @@ def test_a_config_that_cannot_be_used_says_what_to_fix(doc, why):
 def test_the_defaults_need_no_config():
     cfg = parse(None)
     assert cfg["offline_after_min"] == 10 and cfg["webhooks"] == [] and not cfg["low_balance"]
+
+
+def test_two_server_processes_count_each_record_once(store_url, tmp_path):  # noqa: F811
+    """Two engines on their own connections look at once (as two `server run` processes
+    sharing a PostgreSQL ledger do): each failed start is counted once, one notice each."""
+    import threading
+
+    fail = ("start_failed", {"program": "quick", "amount": 250, "price": 250, "credit": 250,
+                             "reason": "no confirm", "state": "credit", "t": T0})
+    j = tmp_path / "j"
+    stores = [open_store(store_url) for _ in range(3)]
+    try:
+        cfg = parse({"webhooks": [HOOK]})
+        engines = [Engine(s, cfg) for s in stores[:2]]
+        after = 0
+        for round_ in range(4):
+            recs = firmware_records(j, ([("boot", {})] if round_ == 0 else []) + [fail] * 3,
+                                    after=after)
+            after += len(recs)
+            ingest_all(stores[2], recs)
+            go = threading.Barrier(2)
+            errors = []
+
+            def look(e, go=go, errors=errors):
+                try:
+                    go.wait(10)
+                    e.evaluate()
+                except Exception as x:  # noqa: BLE001 - reported below
+                    errors.append(x)
+
+            ts = [threading.Thread(target=look, args=(e,)) for e in engines]
+            for t in ts:
+                t.start()
+            for t in ts:
+                t.join(60)
+            assert errors == []
+        (a,) = alerts(stores[2])
+        assert a["count"] == 12  # 4 rounds x 3 failed starts, each once
+        assert len(outbox.listing(stores[2])) == 1
+    finally:
+        for s in stores:
+            s.close()

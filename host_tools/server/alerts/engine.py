@@ -35,6 +35,10 @@ class Engine:
         now = self.clock() if now is None else now
         raised = []
         with self.store.transaction() as tx:
+            if self.store.dialect == "postgresql":
+                # several server processes on one database: one look at a time, so a record
+                # is counted once (SQLite's BEGIN IMMEDIATE serialises already)
+                tx.execute("SELECT pg_advisory_xact_lock(727461)")
             for rule in (rules.offline, rules.journal_full):
                 raised += self._conditions(tx, rule.__name__, rule(tx, self.cfg, now), now)
             # only the boards with records the engine has not looked at: an idle fleet of
