@@ -182,6 +182,11 @@ def test_a_payment_at_the_machine_is_refunded_by_hand_once(served):
     post(served, "/console/refunds", "attendant", device=DEVICE, amount="abc", reason="x y z")
     whys = [a["detail"]["why"] for a in audits(served, "refund_refused")][:2]
     assert whys[0].startswith("The amount") and "Over your limit" in whys[1]
+    # `washpay server report` counts it among the refunds
+    from host_tools.server import report
+
+    (m,) = [r for r in report.build(served.side)["refunds"] if r["type"] == "manual"]
+    assert (m["device"], m["count"], m["amount"], m["currency"]) == (DEVICE, 1, 200, "EUR")
     # the manual refund is an alert, with its webhook notice
     with served.side.transaction() as tx:
         (a,) = book.listing(tx, rule="refund")
