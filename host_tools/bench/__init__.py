@@ -1,7 +1,8 @@
 """`make bench`: figures, not pass/fail. Host numbers from the unix port stand in for the
 ESP32's only in proportion; heap figures are real MicroPython GC heap sizes, at ESP32 object
 sizes under the 32-bit interpreter (heap.py). One module per concern: crypto, journal,
-token, card, provision, sync, heap (scenario.py: the full scenario heap.py measures)."""
+token, card, provision, sync, heap (scenario.py: the full scenario heap.py measures),
+phone, console, alerts (the server's alerts engine and notices courier)."""
 
 import shutil
 import statistics
@@ -129,10 +130,17 @@ def main():
     from host_tools.bench.phone import bench as phone_bench
 
     _table("Pay by phone: webhook to relay (loopback, host figures)", phone_bench())
+    from host_tools.bench.console import bench as console_bench
+
+    _table("Operator console: 100 devices, 100,000 records (SQLite, loopback HTTP)",
+           console_bench(100, 100_000))
     from host_tools.bench.release import bench as release_bench
 
     _table("Signed releases: the board's check (firmware/washpay/ota)",
            [(f"{name} ({interp})", value, unit) for interp, name, value, unit in release_bench()])
+    from host_tools.bench.alerts import bench as alerts_bench
+
+    _table("Alerts and notices (SQLite ledger, loopback HTTP)", alerts_bench())
     return 0
 
 

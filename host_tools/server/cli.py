@@ -73,30 +73,37 @@ def _serve_until_stopped(stop_fn, alive=lambda: True):
 
 
 def cmd_server_run(args):
+    from host_tools.server.alerts.config import AlertConfigError
+    from host_tools.server.alerts.config import parse as parse_alerts
     from host_tools.server.service import Server, ServiceError
     from host_tools.server.store import StoreError
+    from host_tools.server.web import WebError, load_config
 
     key = _site_key(args.site_key)
     try:
+        # the server config file (--web-config): its "alerts" object (docs/alerts.md)
+        server_cfg = load_config(args.web_config)
+        alerts = parse_alerts(server_cfg.get("alerts"))
         srv = Server(args.db, key, args.broker, ca=args.ca, instance=args.instance,
-                     log=lambda m: print(m, flush=True)).start()
-    except (ServiceError, StoreError, OSError) as e:
+                     log=lambda m: print(m, flush=True), alerts=alerts).start()
+    except (ServiceError, StoreError, OSError, WebError, AlertConfigError) as e:
         print(f"washpay server run: {e}", file=sys.stderr)
         return 2
     web = None
     if args.http:
-        from host_tools.server.web import Web, WebError, load_config, parse_http
+        from host_tools.server.web import Web, parse_http
 
         try:
             host, port = parse_http(args.http)
-            web = Web(load_config(args.web_config), args.db, key, srv.send_command,
+            web = Web(server_cfg, args.db, key, srv.send_command,
                       log=lambda m: print(m, flush=True)).start(host, port)
         except (WebError, StoreError) as e:
             srv.stop()
             print(f"washpay server run: {e}", file=sys.stderr)
             return 2
         print(f"web: customer pages at {web.url}/m/<device id> "
-              f"({web.provider.name} payments)", flush=True)
+              f"({web.provider.name} payments); operator console at {web.url}/console "
+              "(accounts: washpay server user add)", flush=True)
     print(f"server: ledger {srv.store!r}; Ctrl-C stops", flush=True)
 
     def stop():
@@ -228,6 +235,100 @@ def cmd_server_cards(args):
         store.close()
     (credit.format_json if args.json else credit.format_text)(rep, sys.stdout)
     return 0
+
+
+def _new_password(args, name):
+    """The new password: the first line of --password-file (- is stdin), else asked twice
+    on the terminal. Never an argument: the command line is visible to every user."""
+    import getpass
+
+    if args.password_file:
+        try:
+            text = (sys.stdin.read() if args.password_file == "-"
+                    else Path(args.password_file).read_text(encoding="utf-8"))
+        except OSError as e:
+            raise ValueError(f"cannot read --password-file {args.password_file}: "
+                             f"{e.strerror}") from None
+        lines = text.splitlines()
+        if not lines or not lines[0]:
+            raise ValueError(f"--password-file {args.password_file}: the password is its "
+                             "first line, and it is empty")
+        return lines[0]
+    if not sys.stdin.isatty():
+        raise ValueError("no terminal to ask for the password: give --password-file FILE "
+                         "(its first line), or - for standard input")
+    first = getpass.getpass(f"new password for {name}: ")
+    if getpass.getpass("again: ") != first:
+        raise ValueError("the two passwords differ: nothing changed, try again")
+    return first
+
+
+def cmd_server_user(args):
+    """washpay server user add|remove|passwd|list: the operator console's accounts."""
+    from host_tools.server.web.console.accounts import AccountError, Accounts
+    from host_tools.server.web.db import LockedStore
+
+    who = f"user {args.user_command}"
+    try:
+        store = _ledger(args.db) if args.user_command != "add" else _ledger_create(args.db)
+    except ValueError as e:
+        print(f"washpay server {who}: {e}", file=sys.stderr)
+        return 2
+    actor = "cli:" + (os.environ.get("USER") or os.environ.get("LOGNAME") or str(os.getuid()))
+    try:
+        acc = Accounts(store, LockedStore(store).lock)
+        if args.user_command == "list":
+            users = acc.list()
+            if args.json:
+                json.dump(users, sys.stdout, indent=1)
+                sys.stdout.write("\n")
+            elif not users:
+                print("no operators: add one with `washpay server user add NAME --role owner`")
+            for u in [] if args.json else users:
+                last = (time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(u["last_active"]))
+                        if u["last_active"] else "never")
+                print(f"{u['name']:<24} {u['role']:<10} last active {last}")
+            return 0
+        name = args.name.strip().lower()
+        if args.user_command == "remove":
+            acc.remove(name)
+            acc.audit(actor, None, "user_remove", name)
+            print(f"operator {name} removed; their sessions ended")
+            return 0
+        if args.user_command == "add":
+            from host_tools.server.web.console.accounts import check_name, check_role
+
+            check_name(name), check_role(args.role)
+            if acc.role(name) is not None:
+                raise AccountError(f"operator {name} exists: change the password with "
+                                   f"`washpay server user passwd {name}`, or remove it first")
+            acc.add(name, args.role, _new_password(args, name))
+            acc.audit(actor, None, "user_add", name, {"role": args.role})
+            print(f"operator {name} added ({args.role}): log in at <server>/console/login")
+            return 0
+        if acc.role(name) is None:
+            raise AccountError(f"no operator {name} (`washpay server user list`)")
+        acc.passwd(name, _new_password(args, name), role=args.role)
+        acc.audit(actor, None, "user_passwd", name,
+                  {"role": args.role} if args.role else None)
+        print(f"operator {name}: new password{f', role {args.role}' if args.role else ''}; "
+              "their sessions ended and their failed logins cleared")
+        return 0
+    except (AccountError, ValueError) as e:
+        print(f"washpay server {who}: {e}", file=sys.stderr)
+        return 2
+    finally:
+        store.close()
+
+
+def _ledger_create(db):
+    """The ledger store, created if it is a new SQLite file (a user may be added first)."""
+    from host_tools.server.store import StoreError, open_store
+
+    try:
+        return open_store(db)
+    except StoreError as e:
+        raise ValueError(str(e)) from None
 
 
 # the command's arguments: a ValueError says what is wrong (exit status 2, nothing sent)
@@ -504,9 +605,10 @@ def add_parsers(sub):
                    help="also serve the customers' pay-by-phone pages here "
                    "(docs/phone-payment.md), e.g. 127.0.0.1:8080")
     r.add_argument("--web-config", default=os.environ.get("WASHPAY_WEB_CONFIG"),
-                   metavar="FILE", help="the web pages' config (JSON: machines, payment "
-                   "provider and its keys); default $WASHPAY_WEB_CONFIG, else the sandbox "
-                   "provider and the firmware's default programs")
+                   metavar="FILE", help="the server config (JSON: machines, payment "
+                   "provider and its keys, \"alerts\": docs/alerts.md); default "
+                   "$WASHPAY_WEB_CONFIG, else the sandbox provider, the firmware's default "
+                   "programs and no alert destinations")
     r.set_defaults(func=cmd_server_run)
     st = sub.add_parser("sticker", help="a machine's QR sticker: its pay-by-phone page")
     st.add_argument("--device", required=True, help="the board's device id")
@@ -604,4 +706,30 @@ def add_parsers(sub):
     cmd.add_argument("--ttl", type=int, default=300, help="seconds the command stays valid")
     cmd.add_argument("--wait", type=float, default=10.0, help="seconds to wait for the reply")
     cmd.set_defaults(func=cmd_server_command)
+    user = srv.add_parser(
+        "user", help="the operator console's accounts: add, remove, passwd, list",
+        description="Roles: owner (everything, the audit log), attendant (view, remote "
+        "start, refunds), viewer (view only). The password is asked on the terminal, or is "
+        "the first line of --password-file (- for standard input); never an argument. "
+        "passwd also unlocks an account locked by failed logins and ends its sessions "
+        "(docs/console.md).").add_subparsers(dest="user_command", required=True)
+    for name, what in (("add", "add an operator"), ("remove", "remove an operator"),
+                       ("passwd", "set an operator's password (and --role)"),
+                       ("list", "list the operators")):
+        u = user.add_parser(name, help=what)
+        if name != "list":
+            u.add_argument("name", help="the operator's login name (lower case)")
+        if name in ("add", "passwd"):
+            u.add_argument("--role", choices=("owner", "attendant", "viewer"),
+                           required=name == "add", default=None)
+            u.add_argument("--password-file", default=None, metavar="FILE",
+                           help="read the password from FILE's first line (- : stdin)")
+        if name == "list":
+            u.add_argument("--json", action="store_true", help="print JSON")
+        u.add_argument("--db", default=os.environ.get("WASHPAY_DB", "ledger.db"),
+                       help="ledger: a SQLite file or postgresql://...")
+        u.set_defaults(func=cmd_server_user)
+    from host_tools.server.alerts.cli import add_parsers as alerts_parsers
+
+    alerts_parsers(srv)
     return srv

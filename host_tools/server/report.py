@@ -57,6 +57,14 @@ def build(store, since=None):
             continue
         r[0] += 1
         r[1] += amount or 0
+    for device, at, currency, amount in _manual_refunds(store):
+        # given back by hand in the console (docs/alerts.md): no board record says so
+        day = _day(at, True)
+        if since and day < since:
+            continue
+        r = refunds[(device, day, "manual", currency)]
+        r[0] += 1
+        r[1] += amount or 0
     devices = store.query(
         "SELECT device, high_seq, reported_seq, last_seen, online, batches, duplicates "
         "FROM devices ORDER BY device"
@@ -118,10 +126,23 @@ def build(store, since=None):
     }
 
 
+def _manual_refunds(store):
+    """(device, at, currency, amount) of the console's manual refunds; none on a ledger
+    that never ran the console."""
+    if store.dialect == "sqlite":
+        sql = "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'console_refunds'"
+    else:
+        sql = "SELECT 1 FROM information_schema.tables WHERE table_name = 'console_refunds'"
+    if not store.query(sql):
+        return []
+    return store.query("SELECT device, at, currency, amount FROM console_refunds "
+                       "WHERE kind = 'manual'")
+
+
 # what one record of each kind of payment is: a cash figure counts coins, not washes
 COUNTED = {"cash": ("coin", "coins"), "card": ("card payment", "card payments"),
            "qr": ("QR token", "QR tokens"), "app": ("remote start", "remote starts"),
-           "refund": ("refund", "refunds")}
+           "refund": ("refund", "refunds"), "manual": ("manual refund", "manual refunds")}
 
 
 def _counted(kind, n):

@@ -44,10 +44,15 @@ def parse_url(url):
 
 class Server:
     def __init__(self, store_url, site_key, broker_url, ca=None, instance=0, log=print,
-                 shared=True):
+                 shared=True, alerts=None):
+        """`alerts`: the parsed "alerts" config (host_tools/server/alerts/config.py) to run
+        the alerts engine and the notices courier in this process; None: neither."""
         import paho.mqtt.client as mqtt
 
         self.store = open_store(store_url)
+        self.store_url = store_url
+        self.alerts_cfg = alerts
+        self.alerts = None
         self.ingest = Ingest(self.store, site_key)
         self.site_key = site_key
         self.host, self.port, self.tls = parse_url(broker_url)
@@ -92,9 +97,19 @@ class Server:
             self.stop()
             raise ServiceError(f"no connection to the broker at {self.host}:{self.port} "
                                f"within {timeout:.0f} s")
+        if self.alerts_cfg is not None:
+            from host_tools.server.alerts.service import AlertService
+
+            self.alerts = AlertService(self.store_url, self.alerts_cfg, log=self.log).start()
         return self
 
+    def _stop_alerts(self):
+        if self.alerts:
+            self.alerts.stop()
+            self.alerts = None
+
     def stop(self):
+        self._stop_alerts()
         self.client.loop_stop()
         try:
             self.client.disconnect()
@@ -104,6 +119,7 @@ class Server:
 
     def crash(self):
         """Stop as if killed: no DISCONNECT, nothing flushed (for the fault tests)."""
+        self._stop_alerts()
         self.client.loop_stop()
         try:
             self.client.socket().close()
@@ -136,6 +152,8 @@ class Server:
             elif kind == wire.STATE:
                 with self.lock:
                     self.ingest.state(device, msg.payload)
+                if self.alerts:
+                    self.alerts.poke()
             elif kind == wire.RESULTS:
                 self._result(device, msg.payload)
         except Exception as e:  # noqa: BLE001 - one bad message must not stop the server
@@ -151,6 +169,8 @@ class Server:
             self.log(f"server: {device}: {kind} at {seq}: {detail}")
         self.client.publish(wire.topic(device, wire.ACKS),
                             self.ingest.ack_message(device, out.ack), qos=1, retain=True)
+        if self.alerts and (out.stored or out.problems):
+            self.alerts.poke()  # the engine looks on its own thread: ingest goes on
 
     def _result(self, device, payload):
         try:
@@ -168,6 +188,8 @@ class Server:
                     (res.get("result", "?"), json.dumps(res), res["at"], cid),
                 )
         self.results.append(res)
+        if self.alerts and cid:
+            self.alerts.poke()  # a status reply may say the journal is filling
         if self.on_result:
             self.on_result(res)
 

@@ -4,6 +4,8 @@
     ...
     web.stop()
 
+The operator console (docs/console.md) is part of the same app, under /console.
+
 `washpay server run --http HOST:PORT [--web-config web.json]` runs it in the server's
 process: it sends remote starts through the server's broker connection, and reads the
 board's replies and journal from the same database. Its own tables (payments,
@@ -23,7 +25,8 @@ class WebError(Exception):
 
 def load_config(path):
     """The web config file (JSON): {"base_url", "provider", "sandbox"|"stripe",
-    "machines", "confirm_s", "offline_after_s", "rate_limit", "secret"}; {} without one."""
+    "machines", "confirm_s", "offline_after_s", "rate_limit", "secret", "console"}; {} without
+    one ("console": docs/console.md)."""
     if not path:
         return {}
     p = Path(path)
@@ -74,6 +77,13 @@ class Web:
                                 rate=A.RateLimit(int(rl.get("checkouts", 6)),
                                                  float(rl.get("per_s", 60))),
                                 base_url=config.get("base_url"))
+        from host_tools.server.web import console
+
+        self.console = console.install(self.app, self.db, config.get("console"),
+                                       clock=clock, machines=self.machines,
+                                       site_key=site_key, send=send)
+        # the console's refunds page refunds phone payments through this app's payments
+        self.app.extensions["washpay_web"] = self
         self.log = log
         self.httpd = None
         self.url = None

@@ -70,18 +70,14 @@ FINAL = (RUNNING, CREDIT_KEPT, USED, REFUNDED, CANCELLED)
 OPEN = (PAID, SENT, STARTED, TOKEN, REFUNDING)  # what the settler moves on
 
 
-class PaymentDB:
-    """The payments tables on a store; one lock around the store's connection (the web
-    server's request threads and the settler share it)."""
+class LockedStore:
+    """A store shared by threads: one lock around the store's connection (the web
+    server's request threads and the settler share it). `lock`: share another
+    LockedStore's lock when both use the same store."""
 
-    def __init__(self, store):
+    def __init__(self, store, lock=None):
         self.store = store
-        self.lock = threading.Lock()
-        real = "REAL" if store.dialect == "sqlite" else "DOUBLE PRECISION"
-        with self.lock, store.transaction() as tx:
-            for stmt in SCHEMA.format(real=real).split(";"):
-                if stmt.strip():
-                    tx.execute(stmt)
+        self.lock = lock or threading.Lock()
 
     def query(self, sql, args=()):
         with self.lock:
@@ -107,6 +103,24 @@ class PaymentDB:
                     db.lock.release()
 
         return _T()
+
+    def create_tables(self, schema):
+        """Run `schema` ({real}, {serial} filled in for the store's dialect)."""
+        sqlite = self.store.dialect == "sqlite"
+        sql = schema.format(real="REAL" if sqlite else "DOUBLE PRECISION",
+                            serial="INTEGER PRIMARY KEY" if sqlite else "BIGSERIAL PRIMARY KEY")
+        with self.tx() as tx:
+            for stmt in sql.split(";"):
+                if stmt.strip():
+                    tx.execute(stmt)
+
+
+class PaymentDB(LockedStore):
+    """The payments tables on a store."""
+
+    def __init__(self, store):
+        super().__init__(store)
+        self.create_tables(SCHEMA)
 
     # ---- payments
     COLUMNS = ("id", "device", "program", "kind", "amount", "currency", "provider",
