@@ -23,8 +23,13 @@ system-packages:
 demo: $(STAMP)
 	$(BIN)/washpay demo
 
+# the tests run in TEST_JOBS processes, a test file per process (most of a device test is
+# waiting on the firmware's timers, so more processes than cores; TEST_JOBS=0: one process)
+TEST_JOBS ?= 3
+PYTEST = $(BIN)/pytest -q $(if $(filter 0,$(TEST_JOBS)),,-n $(TEST_JOBS) --dist loadfile)
+
 test: $(STAMP) system-packages
-	$(BIN)/pytest -q
+	$(PYTEST)
 
 # the device tests again under the 32-bit micropython (an ESP32's object sizes and 31-bit
 # small ints): $WASHPAY_MICROPYTHON32, else ../shared/tools/micropython-i386. T32: the test
@@ -32,7 +37,7 @@ test: $(STAMP) system-packages
 T32 ?=
 test32: $(STAMP) system-packages
 	@mp=$${WASHPAY_MICROPYTHON32:-../shared/tools/micropython-i386}; \
-	if [ -x "$$mp" ]; then WASHPAY_MICROPYTHON=$$mp $(BIN)/pytest -q -m device $(T32); \
+	if [ -x "$$mp" ]; then WASHPAY_MICROPYTHON=$$mp $(PYTEST) -m device $(T32); \
 	else echo "test32: no 32-bit micropython at $$mp: set WASHPAY_MICROPYTHON32"; exit 2; fi
 
 bench: $(STAMP)
