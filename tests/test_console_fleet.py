@@ -186,6 +186,28 @@ def test_a_status_request_that_cannot_be_sent_says_why(web, day):
     assert web.console.accounts.audit_rows(action="status_request_failed")
 
 
+def test_the_fleets_states_are_the_customer_pages_states(web):
+    """Machines.states (the fleet, in one query) says what Machines.state (each machine's
+    page) says, whatever the newest record: a fault, trade, an unverified record."""
+    from web_env import add_record
+
+    m = web.machines
+    for dev in ("a-1", "b-2", "c-3", "d-4"):
+        set_online(web, dev)
+    set_online(web, "d-4", online=False)
+    add_record(web, "a-1", "fault", "out_of_order", reason="door sensor")
+    add_record(web, "b-2", "coin", "credit", amount=100)
+    add_record(web, "c-3", "fault", "out_of_order", reason="coin jam")
+    with web.side.transaction() as tx:  # c-3's newest record failed its tag
+        tx.execute("INSERT INTO records (device, seq, raw, verified, type, state) "
+                   "VALUES ('c-3', 2, ?, 0, 'coin', 'credit')", (b"x",))
+    states = m.states()
+    for dev in ("a-1", "b-2", "c-3", "d-4"):
+        assert states[dev] == m.state(dev), dev
+    assert [states[d]["state"] for d in ("a-1", "b-2", "c-3", "d-4")] == [
+        "out_of_order", "free", "out_of_order", "offline"]
+
+
 def test_unknown_device_is_404(web):
     c = logged_in(web, "viewer")
     r = c.get("/console/devices/nope")

@@ -27,11 +27,12 @@ CHAIN_KINDS = {"chain": ("bad_tag",), "gaps": ("gap", "malformed"), "forks": ("f
                          "card_balance_mismatch")}
 
 
-# What the fleet's per-device lookups need so that a page stays quick with a long journal
-# in the ledger: a board's newest fault or price-table record without walking all its
-# records, its newest status reply without scanning every command.
+# What the fleet's lookups need so that a page stays quick with a long journal in the
+# ledger: the boards' newest fault or price-table records without walking all their
+# records (rare types: a short range of the index), the newest status replies without
+# scanning every command.
 INDEXES = """
-CREATE INDEX IF NOT EXISTS records_device_type ON records (device, type, seq);
+CREATE INDEX IF NOT EXISTS records_type_device ON records (type, device, seq);
 CREATE INDEX IF NOT EXISTS commands_device_kind ON commands (device, kind, done_at)
 """
 
@@ -71,24 +72,37 @@ def _status_replies(tx, device=None):
     return out
 
 
-def _ledger_prices_version(tx, device):
-    """(version, seq) from the board's newest record that names its price table."""
-    best = None
-    # one type at a time: each walks the (device, type, seq) index from its newest record
-    for rtype in ("boot", "command_done"):
-        row = tx.one(
-            "SELECT seq, reason FROM records WHERE device = ? AND type = ? AND verified = 1 "
-            "AND reason LIKE ? ORDER BY seq DESC LIMIT 1", (device, rtype, "%prices v%"))
-        if row and (best is None or row[0] > best[0]):
-            best = row
-    m = PRICES_V.search(best[1] or "") if best else None
-    return (int(m.group(1)), best[0]) if m else (None, None)
+def _ledger_prices_version(tx, device=None):
+    """{device: (version, seq)} from each board's newest record that names its price table
+    (`device`: that board only)."""
+    where, args = ("AND device = ? ", (device,)) if device is not None else ("", ())
+    rows = tx.all(
+        "SELECT r.device, r.seq, r.reason FROM records r JOIN (SELECT device, MAX(seq) AS seq "
+        "FROM records WHERE type IN ('boot', 'command_done') AND verified = 1 "
+        f"AND reason LIKE ? {where}GROUP BY device) m "
+        "ON m.device = r.device AND m.seq = r.seq", ("%prices v%", *args))
+    out = {}
+    for dev, seq, reason in rows:
+        m = PRICES_V.search(reason or "")
+        if m:
+            out[dev] = (int(m.group(1)), seq)
+    return out
+
+
+def _last_faults(tx, device=None):
+    """{device: (seq, reason, t, received_at)} of each board's newest fault record."""
+    where, args = ("AND device = ? ", (device,)) if device is not None else ("", ())
+    rows = tx.all(
+        "SELECT r.device, r.seq, r.reason, r.t, r.received_at FROM records r JOIN (SELECT "
+        f"device, MAX(seq) AS seq FROM records WHERE type = 'fault' {where}GROUP BY device) "
+        "m ON m.device = r.device AND m.seq = r.seq", args)
+    return {r[0]: r[1:] for r in rows}
 
 
 def _ledger_facts(names=None):
-    """{device: facts} of the ledger, read in one transaction: the devices row, open
-    problems by kind, newest fault record, price table version, newest status reply.
-    `names`: these devices only (None: every device in the ledger)."""
+    """{device: facts} of the ledger, read in one transaction and a few queries: the
+    devices row, open problems by kind, newest fault record, price table version, newest
+    status reply. `names`: these devices only (None: every device in the ledger)."""
     c = console()
     out = {}
     with c.accounts.tx() as tx:
@@ -96,9 +110,10 @@ def _ledger_facts(names=None):
             rows = tx.all(f"SELECT {DEVICE_COLUMNS} FROM devices")
             problems = tx.all("SELECT device, kind, COUNT(*) FROM problems "
                               "WHERE state = 'open' GROUP BY device, kind")
-            status = _status_replies(tx)
+            status, faults = _status_replies(tx), _last_faults(tx)
+            versions = _ledger_prices_version(tx)
         else:
-            rows, problems, status = [], [], {}
+            rows, problems, status, faults, versions = [], [], {}, {}, {}
             for name in names:
                 rows += tx.all(f"SELECT {DEVICE_COLUMNS} FROM devices WHERE device = ?",
                                (name,))
@@ -106,12 +121,13 @@ def _ledger_facts(names=None):
                                    "device = ? AND state = 'open' GROUP BY device, kind",
                                    (name,))
                 status.update(_status_replies(tx, name))
+                faults.update(_last_faults(tx, name))
+                versions.update(_ledger_prices_version(tx, name))
         for row in rows:
             name = row[0]
-            fault = tx.one("SELECT seq, reason, t, received_at FROM records WHERE "
-                           "device = ? AND type = 'fault' ORDER BY seq DESC LIMIT 1", (name,))
             out[name] = {"row": row, "problems": {}, "status": status.get(name),
-                         "fault": fault, "version": _ledger_prices_version(tx, name)}
+                         "fault": faults.get(name),
+                         "version": versions.get(name, (None, None))}
         for name, kind, n in problems:
             if name in out:
                 out[name]["problems"][kind] = n
@@ -138,15 +154,18 @@ def fleet():
     for name in (machines.catalogue if machines else ()):
         facts.setdefault(name, {"row": (name, *NEVER_SEEN), "problems": {}, "status": None,
                                 "fault": None, "version": (None, None)})
-    # Machines.state takes the store's lock itself: after the transaction above
-    return [_device(facts[k]) for k in sorted(facts)]
+    # Machines.states takes the store's lock itself: after the transaction above
+    states = machines.states() if machines else {}
+    return [_device(facts[k], states.get(k)) for k in sorted(facts)]
 
 
-def _device(facts):
+def _device(facts, st=None):
     machines = console().machines
     (name, first_seen, last_seen, _online, state_at, high, reported, batches,
      dups) = facts["row"]
-    st = machines.state(name) if machines else {"state": "unknown", "last_seen": last_seen}
+    if st is None:
+        st = machines.state(name) if machines else {"state": "unknown",
+                                                      "last_seen": last_seen}
     problems, fault, status = facts["problems"], facts["fault"], facts["status"]
     out_of_order = st.get("state") == "out_of_order"
     version, version_seq = facts["version"]
