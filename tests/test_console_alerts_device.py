@@ -36,7 +36,9 @@ from host_tools.server.store import open_store
 pytestmark = pytest.mark.device
 
 ROOT = Path(__file__).resolve().parent.parent
-SHOTS = Path(os.environ.get("WASHPAY_CONSOLE_SCREENSHOTS") or ROOT / "docs" / "console")
+# build/: a test run leaves the tree clean; WASHPAY_CONSOLE_SCREENSHOTS=docs/console refreshes
+# the screenshots the README shows
+SHOTS = Path(os.environ.get("WASHPAY_CONSOLE_SCREENSHOTS") or ROOT / "build" / "console-screens")
 DEVICE = "sim-0001"
 TOKEN = "gateway-token-7"
 PHONE = "+4915112345678"

@@ -25,7 +25,9 @@ from host_tools.server.web import Web
 pytestmark = pytest.mark.device
 
 ROOT = Path(__file__).resolve().parent.parent
-SHOTS = Path(os.environ.get("WASHPAY_CONSOLE_SCREENSHOTS") or ROOT / "docs" / "console")
+# build/: a test run leaves the tree clean; WASHPAY_CONSOLE_SCREENSHOTS=docs/console refreshes
+# the screenshots the README shows
+SHOTS = Path(os.environ.get("WASHPAY_CONSOLE_SCREENSHOTS") or ROOT / "build" / "console-screens")
 DEVICE = "sim-0001"
 CONSOLE = {"lockout": {"user_failures": 3, "addr_failures": 50, "window_s": 600},
            "session_idle_s": 600}
