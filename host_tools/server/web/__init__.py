@@ -80,6 +80,10 @@ class Web:
 
         self.console = console.install(self.app, self.db, config.get("console"),
                                        clock=clock)
+        from host_tools.server.web.console.pushes import Pushes
+
+        # the console's blacklist and price pushes go out through the same sender
+        self.console.pushes = Pushes(send, site_key, self.machines)
         self.log = log
         self.httpd = None
         self.url = None
