@@ -25,7 +25,8 @@ class WebError(Exception):
 
 def load_config(path):
     """The web config file (JSON): {"base_url", "provider", "sandbox"|"stripe",
-    "machines", "confirm_s", "offline_after_s", "rate_limit", "secret"}; {} without one."""
+    "machines", "confirm_s", "offline_after_s", "rate_limit", "secret", "console"}; {} without
+    one ("console": docs/console.md)."""
     if not path:
         return {}
     p = Path(path)
@@ -79,11 +80,8 @@ class Web:
         from host_tools.server.web import console
 
         self.console = console.install(self.app, self.db, config.get("console"),
-                                       clock=clock)
-        from host_tools.server.web.console.pushes import Pushes
-
-        # the console's blacklist and price pushes go out through the same sender
-        self.console.pushes = Pushes(send, site_key, self.machines)
+                                       clock=clock, machines=self.machines,
+                                       site_key=site_key, send=send)
         self.log = log
         self.httpd = None
         self.url = None

@@ -3,6 +3,8 @@ same web application and the same ledger database as the customers' pages (docs/
 
     accounts.py   operators (scrypt password hashes), sessions, login failures, audit log
     auth.py       operator_route (role check, CSRF), login/lockout, audit()
+    boards.py     signed commands to the boards (console().boards.send)
+    fleet.py      what the ledger and the server know of each device
     pages/        one module per page group; every module there is loaded by install()
     ../templates/console/   the pages' templates (base.html: menu, flash messages, role)
 
@@ -17,6 +19,7 @@ from flask import Blueprint, g, render_template, request, url_for
 
 from host_tools.server.web.console import auth
 from host_tools.server.web.console.accounts import RANK, Accounts
+from host_tools.server.web.console.boards import Boards
 
 
 def load_pages():
@@ -27,12 +30,15 @@ def load_pages():
         importlib.import_module(f"{pages.__name__}.{m.name}")
 
 
-def install(app, db, config=None, clock=None):
+def install(app, db, config=None, clock=None, machines=None, site_key=None, send=None):
     """Add the console to `app`: its tables on `db`'s store (a LockedStore: the web app's
-    PaymentDB, sharing its lock), its routes, its template helpers."""
+    PaymentDB, sharing its lock), its routes, its template helpers. `machines`: the web
+    app's catalogue (names, state, prices); `site_key` and `send` (Server.send_command):
+    how the console signs and sends commands to the boards (console().boards)."""
     load_pages()
     accounts = Accounts(db.store, db.lock, **({"clock": clock} if clock else {}))
-    c = auth.Console(accounts, auth.Settings(config))
+    c = auth.Console(accounts, auth.Settings(config), machines=machines,
+                     boards=Boards(db, site_key, send, clock=accounts.clock))
     app.extensions["washpay_console"] = c
     bp = Blueprint("console", __name__)
     seen = set()

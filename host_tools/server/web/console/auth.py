@@ -48,11 +48,14 @@ class Settings:
 
 
 class Console:
-    """The console's state in one app: accounts on the ledger, settings, clock."""
+    """The console's state in one app: accounts on the ledger (a LockedStore: query, tx),
+    settings, the web app's machine catalogue, the boards' command sender, the clock."""
 
-    def __init__(self, accounts, settings):
+    def __init__(self, accounts, settings, machines=None, boards=None):
         self.accounts = accounts
         self.settings = settings
+        self.machines = machines
+        self.boards = boards
 
     @property
     def clock(self):
@@ -61,6 +64,8 @@ class Console:
     @clock.setter
     def clock(self, fn):
         self.accounts.clock = fn
+        if self.boards is not None:
+            self.boards.clock = fn
 
 
 def console():
