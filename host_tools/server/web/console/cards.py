@@ -5,7 +5,7 @@ and the server's card problems), top-ups and payments, and its blacklist state o
 board (the blacklist commands sent and each board's reply)."""
 
 from host_tools.server import credit
-from host_tools.server.web.console.pushes import command_rows
+from host_tools.server.web.console.command_log import command_rows
 
 BLACKLIST_KINDS = ("blacklist-add", "blacklist-remove")
 FRAUD_TYPES = ("card_fraud", "card_refused", "card_unresolved")
@@ -40,10 +40,10 @@ def blacklist_state(db, uid):
             if hit:
                 out[row["device"]] = {"state": "blacklisted", "reason": hit[0][1],
                                       "status": row["status"], "at": row["created"],
-                                      "id": row["id"], "by": a.get("by")}
+                                      "id": row["id"]}
         elif uid in (a.get("uids") or ()):
             out[row["device"]] = {"state": "removed", "reason": None, "status": row["status"],
-                                  "at": row["created"], "id": row["id"], "by": a.get("by")}
+                                  "at": row["created"], "id": row["id"]}
     return out
 
 

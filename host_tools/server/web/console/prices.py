@@ -8,7 +8,7 @@ import json
 import subprocess
 
 from host_tools.server import commands as C
-from host_tools.server.web.console.pushes import command_rows
+from host_tools.server.web.console.command_log import command_rows
 
 # the board's config with the proposed table, validated as at boot; then every program's
 # price at the chosen time for a card with no tier (coins and tokens too) and each tier
@@ -88,7 +88,7 @@ def table_in_force(machines, device):
 
 def history(db, device=None, limit=100):
     """Price commands, newest first: [{"device", "version", "status", "reason", "created",
-    "done_at", "by"}]: which board applied (done) or refused which version."""
+    "done_at"}]: which board applied (done) or refused which version."""
     out = []
     for row in command_rows(db, ("price-table", "price"), device, limit):
         a, res = row["args"], row["result"]
@@ -96,5 +96,5 @@ def history(db, device=None, limit=100):
         out.append({"device": row["device"], "kind": row["kind"], "version": version,
                     "prices": a.get("prices"), "status": row["status"],
                     "reason": res.get("reason") or "", "created": row["created"],
-                    "done_at": row["done_at"], "by": a.get("by"), "id": row["id"]})
+                    "done_at": row["done_at"], "id": row["id"]})
     return out

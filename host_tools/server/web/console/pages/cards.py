@@ -4,8 +4,6 @@ owner's (a card refused at every machine is a customer turned away: the role tha
 for the money decides), sent through the server's blacklist commands with each board's
 reply shown as its push state."""
 
-import time
-
 from flask import abort, flash, redirect, render_template, request, url_for
 
 from host_tools.money import money
@@ -13,16 +11,20 @@ from host_tools.server import commands as C
 from host_tools.server.web.console import cards as K
 from host_tools.server.web.console import ledger_queries as Q
 from host_tools.server.web.console.auth import audit, console, operator_route, when
+from host_tools.server.web.console.boards import BoardsError
+
+# a lost card must be refused by a board that was offline for the night too: the command
+# stays valid for two days (a command lives 7 days at most)
+TTL_S = 2 * 86400
 
 
-def fleet():
+def boards_known():
     """Every board a blacklist goes to: the ledger's devices and the web config's
     machines."""
     c = console()
     known = set(Q.devices(c.accounts))
-    pushes = getattr(c, "pushes", None)
-    if pushes is not None:
-        known |= set(pushes.machines.catalogue)
+    if c.machines is not None:
+        known |= set(c.machines.catalogue)
     return sorted(known)
 
 
@@ -51,34 +53,24 @@ def card(uid):
     if d is None:
         abort(404, f"The ledger has no card {uid}: check the UID (hex, as the card list "
               "shows it).")
-    return render_template("console/card.html", d=d, uid=uid, boards=fleet(),
+    return render_template("console/card.html", d=d, uid=uid, boards=boards_known(),
                            reasons=C.BLACKLIST_REASONS, money=money, when=when)
 
 
-def _push_all(uid, kind, args, build_args):
-    pushes = getattr(console(), "pushes", None)
-    if pushes is None:
-        abort(409, "This console has no link to the boards (the server runs without "
-              "--broker): blacklist with `washpay server command` instead.")
-    boards = fleet()
+def _push_all(uid, kind, args):
+    boards = boards_known()
     if not boards:
         abort(409, "No board is known yet: nothing to send the blacklist to.")
     sent, failed = [], []
     for device in boards:
         try:
-            cid = pushes.send(device, kind, args, g_operator(), **build_args)
-            sent.append((device, cid))
-        except (C.CommandError, OSError) as e:
-            failed.append(f"{device}: {e}")
+            sent.append((device, console().boards.send(device, kind, ttl_s=TTL_S, **args)))
+        except BoardsError as e:
+            failed.append(str(e))
     audit(kind.replace("-", "_"), target=uid, boards=[d for d, _c in sent],
-          commands=[c for _d, c in sent], failed=failed or None, **args)
+          commands=[c for _d, c in sent], failed=failed or None,
+          reason=(args.get("cards") or [[None, None]])[0][1])
     return sent, failed
-
-
-def g_operator():
-    from flask import g
-
-    return g.operator["operator"]
 
 
 @operator_route("/console/cards/<uid>/blacklist", role="owner", methods=("POST",))
@@ -91,9 +83,8 @@ def blacklist_card(uid):
     if reason not in C.BLACKLIST_REASONS:
         abort(400, f"Choose why the card is blacklisted: one of "
               f"{', '.join(C.BLACKLIST_REASONS)}.")
-    since = int(time.time())
-    sent, failed = _push_all(uid, "blacklist-add", {"cards": [[uid, reason, since]]},
-                             {"cards": [(uid, reason, since)]})
+    since = int(console().clock())
+    sent, failed = _push_all(uid, "blacklist-add", {"cards": [(uid, reason, since)]})
     _flash(f"card {uid} blacklisted ({reason})", sent, failed)
     return redirect(url_for("console.card", uid=uid), code=303)
 
@@ -104,7 +95,7 @@ def unblacklist_card(uid):
         uid = Q.card_uid(uid)
     except Q.QueryError as e:
         abort(400, str(e))
-    sent, failed = _push_all(uid, "blacklist-remove", {"uids": [uid]}, {"uids": [uid]})
+    sent, failed = _push_all(uid, "blacklist-remove", {"uids": [uid]})
     _flash(f"card {uid} taken off the blacklist", sent, failed)
     return redirect(url_for("console.card", uid=uid), code=303)
 

@@ -8,22 +8,25 @@ history."""
 import datetime
 import json
 
-from flask import abort, flash, g, redirect, render_template, request, url_for
+from flask import abort, flash, redirect, render_template, request, url_for
 
 from host_tools.money import money
-from host_tools.server import commands as C
 from host_tools.server.web.console import prices as P
 from host_tools.server.web.console.auth import audit, console, operator_route, when
-from host_tools.server.web.console.pages.cards import fleet
+from host_tools.server.web.console.boards import BoardsError
+from host_tools.server.web.console.pages.cards import boards_known as fleet
 from host_tools.server.web.machines import MachineError
+
+# a board offline for the night takes the new table when it is back
+TTL_S = 2 * 86400
 
 
 def _machines():
-    pushes = getattr(console(), "pushes", None)
-    if pushes is None:
-        abort(409, "This console has no link to the boards (the server runs without "
-              "--broker): prices are pushed with `washpay server command price` instead.")
-    return pushes.machines
+    machines = console().machines
+    if machines is None:
+        abort(409, "This console has no machine catalogue: run it with `washpay server "
+              "run --http`.")
+    return machines
 
 
 def _at(text, now):
@@ -122,11 +125,11 @@ def push_prices():
     sent, failed = [], []
     for d in targets:
         try:
-            cid = console().pushes.send(d, "price-table", {"table": table},
-                                        g.operator["operator"], table=table,
-                                        config=machines.board_config(d))
-            sent.append((d, cid))
-        except (C.CommandError, MachineError, OSError) as e:
+            sent.append((d, console().boards.send(d, "price-table", ttl_s=TTL_S, table=table,
+                                                  config=machines.board_config(d))))
+        except BoardsError as e:
+            failed.append(str(e))
+        except MachineError as e:
             failed.append(f"{d}: {e}")
     audit("price_push", target=device, version=table.get("version"),
           boards=[d for d, _c in sent], commands=[c for _d, c in sent], failed=failed or None)
