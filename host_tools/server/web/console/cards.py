@@ -48,7 +48,8 @@ def blacklist_state(db, uid):
 
 
 def detail(db, uid, now):
-    """Everything the card page shows, or None if the ledger has never seen the card."""
+    """Everything the card page shows ("seen": False if the ledger has no record of the
+    card: a card reported lost before it was ever used here is blacklisted all the same)."""
     rows = db.query("SELECT uid, counter, balance, device, seq, updated FROM cards "
                     "WHERE uid = ?", (uid,))
     records = db.query(
@@ -57,8 +58,6 @@ def detail(db, uid, now):
         "AND type IN ('card_debit', 'card_topup', 'card_fraud', 'card_refused', "
         "'card_unresolved', 'card_cancel') ORDER BY t DESC, device DESC, seq DESC LIMIT 200",
         (uid,))
-    if not rows and not records:
-        return None
     keys = ("device", "seq", "type", "t", "clock_ok", "amount", "currency", "balance_before",
             "balance_after", "program", "reason")
     recs = [dict(zip(keys, r, strict=True)) for r in records]
@@ -76,7 +75,7 @@ def detail(db, uid, now):
                     "WHERE kind LIKE 'card%' AND detail LIKE ? ORDER BY last_at DESC LIMIT 50",
                     (f"%{uid}%",))]
     currency = next((r["currency"] for r in recs if r["currency"]), None)
-    return {"card": card, "currency": currency,
+    return {"card": card, "currency": currency, "seen": bool(rows or records),
             "score": score or {"uid": uid, "cycles": 0, "not_collected": 0,
                                "score": credit.score(0)},
             "window_days": credit.WINDOW_DAYS, "tiers": tiers,

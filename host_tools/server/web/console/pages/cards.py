@@ -50,9 +50,6 @@ def card(uid):
     except Q.QueryError as e:
         abort(404, str(e))
     d = K.detail(console().accounts, uid, console().clock())
-    if d is None:
-        abort(404, f"The ledger has no card {uid}: check the UID (hex, as the card list "
-              "shows it).")
     return render_template("console/card.html", d=d, uid=uid, boards=boards_known(),
                            reasons=C.BLACKLIST_REASONS, money=money, when=when)
 
