@@ -129,6 +129,10 @@ def main():
     from host_tools.bench.phone import bench as phone_bench
 
     _table("Pay by phone: webhook to relay (loopback, host figures)", phone_bench())
+    from host_tools.bench.console import bench as console_bench
+
+    _table("Console money pages over HTTP, 1,000,000 ledger records (p50/p99)",
+           console_bench())
     from host_tools.bench.release import bench as release_bench
 
     _table("Signed releases: the board's check (firmware/washpay/ota)",
