@@ -18,6 +18,7 @@ from console_env import PASSWORD, add_operators, open_session, request
 from web_env import make_web
 
 from host_tools.server.store import open_store
+from host_tools.server.web.console import cards as K
 from host_tools.server.web.console import ledger_queries as Q
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -132,6 +133,13 @@ def check_queries(store):
     assert walk(1, device="laundry-a", kind="cards") == [("laundry-a", 6), ("laundry-a", 4)]
     first = Q.transactions(store, kind="cards")["rows"]
     assert [r["voided"] for r in first] == [True, False]
+    card = K.detail(store, CARD, NOW)
+    assert card["seen"] and (card["card"]["balance"], card["card"]["counter"]) == (2650, 9)
+    assert [r["amount"] for r in card["topups"]] == [2000]
+    assert [(r["type"], r["seq"]) for r in card["payments"]] == [
+        ("card_cancel", 7), ("card_debit", 6), ("card_debit", 4)]
+    assert card["flags"] == [] and card["problems"] == [] and card["blacklist"] == {}
+    assert not K.detail(store, "0badcafe", NOW)["seen"]
 
 
 def test_queries_on_sqlite(tmp_path):
@@ -465,6 +473,7 @@ def test_price_preview_uses_the_firmwares_rules_and_a_viewer_cannot_push(served,
     assert staff == ["175", "245", "315"]  # 100 + 20 - 50 %
     kids = [e.text for e in b.find_elements(By.CSS_SELECTOR, '.preview-row td[data-tier="kids"]')]
     assert kids[0] == "3.00 EUR" and kids[1:] == ["not for this tier"] * 2
+    b.execute_script("document.getElementById('prices-preview-table').scrollIntoView()")
     shot(b, "10-prices")
     fill_prices(b, WEEKEND, at="2026-11-09T10:00")  # a Monday: base prices
     go(b, b.find_element(By.ID, "prices-preview"))

@@ -72,8 +72,9 @@ def detail(db, uid, now):
     problems = [{"device": d, "kind": k, "seq": s, "detail": det, "state": st}
                 for d, k, s, det, st in db.query(
                     "SELECT device, kind, seq, detail, state FROM problems "
-                    "WHERE kind LIKE 'card%' AND detail LIKE ? ORDER BY last_at DESC LIMIT 50",
-                    (f"%{uid}%",))]
+                    # the patterns are arguments: a literal % is a placeholder to psycopg
+                    "WHERE kind LIKE ? AND detail LIKE ? ORDER BY last_at DESC LIMIT 50",
+                    ("card%", f"%{uid}%"))]
     currency = next((r["currency"] for r in recs if r["currency"]), None)
     return {"card": card, "currency": currency, "seen": bool(rows or records),
             "score": score or {"uid": uid, "cycles": 0, "not_collected": 0,
