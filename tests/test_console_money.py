@@ -427,6 +427,9 @@ def test_card_page_and_blacklist_state_per_board(served, browser):
     go(b, b.find_element(By.ID, "unblacklist"))
     assert {s for _d, s, _st in attrs(b, ".bl-row", "device", "state", "status")} == {
         "removed"}
+    removed = served.console.accounts.audit_rows(actor="owner", action="blacklist_remove")
+    assert removed and removed[0]["target"] == CARD
+    assert sorted(removed[0]["detail"]["boards"]) == boards
     # a bad reason, forged past the form, is refused and sends nothing
     tok, csrf = open_session(served, "owner")
     n = len(served.sender.sent)
@@ -498,6 +501,14 @@ def test_price_preview_uses_the_firmwares_rules_and_a_viewer_cannot_push(served,
         assert status == 403 and "needs the owner role" in body
     assert len(served.sender.sent) == n
     assert served.console.accounts.audit_rows(actor="viewer", action="refused")
+    # an owner's session, but a form not from this console (no or a wrong CSRF token)
+    tok, _csrf = open_session(served, "owner")
+    for form in ({}, {"csrf": "forged"}):
+        for path in ("/console/prices/push", f"/console/cards/{CARD}/blacklist"):
+            status, _h, body = request(served.url + path, "POST", token=tok, form={
+                **form, "device": "sim-0001", "table": json.dumps(WEEKEND), "reason": "lost"})
+            assert status == 400 and "did not come from this console" in body
+    assert len(served.sender.sent) == n
 
 
 def test_owner_pushes_prices_and_sees_each_boards_version(served, browser):
