@@ -546,3 +546,17 @@ def test_owner_pushes_prices_and_sees_each_boards_version(served, browser):
     assert held["sim-0001"] == "7" and held["laundry-b"] == "0"
     audit = served.console.accounts.audit_rows(actor="owner", action="price_push")
     assert audit[0]["detail"]["version"] == 7 and audit[0]["target"] == "all"
+
+
+def test_a_long_revenue_table_is_left_to_the_csv(served, monkeypatch):
+    from host_tools.server.web.console.pages import revenue as page
+
+    monkeypatch.setattr(page, "DETAIL_MAX", 3)
+    tok, _ = open_session(served, "viewer")
+    url = f"{served.url}/console/revenue?from=2026-11-01&to=2026-11-30"
+    status, _h, body = request(url, token=tok)
+    assert status == 200 and 'id="revenue-rows"' not in body
+    assert "4 rows: too many to read here" in body and "/console/revenue.csv?" in body
+    assert 'data-amount="1150"' in body  # the totals, charts and the rest stay
+    status, _h, body = request(url + "&device=laundry-b", token=tok)
+    assert 'id="revenue-rows"' in body and 'class="revenue-row"' in body

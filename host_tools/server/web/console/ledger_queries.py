@@ -160,14 +160,15 @@ def reconciliation(rev):
     amount), and what stays (payments - refunds). Starts are counted per period across
     currencies (a start has no currency)."""
     out = []
-    currencies = sorted(rev["totals"]) or sorted({c for _p, c in rev["refunds"]})
+    currencies = sorted(set(rev["totals"]) | {c for _p, c in rev["refunds"]})
+    payments = defaultdict(lambda: [0, 0])
+    for r in rev["rows"]:
+        pay = payments[(r["period"], r["currency"])]
+        pay[0] += r["count"]
+        pay[1] += r["amount"]
     for p in rev["periods"]:
         for c in currencies:
-            paid = [0, 0]
-            for r in rev["rows"]:
-                if r["period"] == p and r["currency"] == c:
-                    paid[0] += r["count"]
-                    paid[1] += r["amount"]
+            paid = payments.get((p, c), [0, 0])
             ref = rev["refunds"].get((p, c), [0, 0])
             starts = rev["starts"].get(p, 0)
             if paid[0] or ref[0] or starts:

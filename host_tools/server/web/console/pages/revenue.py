@@ -13,6 +13,10 @@ from host_tools.server.web.console import charts
 from host_tools.server.web.console import ledger_queries as Q
 from host_tools.server.web.console.auth import console, operator_route
 
+# the per period/device/type table is left out of the page above this many rows (a month
+# of 40 boards is 4,800: most of the page's time and a megabyte of HTML); the CSV has them
+DETAIL_MAX = 400
+
 
 def _form():
     return {"from": request.args.get("from", "").strip(),
@@ -59,7 +63,7 @@ def revenue():
     return render_template("console/revenue.html", form=form, error=None, rev=rev,
                            charts=charts_, labels=labels, kinds=Q.PAYMENT_KINDS,
                            recon=Q.reconciliation(rev), phone=phone, devices=Q.devices(db),
-                           first_day=Q.day_text(rev["start"]),
+                           detail_max=DETAIL_MAX, first_day=Q.day_text(rev["start"]),
                            last_day=Q.day_text(rev["end"] - 1), money=money)
 
 
