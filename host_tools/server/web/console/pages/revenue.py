@@ -55,7 +55,8 @@ def revenue():
                                              fmt, f"Revenue per {rev['period']} ({currency})"),
             "by_device": charts.hbars(per_device, fmt, f"Revenue per device ({currency})"),
         })
-    phone = reconcile.build(db.store, since=Q.day_text(rev["start"]), now=console().clock())
+    # through the LockedStore: the request threads and the settler share one connection
+    phone = reconcile.build(db, since=Q.day_text(rev["start"]), now=console().clock())
     if phone:
         end_day = Q.day_text(rev["end"] - 1)
         phone = {"days": [d for d in phone["days"] if d["day"] <= end_day],
