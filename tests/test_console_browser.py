@@ -170,6 +170,10 @@ def test_a_name_is_locked_after_repeated_failures(rig):
     logout(b)
 
 
+def text_of_version(sim):
+    return sim.status()["firmware"]["version"]
+
+
 def pay_coin(sim, value, tries=8):
     """Drop a coin; again if the board gave it back (a pulse train a loaded host could not
     time is journaled coin_rejected and credits nothing, as on a real acceptor)."""
@@ -207,7 +211,6 @@ def test_a_sale_on_the_board_shows_on_the_fleet_and_device_pages(rig):
     from selenium.webdriver.common.by import By
 
     assert row.find_element(By.CLASS_NAME, "backlog").text.startswith("0")
-    shot(b, "2-fleet")
     row.find_element(By.TAG_NAME, "a").click()
     wait(lambda: text_of(b, "events"), what="the device page")
     types = [r.get_attribute("data-type") for r in b.find_elements(By.CLASS_NAME, "event-row")]
@@ -230,9 +233,15 @@ def test_a_sale_on_the_board_shows_on_the_fleet_and_device_pages(rig):
         return "ask for status" not in (text_of(b, "firmware") or "ask for status")
 
     wait(answered, timeout=30, what="the board's status reply on the page")
-    assert text_of(b, "firmware") == sim.status()["firmware"]["version"]
+    assert text_of(b, "firmware") == text_of_version(sim)
     assert text_of(b, "journal-level").startswith("ok, ")
     shot(b, "3-device")
+    b.get(web.url + "/console/fleet")
+    wait(lambda: text_of(b, "fleet"), what="the fleet page")
+    row = by_id(b, f"dev-{DEVICE}")
+    assert row.find_element(By.CLASS_NAME, "firmware").text == text_of_version(sim)
+    assert row.find_element(By.CLASS_NAME, "journal").text == "ok"
+    shot(b, "2-fleet")
     rows = audit(rig, action="status_request")
     assert rows[0]["actor"] == "attendant" and rows[0]["target"] == DEVICE
     done = web.db.query("SELECT status FROM commands WHERE id = ?",

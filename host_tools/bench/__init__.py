@@ -1,7 +1,8 @@
 """`make bench`: figures, not pass/fail. Host numbers from the unix port stand in for the
 ESP32's only in proportion; heap figures are real MicroPython GC heap sizes, at ESP32 object
 sizes under the 32-bit interpreter (heap.py). One module per concern: crypto, journal,
-token, card, provision, sync, heap (scenario.py: the full scenario heap.py measures)."""
+token, card, provision, sync, heap (scenario.py: the full scenario heap.py measures),
+phone, console."""
 
 import shutil
 import statistics
@@ -131,8 +132,12 @@ def main():
     _table("Pay by phone: webhook to relay (loopback, host figures)", phone_bench())
     from host_tools.bench.console import bench as console_bench
 
+    _table("Operator console: 100 devices, 100,000 records (SQLite, loopback HTTP)",
+           console_bench(100, 100_000))
+    from host_tools.bench.console_money import bench as console_money_bench
+
     _table("Console money pages over HTTP, 1,000,000 ledger records (p50/p99)",
-           console_bench())
+           console_money_bench())
     from host_tools.bench.release import bench as release_bench
 
     _table("Signed releases: the board's check (firmware/washpay/ota)",

@@ -56,6 +56,8 @@ print(json.dumps({"currency": cfg["currency"], "decimals": cfg["decimals"],
 """
 
 FAULT_TYPES = ("fault",)
+# what a machine's state is read from: its newest verified journal record
+_LAST = ("type", "state", "program", "t", "clock_ok", "received_at", "reason")
 
 
 class MachineError(Exception):
@@ -148,22 +150,43 @@ class Machines:
     # ---- state
     def state(self, device):
         """{"state": free|running|out_of_order|offline|unknown, "left_s", "last_seen"}."""
-        now = self.clock()
         rows = self.db.query(
             "SELECT online, state_at, last_seen FROM devices WHERE device = ?", (device,))
         if not rows:
             return {"state": "offline", "last_seen": None, "left_s": None}
-        online, state_at, last_seen = rows[0]
+        return self._state(device, *rows[0], lambda: self._newest(device))
+
+    def states(self):
+        """{device: state()} of every device in the ledger in one query (another only for a
+        board whose newest record did not verify), for a page that shows the whole fleet."""
+        rows = self.db.query(
+            f"SELECT d.device, d.online, d.state_at, d.last_seen, r.verified, "
+            f"{', '.join('r.' + c for c in _LAST)} FROM devices d LEFT JOIN records r "
+            f"ON r.device = d.device AND r.seq = (SELECT MAX(m.seq) FROM records m "
+            f"WHERE m.device = d.device)")
+        out = {}
+        for device, online, state_at, last_seen, verified, *last in rows:
+            newest = (lambda rec=tuple(last): rec) if verified == 1 else (
+                lambda d=device: self._newest(d))
+            out[device] = self._state(device, online, state_at, last_seen, newest)
+        return out
+
+    def _newest(self, device):
+        rows = self.db.query(
+            f"SELECT {', '.join(_LAST)} FROM records WHERE device = ? AND verified = 1 "
+            "ORDER BY seq DESC LIMIT 1", (device,))
+        return rows[0] if rows else None
+
+    def _state(self, device, online, state_at, last_seen, newest):
+        now = self.clock()
         seen = max(x for x in (state_at, last_seen, 0) if x is not None) or None
         if not online or seen is None or (not state_at and now - seen > self.offline_after_s):
             return {"state": "offline", "last_seen": seen, "left_s": None}
-        last = self.db.query(
-            "SELECT type, state, program, t, clock_ok, received_at, reason FROM records "
-            "WHERE device = ? AND verified = 1 ORDER BY seq DESC LIMIT 1", (device,))
+        last = newest()
         out = {"state": "free", "last_seen": seen, "left_s": None}
         if not last:
             return out
-        rtype, vstate, program, t, clock_ok, received, reason = last[0]
+        rtype, vstate, program, t, clock_ok, received, reason = last
         if vstate == "out_of_order" or rtype in FAULT_TYPES and vstate == "out_of_order":
             out.update(state="out_of_order", reason=reason)
         elif vstate in ("running", "starting"):

@@ -17,7 +17,7 @@ import pkgutil
 
 from flask import Blueprint, g, render_template, request, url_for
 
-from host_tools.server.web.console import auth
+from host_tools.server.web.console import auth, fleet
 from host_tools.server.web.console.accounts import RANK, Accounts
 from host_tools.server.web.console.boards import Boards
 
@@ -37,6 +37,7 @@ def install(app, db, config=None, clock=None, machines=None, site_key=None, send
     how the console signs and sends commands to the boards (console().boards)."""
     load_pages()
     accounts = Accounts(db.store, db.lock, **({"clock": clock} if clock else {}))
+    accounts.create_tables(fleet.INDEXES)
     c = auth.Console(accounts, auth.Settings(config), machines=machines,
                      boards=Boards(db, site_key, send, clock=accounts.clock))
     app.extensions["washpay_console"] = c

@@ -27,6 +27,16 @@ CHAIN_KINDS = {"chain": ("bad_tag",), "gaps": ("gap", "malformed"), "forks": ("f
                          "card_balance_mismatch")}
 
 
+# What the fleet's lookups need so that a page stays quick with a long journal in the
+# ledger: the boards' newest fault or price-table records without walking all their
+# records (rare types: a short range of the index), the newest status replies without
+# scanning every command.
+INDEXES = """
+CREATE INDEX IF NOT EXISTS records_type_device ON records (type, device, seq);
+CREATE INDEX IF NOT EXISTS commands_device_kind ON commands (device, kind, done_at)
+"""
+
+
 def summary():
     """{"devices", "online", "offline", "problems", "backlog"} for the console's home."""
     rows = fleet()
@@ -36,12 +46,17 @@ def summary():
             "backlog": sum(d["backlog"] or 0 for d in rows)}
 
 
-def _status_replies(db, device=None):
+DEVICE_COLUMNS = ("device, first_seen, last_seen, online, state_at, high_seq, reported_seq, "
+                  "batches, duplicates")
+NEVER_SEEN = (None, None, None, None, 0, 0, 0, 0)
+
+
+def _status_replies(tx, device=None):
     """{device: (status dict, when)} from the newest `status` reply of each board."""
     where, args = "", ()
     if device is not None:
         where, args = " AND c.device = ?", (device,)
-    rows = db.query(
+    rows = tx.all(
         "SELECT c.device, c.result, c.done_at FROM commands c WHERE c.kind = 'status' "
         "AND c.status = 'done'" + where + " AND c.done_at = (SELECT MAX(d.done_at) FROM "
         "commands d WHERE d.device = c.device AND d.kind = 'status' AND d.status = 'done')",
@@ -57,57 +72,103 @@ def _status_replies(db, device=None):
     return out
 
 
-def _ledger_prices_version(db, device):
-    """(version, seq) from the board's newest record that names its price table."""
-    rows = db.query(
-        "SELECT reason, seq FROM records WHERE device = ? AND verified = 1 AND type IN "
-        "('boot', 'command_done') AND reason LIKE '%prices v%' ORDER BY seq DESC LIMIT 1",
-        (device,))
-    if not rows:
-        return None, None
-    m = PRICES_V.search(rows[0][0] or "")
-    return (int(m.group(1)), rows[0][1]) if m else (None, None)
+def _ledger_prices_version(tx, device=None):
+    """{device: (version, seq)} from each board's newest record that names its price table
+    (`device`: that board only)."""
+    where, args = ("AND device = ? ", (device,)) if device is not None else ("", ())
+    rows = tx.all(
+        "SELECT r.device, r.seq, r.reason FROM records r JOIN (SELECT device, MAX(seq) AS seq "
+        "FROM records WHERE type IN ('boot', 'command_done') AND verified = 1 "
+        f"AND reason LIKE ? {where}GROUP BY device) m "
+        "ON m.device = r.device AND m.seq = r.seq", ("%prices v%", *args))
+    out = {}
+    for dev, seq, reason in rows:
+        m = PRICES_V.search(reason or "")
+        if m:
+            out[dev] = (int(m.group(1)), seq)
+    return out
+
+
+def _last_faults(tx, device=None):
+    """{device: (seq, reason, t, received_at)} of each board's newest fault record."""
+    where, args = ("AND device = ? ", (device,)) if device is not None else ("", ())
+    rows = tx.all(
+        "SELECT r.device, r.seq, r.reason, r.t, r.received_at FROM records r JOIN (SELECT "
+        f"device, MAX(seq) AS seq FROM records WHERE type = 'fault' {where}GROUP BY device) "
+        "m ON m.device = r.device AND m.seq = r.seq", args)
+    return {r[0]: r[1:] for r in rows}
+
+
+def _ledger_facts(names=None):
+    """{device: facts} of the ledger, read in one transaction and a few queries: the
+    devices row, open problems by kind, newest fault record, price table version, newest
+    status reply. `names`: these devices only (None: every device in the ledger)."""
+    c = console()
+    out = {}
+    with c.accounts.tx() as tx:
+        if names is None:
+            rows = tx.all(f"SELECT {DEVICE_COLUMNS} FROM devices")
+            problems = tx.all("SELECT device, kind, COUNT(*) FROM problems "
+                              "WHERE state = 'open' GROUP BY device, kind")
+            status, faults = _status_replies(tx), _last_faults(tx)
+            versions = _ledger_prices_version(tx)
+        else:
+            rows, problems, status, faults, versions = [], [], {}, {}, {}
+            for name in names:
+                rows += tx.all(f"SELECT {DEVICE_COLUMNS} FROM devices WHERE device = ?",
+                               (name,))
+                problems += tx.all("SELECT device, kind, COUNT(*) FROM problems WHERE "
+                                   "device = ? AND state = 'open' GROUP BY device, kind",
+                                   (name,))
+                status.update(_status_replies(tx, name))
+                faults.update(_last_faults(tx, name))
+                versions.update(_ledger_prices_version(tx, name))
+        for row in rows:
+            name = row[0]
+            out[name] = {"row": row, "problems": {}, "status": status.get(name),
+                         "fault": faults.get(name),
+                         "version": versions.get(name, (None, None))}
+        for name, kind, n in problems:
+            if name in out:
+                out[name]["problems"][kind] = n
+    return out
 
 
 def device(name):
     """One device's facts (the fleet row's fields), or None if neither the ledger nor the
     catalogue knows it."""
-    c = console()
-    db = c.accounts
-    rows = db.query("SELECT device, first_seen, last_seen, online, state_at, high_seq, "
-                    "reported_seq, batches, duplicates FROM devices WHERE device = ?", (name,))
-    machines = c.machines
-    if not rows and not (machines and name in machines.catalogue):
-        return None
-    row = rows[0] if rows else (name, None, None, None, None, 0, 0, 0, 0)
-    return _device(db, row, _status_replies(db, name).get(name))
+    machines = console().machines
+    facts = _ledger_facts([name]).get(name)
+    if facts is None:
+        if not (machines and name in machines.catalogue):
+            return None
+        facts = {"row": (name, *NEVER_SEEN), "problems": {}, "status": None, "fault": None,
+                 "version": (None, None)}
+    return _device(facts)
 
 
 def fleet():
     """Every device the ledger or the web app's catalogue knows, by name."""
-    c = console()
-    db = c.accounts
-    rows = {r[0]: r for r in db.query(
-        "SELECT device, first_seen, last_seen, online, state_at, high_seq, reported_seq, "
-        "batches, duplicates FROM devices")}
-    for name in (c.machines.catalogue if c.machines else ()):
-        rows.setdefault(name, (name, None, None, None, None, 0, 0, 0, 0))
-    status = _status_replies(db)
-    return [_device(db, rows[k], status.get(k)) for k in sorted(rows)]
-
-
-def _device(db, row, status):
     machines = console().machines
-    (name, first_seen, last_seen, _online, state_at, high, reported, batches, dups) = row
-    st = machines.state(name) if machines else {"state": "unknown", "last_seen": last_seen}
-    problems = {}
-    for kind, n in db.query("SELECT kind, COUNT(*) FROM problems WHERE device = ? AND "
-                            "state = 'open' GROUP BY kind", (name,)):
-        problems[kind] = n
-    fault = db.query("SELECT seq, type, reason, t, received_at FROM records WHERE device = ? "
-                     "AND type = 'fault' ORDER BY seq DESC LIMIT 1", (name,))
+    facts = _ledger_facts()
+    for name in (machines.catalogue if machines else ()):
+        facts.setdefault(name, {"row": (name, *NEVER_SEEN), "problems": {}, "status": None,
+                                "fault": None, "version": (None, None)})
+    # Machines.states takes the store's lock itself: after the transaction above
+    states = machines.states() if machines else {}
+    return [_device(facts[k], states.get(k)) for k in sorted(facts)]
+
+
+def _device(facts, st=None):
+    machines = console().machines
+    (name, first_seen, last_seen, _online, state_at, high, reported, batches,
+     dups) = facts["row"]
+    if st is None:
+        st = machines.state(name) if machines else {"state": "unknown",
+                                                      "last_seen": last_seen}
+    problems, fault, status = facts["problems"], facts["fault"], facts["status"]
     out_of_order = st.get("state") == "out_of_order"
-    version, version_seq = _ledger_prices_version(db, name)
+    version, version_seq = facts["version"]
     board = status[0] if status else {}
     journal = board.get("journal") or {}
     sync = board.get("sync") or {}
@@ -126,8 +187,8 @@ def _device(db, row, status):
         "duplicates": dups,
         "problems": problems,
         "problems_open": sum(problems.values()),
-        "last_fault": ({"seq": fault[0][0], "reason": fault[0][2],
-                        "t": fault[0][3] or fault[0][4]} if fault else None),
+        "last_fault": ({"seq": fault[0], "reason": fault[1], "t": fault[2] or fault[3]}
+                       if fault else None),
         "out_of_order": out_of_order,
         "out_of_order_reason": st.get("reason") if out_of_order else None,
         "prices_version": version if version is not None else board.get("prices_version"),

@@ -13,6 +13,28 @@ def fleet():
     return render_template("console/fleet.html", devices=F.fleet())
 
 
+@operator_route("/console/fleet/status", role="attendant", methods=("POST",))
+def ask_fleet_status():
+    """Ask every online board for its status (firmware, journal level): one command each."""
+    asked, failed = [], []
+    for d in F.fleet():
+        if not d["online"]:
+            continue
+        try:
+            asked.append((d["device"], console().boards.send(d["device"], "status",
+                                                             ttl_s=120)))
+        except BoardsError as e:
+            failed.append(f"{d['device']}: {e}")
+    audit("status_request", target="fleet", commands=dict(asked), failed=failed or None)
+    if asked:
+        flash(f"Status asked of {len(asked)} online board(s): reload in a few seconds.", "ok")
+    elif not failed:
+        flash("No board is online: nothing asked.", "info")
+    for f in failed:
+        flash(f, "error")
+    return redirect(url_for("console.fleet"), code=303)
+
+
 @operator_route("/console/devices/<device>", role="viewer")
 def device(device):
     d = F.device(device)
