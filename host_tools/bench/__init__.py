@@ -134,6 +134,10 @@ def main():
 
     _table("Operator console: 100 devices, 100,000 records (SQLite, loopback HTTP)",
            console_bench(100, 100_000))
+    from host_tools.bench.console_money import bench as console_money_bench
+
+    _table("Console money pages over HTTP, 1,000,000 ledger records (p50/p99)",
+           console_money_bench())
     from host_tools.bench.release import bench as release_bench
 
     _table("Signed releases: the board's check (firmware/washpay/ota)",

@@ -76,6 +76,16 @@ CREATE TABLE IF NOT EXISTS records (
     UNIQUE (device, seq)
 );
 CREATE INDEX IF NOT EXISTS records_card ON records (source_kind, source, card_counter);
+-- the console's revenue and transactions pages (web/console/ledger_queries.py): a page
+-- newest first by (t, device, seq) under each filter reads about one page of rows. A
+-- ledger made before gets them when it is next opened (once: minutes for millions of rows)
+CREATE INDEX IF NOT EXISTS records_time ON records (t, device, seq);
+-- records_type_time also covers the revenue sums (no table row read per payment): the
+-- columns after seq are payload
+CREATE INDEX IF NOT EXISTS records_type_time ON records (type, t, device, seq, currency,
+    amount, clock_ok, verified, source, card_counter);
+CREATE INDEX IF NOT EXISTS records_device_time ON records (device, t, seq);
+CREATE INDEX IF NOT EXISTS records_source_time ON records (source, t, device, seq);
 CREATE TABLE IF NOT EXISTS problems (
     id {serial},
     device TEXT NOT NULL,
