@@ -4,12 +4,14 @@ state per board, owner only) and prices (the firmware's own validation and price
 preview; a viewer cannot push), read in headless Chromium (Debian's chromium and
 chromium-driver, Selenium) from the web app served over HTTP, and over plain HTTP where a
 browser adds nothing (CSV bodies, refusals). The same queries on PostgreSQL give the same
-figures. Screenshots of the pages go to docs/console/ (the README shows them)."""
+figures. Screenshots of the pages go to build/console-screens/, or with
+WASHPAY_CONSOLE_SCREENSHOTS=docs/console to the ones the README shows."""
 
 import csv
 import datetime
 import io
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -22,7 +24,7 @@ from host_tools.server.web.console import cards as K
 from host_tools.server.web.console import ledger_queries as Q
 
 ROOT = Path(__file__).resolve().parent.parent
-SHOTS = ROOT / "docs" / "console"
+SHOTS = Path(os.environ.get("WASHPAY_CONSOLE_SCREENSHOTS") or ROOT / "build" / "console-screens")
 
 
 def utc(*a):
