@@ -604,4 +604,7 @@ def add_parsers(sub):
     cmd.add_argument("--ttl", type=int, default=300, help="seconds the command stays valid")
     cmd.add_argument("--wait", type=float, default=10.0, help="seconds to wait for the reply")
     cmd.set_defaults(func=cmd_server_command)
+    from host_tools.server.ota.cli import add_parsers as add_release_parsers
+
+    add_release_parsers(srv)
     return srv
