@@ -4,8 +4,8 @@
 
 - `passwd`: one line per device (user = device id, password derived from the device's
   secret, docs/sync.md) and one for the server, hashed as Mosquitto's `$7$` (PBKDF2-SHA512);
-- `acl`: a device may publish only to wp/<its id>/{j,res,state,otq,ots} and read only
-  wp/<its id>/{ack,cmd,ota}; the server reads and writes wp/#;
+- `acl`: a device may publish only to wp/<its id>/{j,res,state,fwq,fws} and read only
+  wp/<its id>/{ack,cmd,fwd}; the server reads and writes wp/#;
 - `ca.pem`/`ca.der` (the CA a board verifies the broker with), `server.pem`/`server.key`
   (an ECDSA P-256 certificate for 127.0.0.1 and localhost, valid from 2000-01-01 so that a
   board whose clock has not been set yet can still verify it);
@@ -101,11 +101,11 @@ def acl_file():
         "pattern write wp/%u/j\n"
         "pattern write wp/%u/res\n"
         "pattern write wp/%u/state\n"
-        "pattern write wp/%u/otq\n"
-        "pattern write wp/%u/ots\n"
+        "pattern write wp/%u/fwq\n"
+        "pattern write wp/%u/fws\n"
         "pattern read wp/%u/ack\n"
         "pattern read wp/%u/cmd\n"
-        "pattern read wp/%u/ota\n"
+        "pattern read wp/%u/fwd\n"
     )
 
 

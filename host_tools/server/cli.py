@@ -79,7 +79,8 @@ def cmd_server_run(args):
     key = _site_key(args.site_key)
     try:
         srv = Server(args.db, key, args.broker, ca=args.ca, instance=args.instance,
-                     log=lambda m: print(m, flush=True)).start()
+                     log=lambda m: print(m, flush=True),
+                     max_downloads=args.max_downloads).start()
     except (ServiceError, StoreError, OSError) as e:
         print(f"washpay server run: {e}", file=sys.stderr)
         return 2
@@ -500,6 +501,9 @@ def add_parsers(sub):
                    help="ledger: a SQLite file (default ledger.db) or postgresql://...")
     r.add_argument("--instance", type=int, default=0,
                    help="this process's number when several ingest processes share a database")
+    r.add_argument("--max-downloads", type=int, default=8, metavar="N",
+                   help="boards downloading a firmware release at once (docs/ota.md, "
+                   "\"The server\"); the others are offered it as these finish")
     r.add_argument("--http", default=None, metavar="HOST:PORT",
                    help="also serve the customers' pay-by-phone pages here "
                    "(docs/phone-payment.md), e.g. 127.0.0.1:8080")

@@ -46,7 +46,7 @@ def parse_url(url):
 
 class Server:
     def __init__(self, store_url, site_key, broker_url, ca=None, instance=0, log=print,
-                 shared=True, max_downloads=8):
+                 shared=True, max_downloads=8, ota_options=None):
         import paho.mqtt.client as mqtt
 
         self.store = open_store(store_url)
@@ -79,8 +79,8 @@ class Server:
         self.client = c
         # firmware updates (docs/ota.md): a worker of their own, so that boards downloading
         # never delay a journal batch on this client's network thread
-        self.ota = OtaService(store_url, lambda t, p: c.publish(t, p, qos=1), log=log,
-                              max_downloads=max_downloads)
+        self.ota = OtaService(store_url, site_key, lambda t, p, q: c.publish(t, p, qos=q),
+                              log=log, max_downloads=max_downloads, **(ota_options or {}))
         self.connected = threading.Event()
         self.batches = 0
         self.errors = 0
@@ -181,6 +181,8 @@ class Server:
                     "UPDATE commands SET status = ?, result = ?, done_at = ? WHERE id = ?",
                     (res.get("result", "?"), json.dumps(res), res["at"], cid),
                 )
+        if cid:
+            self.ota.handle(device, "reply", res)  # an update offer's reply, maybe
         self.results.append(res)
         if self.on_result:
             self.on_result(res)

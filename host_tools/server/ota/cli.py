@@ -56,6 +56,9 @@ def cmd_publish(args):
         if args.all and not devices:
             raise RO.RolloutError("--all: the ledger has heard from no board yet; name them "
                                   "with --devices ID,...")
+        if devices and not 0 <= args.canary <= len(devices):
+            raise RO.RolloutError(f"--canary {args.canary}: give 0 to {len(devices)} (the "
+                                  f"number of devices)")
         boards = set(doc.get("boards") or ())
         digest = RO.store_release(store, args.release, doc)
         rid = RO.create(store, doc["version"], devices, canary=args.canary)

@@ -18,6 +18,7 @@ import time
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS releases (
     version TEXT PRIMARY KEY,
+    release_id TEXT NOT NULL,
     manifest {blob} NOT NULL,
     signature {blob} NOT NULL,
     manifest_sha256 TEXT NOT NULL,
@@ -28,9 +29,10 @@ CREATE TABLE IF NOT EXISTS releases (
 );
 CREATE TABLE IF NOT EXISTS release_files (
     version TEXT NOT NULL,
+    idx BIGINT NOT NULL,
     path TEXT NOT NULL,
     data {blob} NOT NULL,
-    UNIQUE (version, path)
+    UNIQUE (version, idx)
 );
 CREATE TABLE IF NOT EXISTS rollouts (
     id {serial},
@@ -51,6 +53,8 @@ CREATE TABLE IF NOT EXISTS rollout_devices (
     reason TEXT,
     offers BIGINT NOT NULL DEFAULT 0,
     offered_at {real},
+    next_offer {real},
+    command TEXT,
     updated {real},
     UNIQUE (rollout, device)
 );
@@ -98,8 +102,9 @@ def store_release(store, release_dir, doc, now=None):
     manifest = (d / "manifest.json").read_bytes()
     signature = bytes.fromhex((d / "manifest.sig").read_text().strip())
     digest = hashlib.sha256(manifest).hexdigest()
-    files = {f["path"]: (d / "files" / f["path"].lstrip("/")).read_bytes()
-             for f in doc["files"]}
+    # in the manifest's order: a board asks for a file by its index in that list
+    files = [(f["path"], (d / "files" / f["path"].lstrip("/")).read_bytes())
+             for f in doc["files"]]
     with store.transaction() as tx:
         row = tx.one("SELECT manifest_sha256 FROM releases WHERE version = ?",
                      (doc["version"],))
@@ -110,13 +115,14 @@ def store_release(store, release_dir, doc, now=None):
                     f"(sha256 {row[0][:16]}...): build the new one with a new version")
             return digest
         tx.execute(
-            "INSERT INTO releases (version, manifest, signature, manifest_sha256, size, "
-            "files, expires, published) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            (doc["version"], manifest, signature, digest, sum(map(len, files.values())),
-             len(files), doc.get("expires"), now))
-        for path, data in files.items():
-            tx.execute("INSERT INTO release_files (version, path, data) VALUES (?, ?, ?)",
-                       (doc["version"], path, data))
+            "INSERT INTO releases (version, release_id, manifest, signature, "
+            "manifest_sha256, size, files, expires, published) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (doc["version"], digest[:16], manifest, signature, digest,
+             sum(len(data) for _, data in files), len(files), doc.get("expires"), now))
+        for i, (path, data) in enumerate(files):
+            tx.execute("INSERT INTO release_files (version, idx, path, data) "
+                       "VALUES (?, ?, ?, ?)", (doc["version"], i, path, data))
     return digest
 
 
@@ -238,14 +244,16 @@ def _set_state(store, rid, state, reason, now, allowed, verb):
 
 
 def to_offer(store, limit, stall_s, now=None):
-    """The boards to offer a release now: [(rollout, device, version, manifest sha256)].
+    """The boards to offer a release now: [(rollout, device, version)].
 
     At most `limit` boards download at once, counted over every rollout: a board holds a
     slot from its offer until it reports `staged` (or an end state), or until it has been
-    silent for `stall_s` (it is offline: its offer waits in the broker's persistent
-    session, and it is offered again after the next `stall_s`). Canaries first; the rest
-    only once every canary is healthy. Claimed in one transaction, so two server
-    processes on one database never offer the same board twice at once."""
+    silent for `stall_s` (offline, most likely: the offer waits in the broker's persistent
+    session). A silent board is offered again after stall_s, then twice as long each time
+    up to 32 x stall_s, so an offline board does not pile up offers in its session.
+    Canaries first; the rest only once every canary is healthy. Claimed in one
+    transaction, so two server processes on one database never offer the same board twice
+    at once."""
     now = time.time() if now is None else now
     offers = []
     with store.transaction() as tx:
@@ -260,18 +268,33 @@ def to_offer(store, limit, stall_s, now=None):
         if not free:
             return offers
         rows = tx.all(
-            "SELECT d.rollout, d.device, r.version, x.manifest_sha256, d.state FROM "
-            "rollout_devices d JOIN rollouts r ON r.id = d.rollout JOIN releases x ON "
-            "x.version = r.version WHERE ((r.state = 'canary' AND d.canary = 1) OR "
-            "r.state = 'open') AND (d.state = 'waiting' OR (d.state IN ('offered', "
-            "'downloading') AND d.updated <= ?)) ORDER BY d.rollout, d.position LIMIT ?",
-            (now - stall_s, free))
-        for rid, dev, version, digest, state in rows:
+            "SELECT d.rollout, d.device, r.version, d.state, d.offers FROM rollout_devices d "
+            "JOIN rollouts r ON r.id = d.rollout WHERE ((r.state = 'canary' AND d.canary = 1) "
+            "OR r.state = 'open') AND (d.state = 'waiting' OR (d.state IN ('offered', "
+            "'downloading') AND d.updated <= ? AND d.next_offer <= ?)) "
+            "ORDER BY d.rollout, d.position LIMIT ?", (now - stall_s, now, free))
+        for rid, dev, version, state, n in rows:
             tx.execute("UPDATE rollout_devices SET state = ?, offers = offers + 1, "
-                       "offered_at = ?, updated = ? WHERE rollout = ? AND device = ?",
-                       ("offered" if state == "waiting" else state, now, now, rid, dev))
-            offers.append((rid, dev, version, digest))
+                       "offered_at = ?, next_offer = ?, updated = ? "
+                       "WHERE rollout = ? AND device = ?",
+                       ("offered" if state == "waiting" else state, now,
+                        now + stall_s * min(32, 2 ** n), now, rid, dev))
+            offers.append((rid, dev, version))
     return offers
+
+
+def offer_sent(store, rid, device, command_id):
+    """Remember the offer's command id: the board's reply to it names it."""
+    with store.transaction() as tx:
+        tx.execute("UPDATE rollout_devices SET command = ? WHERE rollout = ? AND device = ?",
+                   (command_id, rid, device))
+
+
+def by_command(store, command_id):
+    """(rollout, device) of the offer sent as command `command_id` (hex), or None."""
+    rows = store.query("SELECT rollout, device FROM rollout_devices WHERE command = ?",
+                       (command_id,))
+    return tuple(rows[0]) if rows else None
 
 
 def current(store, device):
@@ -336,19 +359,38 @@ def report(store, device, rid, state, progress=None, reason=None, now=None):
     return out
 
 
-def release_files(store, version):
-    """{path: bytes} of a published release: its files and /manifest.json, /manifest.sig
-    (what a board may ask for), or None if it was never published."""
-    rows = store.query("SELECT manifest, signature FROM releases WHERE version = ?",
-                       (version,))
+class Release:
+    """A published release as the server serves it: manifest, signature and its files in
+    the manifest's order (a board asks for a file by that index)."""
+
+    def __init__(self, version, manifest, signature, files):
+        self.version = version
+        self.manifest = manifest
+        self.signature = signature
+        self.files = files  # [(path, bytes)]
+        self.id = hashlib.sha256(manifest).digest()[:8]
+        self.size = len(manifest) + sum(len(d) for _, d in files)
+
+
+def load_release(store, version=None, release_id=None):
+    """The published release with this version or release id (8 bytes), or None."""
+    where, arg = ("version = ?", version) if version else ("release_id = ?",
+                                                             release_id.hex())
+    rows = store.query(f"SELECT version, manifest, signature FROM releases WHERE {where}",
+                       (arg,))
     if not rows:
         return None
-    manifest, signature = bytes(rows[0][0]), bytes(rows[0][1])
-    files = {"/manifest.json": manifest, "/manifest.sig": (signature.hex() + "\n").encode()}
-    for path, data in store.query("SELECT path, data FROM release_files WHERE version = ?",
-                                  (version,)):
-        files[path] = bytes(data)
-    return files
+    version = rows[0][0]
+    files = [(path, bytes(data)) for path, data in store.query(
+        "SELECT path, data FROM release_files WHERE version = ? ORDER BY idx", (version,))]
+    return Release(version, bytes(rows[0][1]), bytes(rows[0][2]), files)
+
+
+def rollouts_of(store, device, version):
+    """The board's rollouts of release `version`, newest first: [(id, state)]."""
+    return [tuple(r) for r in store.query(
+        "SELECT r.id, r.state FROM rollout_devices d JOIN rollouts r ON r.id = d.rollout "
+        "WHERE d.device = ? AND r.version = ? ORDER BY r.id DESC", (device, version))]
 
 
 def summary(st):

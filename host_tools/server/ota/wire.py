@@ -1,121 +1,102 @@
-"""The update protocol's messages, the server's side (docs/ota.md).
+"""The update protocol's messages, the server's side (docs/ota.md, "The protocol").
 
-Topics, all QoS 1, under the board's own `wp/ID/` (docs/sync.md):
+    wp/ID/cmd   server -> board   the offer: a signed command, action 9 (commands.py)
+    wp/ID/fwq   board -> server   a chunk request (binary, 20 bytes), QoS 0
+    wp/ID/fwd   server -> board   a chunk (binary, 20-byte header + data), QoS 0
+    wp/ID/fws   board -> server   a status report (JSON), QoS 1
 
-    wp/ID/ota   server -> board   an offer (JSON), a chunk (binary), a refusal (JSON)
-    wp/ID/otq   board -> server   a chunk request (JSON)
-    wp/ID/ots   board -> server   a state report (JSON)
-
-The board's firmware is an independent implementation of the same page. Parsing is
-tolerant where the page leaves room (a report may name its rollout or only its version),
-strict where a mistake would serve the wrong bytes.
+The board's firmware/washpay/ota/ is an independent implementation of the same page.
 """
 
+import hashlib
 import json
 import struct
 
-OFFERS = "ota"  # server -> board
-REQUESTS = "otq"  # board -> server
-REPORTS = "ots"  # board -> server
+REQUESTS = "fwq"  # board -> server
+CHUNKS = "fwd"  # server -> board
+REPORTS = "fws"  # board -> server
 
-MAX_CHUNK = 4096  # bytes of file data in one reply (a board asks for what fits its buffer)
-MAX_MESSAGE = 1024  # a request or report longer than this is refused unread
-CHUNK = b"C"
-CHUNK_HEAD = struct.Struct(">IIIB")  # rollout, offset, file size, path length
-# what a board reports -> the server's state name (docs/ota.md, "States")
-REPORTED = {"offered": "offered", "downloading": "downloading", "staged": "staged",
-            "switched": "switched", "healthy": "healthy", "done": "healthy",
-            "rolled_back": "rolled_back", "rollback": "rolled_back", "refused": "refused"}
+VERSION = 1
+MANIFEST_FILE = 0xFFFF  # the file index that asks for manifest.json
+MAX_CHUNK = 960  # the longest chunk a board asks for (its receive buffer holds 1024)
+REQUEST = struct.Struct(">BBHIHH8s")  # version, reserved, file, offset, length, reserved, id
+CHUNK = struct.Struct(">BBHIHH8s")  # version, status, file, offset, length, reserved, id
+DATA, UNKNOWN_RELEASE, BAD_RANGE = 0, 1, 2
+MAX_REPORT = 1024  # a status report longer than this is refused unread
+# a board's reported states (docs/ota.md, "Status report")
+STATES = ("offered", "downloading", "staged", "switched", "healthy", "rolled_back",
+          "refused")
 
 
 class OtaWireError(ValueError):
     """A message that does not follow docs/ota.md; the text says what is wrong."""
 
 
-def build_offer(rollout, version, manifest_sha256, size, files):
-    return json.dumps({"type": "offer", "rollout": rollout, "version": version,
-                       "manifest": manifest_sha256, "size": size, "files": files,
-                       "chunk": MAX_CHUNK}, separators=(",", ":")).encode()
-
-
-def build_chunk(rollout, path, offset, total, data):
-    p = path.encode()
-    return CHUNK + CHUNK_HEAD.pack(rollout, offset, total, len(p)) + p + data
-
-
-def parse_chunk(payload):
-    """(rollout, path, offset, total, data) of a chunk reply (the tests' and the bench's
-    boards read them)."""
-    if payload[:1] != CHUNK or len(payload) < 1 + CHUNK_HEAD.size:
-        raise OtaWireError("not a chunk")
-    rollout, offset, total, n = CHUNK_HEAD.unpack_from(payload, 1)
-    start = 1 + CHUNK_HEAD.size
-    return (rollout, bytes(payload[start:start + n]).decode(), offset, total,
-            bytes(payload[start + n:]))
-
-
-def build_refusal(rollout, path, offset, error):
-    return json.dumps({"type": "error", "rollout": rollout, "path": path, "offset": offset,
-                       "error": error}, separators=(",", ":")).encode()
-
-
-def _json(payload, what):
-    if len(payload) > MAX_MESSAGE:
-        raise OtaWireError(f"{what} of {len(payload)} bytes (at most {MAX_MESSAGE})")
-    try:
-        doc = json.loads(bytes(payload))
-    except (ValueError, UnicodeDecodeError):
-        raise OtaWireError(f"{what} is not JSON: {bytes(payload[:40])!r}") from None
-    if not isinstance(doc, dict):
-        raise OtaWireError(f"{what} is not a JSON object")
-    return doc
-
-
-def _int(doc, key, what, default=None):
-    v = doc.get(key, default)
-    if v is None and default is None and key not in doc:
-        return None
-    if type(v) is not int or v < 0:
-        raise OtaWireError(f"{what}: {key} must be a whole number >= 0, not {v!r}")
-    return v
+def release_id(manifest):
+    """The release id: the first 8 bytes of SHA-256 of manifest.json's bytes."""
+    return hashlib.sha256(manifest).digest()[:8]
 
 
 def parse_request(payload):
-    """{rollout, version, path, offset, length} of a chunk request."""
-    doc = _json(payload, "chunk request")
-    path = doc.get("path")
-    if not isinstance(path, str) or not path.startswith("/"):
-        raise OtaWireError(f"chunk request: path must be a file path like /washpay/app.mpy, "
-                           f"not {path!r}")
-    req = {"rollout": _int(doc, "rollout", "chunk request"),
-           "version": doc.get("version") if isinstance(doc.get("version"), str) else None,
-           "path": path,
-           "offset": _int(doc, "offset", "chunk request", 0),
-           "length": _int(doc, "length", "chunk request", MAX_CHUNK)}
-    if req["rollout"] is None and req["version"] is None:
-        raise OtaWireError("chunk request names neither its rollout nor its version")
-    return req
+    """(file index, offset, length, release id) of a chunk request."""
+    if len(payload) != REQUEST.size:
+        raise OtaWireError(f"chunk request of {len(payload)} bytes (a request is "
+                           f"{REQUEST.size})")
+    version, _, index, offset, length, _, rid = REQUEST.unpack(bytes(payload))
+    if version != VERSION:
+        raise OtaWireError(f"chunk request version {version}, this server reads {VERSION}")
+    return index, offset, length, rid
+
+
+def build_request(index, offset, length, rid):
+    """A chunk request as a board sends it (the tests' and the bench's boards)."""
+    return REQUEST.pack(VERSION, 0, index, offset, length, 0, rid)
+
+
+def build_chunk(status, index, offset, rid, data=b""):
+    return CHUNK.pack(VERSION, status, index, offset, len(data), 0, rid) + data
+
+
+def parse_chunk(payload):
+    """(status, file index, offset, release id, data) of a chunk."""
+    if len(payload) < CHUNK.size:
+        raise OtaWireError(f"chunk of {len(payload)} bytes is shorter than its header")
+    version, status, index, offset, n, _, rid = CHUNK.unpack_from(payload)
+    data = bytes(payload[CHUNK.size:])
+    if version != VERSION or len(data) != n:
+        raise OtaWireError(f"chunk version {version}, {len(data)} bytes for length {n}")
+    return status, index, offset, rid, data
 
 
 def parse_report(payload):
-    """{rollout, version, state, progress, reason} of a state report; progress is a
-    percentage (from `progress`, or `have`/`total` bytes)."""
-    doc = _json(payload, "state report")
-    state = REPORTED.get(doc.get("state"))
-    if state is None:
-        raise OtaWireError(f"state report: unknown state {doc.get('state')!r} (one of "
-                           f"{', '.join(sorted(REPORTED))})")
-    rep = {"rollout": _int(doc, "rollout", "state report"),
-           "version": doc.get("version") if isinstance(doc.get("version"), str) else None,
-           "state": state, "progress": None, "reason": None}
-    if rep["rollout"] is None and rep["version"] is None:
-        raise OtaWireError("state report names neither its rollout nor its version")
-    if "progress" in doc:
-        rep["progress"] = min(100, _int(doc, "progress", "state report"))
-    elif "have" in doc and "total" in doc:
-        have, total = _int(doc, "have", "state report"), _int(doc, "total", "state report")
-        rep["progress"] = min(100, have * 100 // total) if total else 0
+    """{id (8 bytes or None), version, state, pct, reason} of a status report."""
+    if len(payload) > MAX_REPORT:
+        raise OtaWireError(f"status report of {len(payload)} bytes (at most {MAX_REPORT})")
+    try:
+        doc = json.loads(bytes(payload))
+    except (ValueError, UnicodeDecodeError):
+        raise OtaWireError(f"status report is not JSON: {bytes(payload[:40])!r}") from None
+    if not isinstance(doc, dict):
+        raise OtaWireError("status report is not a JSON object")
+    state = doc.get("state")
+    if state not in STATES:
+        raise OtaWireError(f"status report: unknown state {state!r} (one of "
+                           f"{', '.join(STATES)})")
+    rid = doc.get("id")
+    try:
+        rid = bytes.fromhex(rid) if rid is not None else None
+    except (TypeError, ValueError):
+        rid = b""
+    if rid is not None and len(rid) != 8:
+        raise OtaWireError(f"status report: id {doc.get('id')!r} is not a release id (16 "
+                           f"hex digits)")
+    version = doc.get("version")
+    if rid is None and not isinstance(version, str):
+        raise OtaWireError("status report names neither its release id nor its version")
+    pct = doc.get("pct")
+    if pct is not None and (type(pct) is not int or not 0 <= pct <= 100):
+        raise OtaWireError(f"status report: pct {pct!r} is not 0 to 100")
     reason = doc.get("reason")
-    if reason is not None:
-        rep["reason"] = str(reason)[:200]
-    return rep
+    return {"id": rid, "version": version if isinstance(version, str) else None,
+            "state": state, "pct": pct,
+            "reason": None if reason is None else str(reason)[:200]}
