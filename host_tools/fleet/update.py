@@ -38,13 +38,14 @@ class UpdateRefused(Exception):
 
 
 class UpdatingBoard:
-    def __init__(self, device, site_key, chunk=CHUNK_LEN, timeout_s=CHUNK_TIMEOUT_S):
+    def __init__(self, device, site_key, chunk=CHUNK_LEN, timeout_s=CHUNK_TIMEOUT_S,
+                 client_class=MQTTClient):
         self.device = device
         self.chunk = chunk
         self.timeout_s = timeout_s
         self.command_key = K.command_key(K.device_secret(site_key, device))
-        self.client = MQTTClient(device, user=device,
-                                 password=B.device_password(site_key, device), keepalive=30)
+        self.client = client_class(device, user=device,
+                                   password=B.device_password(site_key, device), keepalive=30)
         self.client.on_message = self._message
         self.offers = asyncio.Queue()
         self.chunks = asyncio.Queue()

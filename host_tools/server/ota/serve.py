@@ -48,6 +48,7 @@ class OtaService:
         self.touched = {}  # (rollout, device) -> when its progress was last written
         self.counts = {"chunks": 0, "bytes": 0, "refused": 0, "held": 0, "reports": 0,
                        "offers": 0, "dropped": 0, "malformed": 0}
+        self._offer_now = False  # a slot came free: offer before the next poll
         self._stop = threading.Event()
         self.thread = threading.Thread(target=self._run, name="washpay-ota", daemon=True)
 
@@ -73,7 +74,8 @@ class OtaService:
         next_poll = 0.0
         while not self._stop.is_set():
             now = time.monotonic()
-            if now >= next_poll:
+            if now >= next_poll or self._offer_now:
+                self._offer_now = False
                 next_poll = now + self.poll_s
                 self._guard(self.offer_due)
             try:
@@ -232,6 +234,7 @@ class OtaService:
             return
         self.counts["reports"] += 1
         if out["old"] != out["new"]:
+            self._offer_now |= out["new"] not in RO.ACTIVE  # its download slot is free
             why = f": {reason}" if reason else ""
             self.log(f"server: {device}: rollout {rid} {out['old']} -> {out['new']}{why}")
         if "rollout" in out:
