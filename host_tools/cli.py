@@ -320,7 +320,7 @@ def cmd_image(args):
 
 
 def cmd_firmware_build(args):
-    from host_tools.firmware_build import build_command
+    from host_tools.release.firmware import build_command
 
     return build_command(args)
 

@@ -74,6 +74,12 @@ class Sync:
         self.t_cmd = b"wp/" + dev + b"/cmd"
         self.t_res = b"wp/" + dev + b"/res"
         self.t_state = b"wp/" + dev + b"/state"
+        # an update's chunk requests, chunks and status reports (docs/ota.md); the chunk
+        # topic is as long as the command topic, so a chunk fits the receive buffer
+        self.t_fwq = b"wp/" + dev + b"/fwq"
+        self.t_fwd = b"wp/" + dev + b"/fwd"
+        self.t_fws = b"wp/" + dev + b"/fws"
+        self.on_chunk = None  # set while an update runs (washpay/ota/update.py)
         # the receive buffer holds the longest command with its PUBLISH header (topic
         # length, topic, packet id); a longer message is dropped and refused (mqtt.py)
         self.client = MQTTClient(dev, user=dev, password=mqtt_password(secret),
@@ -124,11 +130,16 @@ class Sync:
             st["commands"] = cmds.status()
         return st
 
-    def reply(self, payload):
-        """Queue a message for the server (wp/<id>/res); sent when the link is up."""
+    def reply(self, payload, topic=None):
+        """Queue a message for the server (wp/<id>/res, or `topic`); sent when the link is
+        up."""
         if len(self._outbox) >= _OUTBOX:
             self._outbox.pop(0)
-        self._outbox.append(payload)
+        self._outbox.append((topic or self.t_res, payload))
+
+    def ready(self):
+        """Connected and subscribed: a message published now reaches the server."""
+        return self._ready and self.link.state == "up"
 
     def _message(self, topic, payload, retained):
         # payload None: a message too long for the buffer, dropped by mqtt.py
@@ -142,6 +153,8 @@ class Sync:
             out = self.commands.on_command(None if payload is None else bytes(payload))
             if out is not None:
                 self.reply(out)
+        elif topic == self.t_fwd and self.on_chunk is not None and payload is not None:
+            self.on_chunk(payload)  # written to flash before this returns: no copy kept
 
     async def _session(self, client, present):
         await client.subscribe(self.t_ack, 1)
@@ -159,6 +172,6 @@ class Sync:
         box = self._outbox
         while True:
             while box:
-                await client.publish(self.t_res, box[0], qos=1)
+                await client.publish(box[0][0], box[0][1], qos=1)
                 box.pop(0)
             await asyncio.sleep_ms(100)
