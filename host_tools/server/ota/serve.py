@@ -11,7 +11,8 @@ server"):
   heard from within `stall_s`); the next board is offered the release only when one
   stages, ends, or falls silent;
 - `queue_size` (default 256): update messages waiting for the worker; beyond it a chunk
-  request is dropped (counted in `dropped`), and the board asks again after its 5 s.
+  request is dropped (counted in `dropped`), and the board asks again after its 5 s
+  (reports and offer replies are always kept).
 """
 
 import json
@@ -42,7 +43,8 @@ class OtaService:
         self.stall_s = stall_s
         self.poll_s = poll_s
         self.clock = clock
-        self.inbox = queue.Queue(maxsize=queue_size)
+        self.queue_size = queue_size
+        self.inbox = queue.Queue()
         self.releases = {}  # version and release id -> RO.Release
         self.members = {}  # (device, version) -> (rollout, state, read at)
         self.touched = {}  # (rollout, device) -> when its progress was last written
@@ -64,10 +66,12 @@ class OtaService:
 
     # ---- called on paho's network thread: enqueue only
     def handle(self, device, kind, payload):
-        try:
-            self.inbox.put_nowait((device, kind, payload))
-        except queue.Full:
-            self.counts["dropped"] += 1  # the board asks again after its timeout
+        # a chunk request may be dropped (the board asks again after its 5 s); a report or
+        # an offer's reply never is: the broker's copy is acknowledged already
+        if kind == OW.REQUESTS and self.inbox.qsize() >= self.queue_size:
+            self.counts["dropped"] += 1
+            return
+        self.inbox.put_nowait((device, kind, payload))
 
     # ---- the worker
     def _run(self):
