@@ -6,7 +6,6 @@ confirms it (docs/ota.md)."""
 
 import json
 
-import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from sync_env import SITE_KEY, make_broker, online, write_site_key
 
@@ -16,6 +15,8 @@ from host_tools.server import commands as C
 from host_tools.server.ota import rollout as RO
 from host_tools.server.service import Server
 from host_tools.server.store import open_store
+
+HEAP = "1024k"
 
 
 def wait_rollout(store, pred, what, timeout):
@@ -52,7 +53,7 @@ def test_the_simulated_board_is_updated_by_the_real_server(tmp_path):
     (st_dir / "provision" / "config.json").write_text(json.dumps(cfg))
     (st_dir / "provision" / "release.pub").write_text(R.public_text(R.public_bytes(key)))
     write_site_key(st_dir / "site.key")
-    sim = SimBoard(st_dir, log=tmp_path / "sim.log").start()
+    sim = SimBoard(st_dir, heap=HEAP, log=tmp_path / "sim.log").start()
     store = open_store(db)
     try:
         online(sim)
@@ -68,16 +69,15 @@ def test_the_simulated_board_is_updated_by_the_real_server(tmp_path):
                               "the board's end state", 300)
         except AssertionError:
             fw = sim.status().get("firmware", {})
-            raise AssertionError(json.dumps({"update": fw.get("update"),
-                                             "counts": server.ota.counts, "rollout": RO.status(store),
-                                             "logs": logs[-15:]},
-                                            default=str)) from None
+            raise AssertionError(json.dumps(
+                {"update": fw.get("update"), "counts": server.ota.counts,
+                 "rollout": RO.status(store), "logs": logs[-15:]}, default=str)) from None
         d = st["devices"][0]
         assert (d["state"], d["reason"]) == ("healthy", None), (st, logs[-20:])
         assert st["state"] == "done"
         seen = "\n".join(logs)
-        for step in ("offered -> downloading", "-> staged", "staged -> switched",
-                     "switched -> healthy"):
+        for step in ("offered release", "downloading -> staged", "staged -> switched",
+                     "switched -> healthy", "rollout 1 done"):
             assert step in seen, seen
         # the board runs the release from its slot, and its journal says so
         sim.wait_for(lambda s: s.get("firmware", {}).get("sync", {}).get("link") == "up",

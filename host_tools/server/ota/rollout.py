@@ -348,7 +348,8 @@ def report(store, device, rid, state, progress=None, reason=None, now=None):
                 tx.execute("UPDATE rollouts SET state = 'open', reason = ?, changed = ? "
                            "WHERE id = ?", (why, now, rid))
                 out["rollout"] = ("open", why)
-        if state in FINAL and rstate in ("canary", "open") and "rollout" not in out:
+        if state in FINAL and out.get("rollout", ("open",))[0] == "open" and \
+                rstate in ("canary", "open"):
             unfinished = tx.one(
                 "SELECT count(*) FROM rollout_devices WHERE rollout = ? AND state NOT IN "
                 "('healthy', 'rolled_back', 'refused')", (rid,))[0]
