@@ -199,10 +199,16 @@ def rig(tmp, release, devices, canary=0, max_downloads=8, store_url=None):
     store = open_store(db)
     RO.ensure_schema(store)
     RO.store_release(store, release["dir"], release["doc"])
-    rid = RO.create(store, release["doc"]["version"], devices, canary=canary)
+
+    def publish():
+        # once the boards are subscribed: an offer to a board that never connected has no
+        # session in the broker to wait in (a real board's session outlives its absence)
+        if not RO.latest(store):
+            RO.create(store, release["doc"]["version"], devices, canary=canary)
+
     try:
-        yield {"server": server, "store": store, "rollout": rid, "port": broker.port,
-               "logs": logs, "db": db}
+        yield {"server": server, "store": store, "port": broker.port, "logs": logs,
+               "db": db, "publish": publish}
     finally:
         store.close()
         server.stop()
@@ -214,7 +220,10 @@ def run(coro):
 
 
 async def boards(r, *devices):
-    return [await UpdatingBoard(d, SITE_KEY).connect("127.0.0.1", r["port"]) for d in devices]
+    """The simulated boards, connected and subscribed; then the rollout is published."""
+    out = [await UpdatingBoard(d, SITE_KEY).connect("127.0.0.1", r["port"]) for d in devices]
+    r["publish"]()
+    return out
 
 
 async def no_offer(board, wait=1.0):
