@@ -121,7 +121,7 @@ def test_publish_status_halt_and_resume(store_url, release, tmp_path):
     # one update at a time per board
     refused(washpay("server", "release", "publish", release["dir"], "--devices", "dev-1,dev-2",
                     "--pub", release["pub"], "--db", db),
-            "dev-1 is in unfinished rollout 1", "let it finish first")
+            "dev-1 is in unfinished rollout 1", "let it finish, or halt it")
     r = washpay("server", "release", "halt", "--reason", "bad batch of coins", "--db", db)
     assert r.returncode == 0, r.stderr
     st = status(db, 1)
@@ -138,6 +138,13 @@ def test_publish_status_halt_and_resume(store_url, release, tmp_path):
     r = washpay("server", "report", "--db", db)
     assert r.returncode == 0, r.stderr
     assert "Firmware rollout 1: release" in r.stdout and "sim-0002" in r.stdout
+    # a halted rollout's boards may be given another release (here the same, as a test)
+    assert washpay("server", "release", "halt", "--db", db).returncode == 0
+    r = washpay("server", "release", "publish", release["dir"], "--devices", "dev-1,dev-2",
+                "--pub", release["pub"], "--db", db)
+    assert r.returncode == 0 and "rollout 2: release" in r.stdout, r.stderr
+    assert states(status(db)) == {"dev-1": "waiting", "dev-2": "waiting"}
+    assert status(db, 1)["state"] == "halted"
 
 
 def test_publish_refuses_what_would_not_verify_and_stores_nothing(release, tmp_path):

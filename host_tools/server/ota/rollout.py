@@ -128,8 +128,9 @@ def store_release(store, release_dir, doc, now=None):
 
 def create(store, version, devices, canary=0, now=None):
     """A new rollout of the published `version` to `devices` (in order; the first `canary`
-    of them are the canaries). Returns its id. A board already in an unfinished rollout is
-    refused: one update at a time per board."""
+    of them are the canaries). Returns its id. A board already in a rollout that goes on
+    (canary or open) and has not reached an end state is refused: one update at a time per
+    board. A halted rollout's boards may be given another release (a fixed one)."""
     now = time.time() if now is None else now
     devices = list(dict.fromkeys(devices))
     if not devices:
@@ -141,14 +142,14 @@ def create(store, version, devices, canary=0, now=None):
     with store.transaction() as tx:
         busy = tx.all(
             "SELECT d.device, r.id, r.version FROM rollout_devices d JOIN rollouts r "
-            "ON r.id = d.rollout WHERE r.state != 'done' AND d.state NOT IN "
+            "ON r.id = d.rollout WHERE r.state IN ('canary', 'open') AND d.state NOT IN "
             "('healthy', 'rolled_back', 'refused')")
         taken = {dev: (rid, ver) for dev, rid, ver in busy if dev in devices}
         if taken:
             dev, (rid, ver) = sorted(taken.items())[0]
             raise RolloutError(
                 f"{dev} is in unfinished rollout {rid} (release {ver}), {len(taken)} "
-                f"board(s) in all: let it finish first (`washpay server release status "
+                f"board(s) in all: let it finish, or halt it (`washpay server release halt "
                 f"{rid}`)")
         state = "canary" if canary else "open"
         rid = tx.one(
