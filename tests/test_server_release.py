@@ -513,3 +513,37 @@ def test_a_canary_refusal_halts_the_rollout(release, tmp_path, store_url):
         st = RO.status(r["store"])
         assert st["reason"] == ("canary sim-0001 refused the release: release expired on "
                                 "2026-01-01")
+
+
+def test_a_silent_board_gives_its_slot_up_and_is_offered_again_less_and_less(release,
+                                                                             store_url):
+    """The download limit over time (RO.to_offer with the server's clock given): a board
+    that never answers holds its slot for stall_s, then the next board gets it; the silent
+    one is offered again after stall_s, then after 2 x stall_s, ... (at most 32 x)."""
+    store = open_store(store_url)
+    try:
+        RO.ensure_schema(store)
+        RO.store_release(store, release["dir"], release["doc"])
+        RO.create(store, release["doc"]["version"], ["dev-1", "dev-2", "sim-0001"], now=0)
+
+        def offer(t):
+            return [dev for _, dev, _ in RO.to_offer(store, limit=1, stall_s=100, now=t)]
+
+        assert offer(1) == ["dev-1"]
+        assert offer(50) == []  # its slot is taken
+        RO.report(store, "dev-1", 1, "downloading", 10, now=60)
+        assert offer(150) == []  # heard from at 60: still its slot
+        assert offer(161) == ["dev-2"]  # silent 100 s: the slot goes to a board not offered yet
+        assert offer(262) == ["sim-0001"]  # dev-2 silent too
+        RO.report(store, "sim-0001", 1, "refused", reason="flash full", now=263)
+        assert offer(264) == ["dev-1"]  # offered again (its first wait: 100 s)
+        RO.report(store, "dev-1", 1, "staged", now=265)
+        assert offer(300) == ["dev-2"]  # offered again: next time after 200 s
+        assert offer(399) == []  # heard of at 300: its slot
+        assert offer(401) == []  # silent, but not due before 500
+        assert offer(501) == ["dev-2"]
+        st = RO.status(store)
+        assert [(d["device"], d["offers"]) for d in st["devices"]] == [
+            ("dev-1", 2), ("dev-2", 3), ("sim-0001", 1)]
+    finally:
+        store.close()

@@ -251,10 +251,10 @@ def to_offer(store, limit, stall_s, now=None):
     slot from its offer until it reports `staged` (or an end state), or until it has been
     silent for `stall_s` (offline, most likely: the offer waits in the broker's persistent
     session). A silent board is offered again after stall_s, then twice as long each time
-    up to 32 x stall_s, so an offline board does not pile up offers in its session.
-    Canaries first; the rest only once every canary is healthy. Claimed in one
-    transaction, so two server processes on one database never offer the same board twice
-    at once."""
+    up to 32 x stall_s, so an offline board does not pile up offers in its session; boards
+    not offered yet go before those offered again. Canaries first; the rest only once every
+    canary is healthy. Claimed in one transaction, so two server processes on one database
+    never offer the same board twice at once."""
     now = time.time() if now is None else now
     offers = []
     with store.transaction() as tx:
@@ -273,7 +273,10 @@ def to_offer(store, limit, stall_s, now=None):
             "JOIN rollouts r ON r.id = d.rollout WHERE ((r.state = 'canary' AND d.canary = 1) "
             "OR r.state = 'open') AND (d.state = 'waiting' OR (d.state IN ('offered', "
             "'downloading') AND d.updated <= ? AND d.next_offer <= ?)) "
-            "ORDER BY d.rollout, d.position LIMIT ?", (now - stall_s, now, free))
+            # boards never offered before those offered again: a silent board must not
+            # keep a slot from the others
+            "ORDER BY d.rollout, d.state != 'waiting', d.position LIMIT ?",
+            (now - stall_s, now, free))
         for rid, dev, version, state, n in rows:
             tx.execute("UPDATE rollout_devices SET state = ?, offers = offers + 1, "
                        "offered_at = ?, next_offer = ?, updated = ? "
