@@ -75,6 +75,7 @@ class Updater:
         self.state = "offered"
         self.reason = None
         self._want = None
+        self._complete = False
         self._error = None
         self._flag = asyncio.Event()
         self._subscribed = -1
@@ -108,7 +109,8 @@ class Updater:
                 if want is None:
                     break
                 self._progress()
-                await self._fetch(want)
+                if await self._fetch(want):
+                    s.check()  # here, not in the MQTT handler: it takes time and heap
             self.sync.on_chunk = None
             s.finish()
             self.report("staged")
@@ -119,8 +121,13 @@ class Updater:
             self._refuse(str(e))
         except OSError as e:  # the flash full, most likely: nothing switched
             self._refuse("flash: %s (%d KiB free)" % (e, self._free() // 1024))
+        except MemoryError:  # the running version stays; the server may offer it again
+            self._refuse("out of memory while staging %s" % (self.stage.name()
+                                                            if self.stage else "the offer"))
         finally:
             self.sync.on_chunk = None
+            if self.stage is not None:
+                self.stage.close()
 
     def _free(self):
         try:
@@ -178,7 +185,7 @@ class Updater:
             if self._error is not None:
                 raise self._error
             if self._want is None:
-                return
+                return self._complete
 
     def on_chunk(self, payload):
         # from the MQTT handler: the payload is the receive buffer, written out before this
@@ -199,11 +206,12 @@ class Updater:
                 index, offset, len(payload) - CHUNK_HEAD, want[2]))
         else:
             try:
-                self.stage.accept(index, offset, memoryview(payload)[CHUNK_HEAD:])
-            except Refused as e:
-                self._error = e
+                self._complete = self.stage.accept(index, offset,
+                                                   memoryview(payload)[CHUNK_HEAD:])
             except OSError as e:
                 self._error = Refused("flash: %s writing %s" % (e, self.stage.name()))
+            except MemoryError:
+                self._want = want  # nothing written: ask again
         self._flag.set()
 
     async def _switch(self, slot, version):
