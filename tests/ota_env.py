@@ -183,3 +183,16 @@ class ReleaseServer:
         with self.lock:
             self.bytes_out += len(out)
         client.publish(f"wp/{device}/fwd", out, qos=0)
+
+
+def resigned(base, release_dir, name, key=KEY, **changes):
+    """A copy of a release whose manifest has `changes` and is signed again by `key`: the
+    files stay, so a refusal test needs no new build."""
+    d = Path(base) / name
+    shutil.copytree(release_dir, d)
+    doc = json.loads((d / "manifest.json").read_bytes())
+    doc.update(changes)
+    manifest = REL.manifest_bytes(doc)
+    (d / "manifest.json").write_bytes(manifest)
+    (d / "manifest.sig").write_text(key.sign(REL.digest_message(manifest)).hex() + "\n")
+    return d

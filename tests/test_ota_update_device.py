@@ -38,7 +38,7 @@ def releases(tmp_path_factory):
 
 
 @contextlib.contextmanager
-def rig(tmp, config=None):
+def rig(tmp, config=None, release_pub=True):
     broker = make_broker(tmp / "broker").start()
     url = f"mqtt://127.0.0.1:{broker.port}"
     server = ReleaseServer(url)
@@ -48,7 +48,8 @@ def rig(tmp, config=None):
            "sync": {"keepalive_s": 5, "backoff_min_ms": 200, "backoff_max_ms": 1000},
            "ota": {"healthy_s": 2, "trial_s": 60}, **(config or {})}
     (st / "provision" / "config.json").write_text(json.dumps(cfg))
-    (st / "provision" / "release.pub").write_text(public_line())
+    if release_pub:
+        (st / "provision" / "release.pub").write_text(public_line())
     write_site_key(st / "site.key")
     # 1 MiB: the sim runs the firmware from source (its bytecode in the heap) and keeps its
     # own models there; the board's own figures are host_tools/bench/heap.py's (32-bit)

@@ -59,6 +59,15 @@ def offer(root, digest, sig, size, version):
     return None
 
 
+def switch(root, slot, version, running, trial_s):
+    """The one atomic pointer write that makes `slot` boot next, on trial."""
+    L = _loader()
+    p = L.read(root)
+    p.update(run=slot, prev=p["run"], prev_version=p["version"] or running, version=version,
+             trial=True, boots=0, trial_s=trial_s, stage=None, note=None)
+    L.write(p, root)
+
+
 class Updater:
     def __init__(self, root, sync, journal, checks, idle, reset, log, trial_s):
         """sync: the Sync (washpay/net); checks: Stage's board facts; idle(): True when no
@@ -217,8 +226,6 @@ class Updater:
     async def _switch(self, slot, version):
         from washpay import VERSION
 
-        L = _loader()
-        p = L.read(self.root)
         # reported first: the board resets right after the pointer write
         self.report("switched")
         t = 0
@@ -230,10 +237,7 @@ class Updater:
             while not self.idle():
                 await asyncio.sleep_ms(_IDLE_POLL_MS)
         # from here to the reset nothing awaits: no payment can start in between
-        p.update(run=slot, prev=p["run"], prev_version=p["version"] or VERSION,
-                 version=version, trial=True, boots=0, trial_s=self.trial_s, stage=None,
-                 note=None)
-        L.write(p, self.root)
+        switch(self.root, slot, version, VERSION, self.trial_s)
         self.log("update", version, "staged in slot", slot, "- switching")
         self.reset()
 
