@@ -7,6 +7,7 @@ after the cycle."""
 
 import contextlib
 import json
+import time
 
 import pytest
 from ota_env import (
@@ -162,3 +163,25 @@ def test_a_dropped_link_and_a_power_cut_mid_download_resume(tmp_path, releases):
         assert rel.size <= data <= rel.size + 8 * 960
         sim.call("power", state="cut")
         assert ("ota_done", "0.2.0") in journal(st)
+
+
+def test_an_update_offered_during_a_wash_is_applied_after_the_cycle(tmp_path, releases):
+    rel = releases["good"]
+    with rig(tmp_path) as (sim, server, st):
+        for coin in (200, 50):
+            sim.insert_coin(coin)
+        sim.call("button", name="start")
+        sim.wait_for(lambda s: s["state"] == "running", timeout=30, what="the wash")
+        sim.call("washer", state="busy")  # the machine holds its cycle until we say
+        server.add(rel)
+        server.offer(DEVICE, rel)
+        server.wait(lambda s: "staged" in s.states(), timeout=180, what="staged")
+        time.sleep(3)
+        assert "switched" not in server.states()
+        assert sim.status()["state"] == "running"
+        sim.call("washer", state="idle")  # the cycle ends
+        server.wait(lambda s: "healthy" in s.states(), timeout=180, what="healthy")
+        assert version(sim) == "0.2.0"
+        sim.call("power", state="cut")
+        types = [k for k, _ in journal(st)]
+        assert types.index("vend_done") < types.index("ota_done")
