@@ -18,7 +18,7 @@ from ota_env import (
     public_line,
     raises_at_import,
 )
-from sync_env import make_broker, online, write_site_key
+from sync_env import SITE_KEY, make_broker, online, write_site_key
 
 from host_tools import journal as J
 from host_tools import keys as K
@@ -42,7 +42,7 @@ def releases(tmp_path_factory):
 def rig(tmp, config=None, release_pub=True):
     broker = make_broker(tmp / "broker").start()
     url = f"mqtt://127.0.0.1:{broker.port}"
-    server = ReleaseServer(url)
+    server = ReleaseServer(url, SITE_KEY)
     st = tmp / "st"
     (st / "provision").mkdir(parents=True)
     cfg = {"device_id": DEVICE, "broker": url, "watchdog_ms": 2000,
