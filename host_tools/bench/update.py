@@ -6,7 +6,10 @@ server below. Figures: time from the offer to staged and to healthy, bytes on th
 (payloads, and with their MQTT framing, counted from the packets sent) against the
 release's size, and the flash programs and erases of the download and staging.
 
-    python -m host_tools.bench.update [--micropython PATH]
+    python -m host_tools.bench.update [--micropython PATH] [--heap-only]
+
+and the heap an update holds while it downloads (the OTA modules as .mpy, the manifest
+checked, its file list kept).
 
 The release server here is the protocol's minimum (one chunk per request, from memory):
 the tests use it too (tests/ota_env.py); `washpay server release` is the real one.
@@ -228,14 +231,110 @@ def run(micropython=None, log=print):
     return out
 
 
+_HEAP = r"""
+import gc, sys, vfs
+sys.path.insert(0, @FILES@)
+REL = @REL@
+
+
+class RamBlocks:  # a LittleFS block device in RAM: where the slot is staged
+    def __init__(self, n):
+        self.data = bytearray(n * 4096)
+
+    def readblocks(self, n, buf, off=0):
+        buf[:] = self.data[n * 4096 + off:n * 4096 + off + len(buf)]
+
+    def writeblocks(self, n, buf, off=None):
+        off = off or 0
+        self.data[n * 4096 + off:n * 4096 + off + len(buf)] = buf
+
+    def ioctl(self, op, arg):
+        return {4: len(self.data) // 4096, 5: 4096, 6: 0}.get(op, 0)
+
+
+bd = RamBlocks(96)
+vfs.VfsLfs2.mkfs(bd)
+vfs.mount(vfs.VfsLfs2(bd), "/flash")
+import json, bootslot
+from binascii import unhexlify
+with open(REL + "/manifest.json", "rb") as f:
+    manifest = f.read()
+sig = unhexlify(open(REL + "/manifest.sig").read().strip())
+gc.collect()
+before = gc.mem_alloc()
+from washpay.ota.stage import Stage, MANIFEST
+from washpay.ota.release import read_public_key
+from hashlib import sha256
+gc.collect()
+imported = gc.mem_alloc() - before
+stage = {"slot": "a", "id": sha256(manifest).digest().hex(), "sig": sig.hex(),
+         "size": len(manifest), "version": @VERSION@}
+checks = {"public_key": unhexlify(@PUB@), "running": "0.0.1", "board_id": "sim",
+          "journal_format": @JF@, "mpy": @MPY@, "now": lambda: @NOW@}
+s = Stage("/flash", stage, checks)
+for i in range(0, len(manifest), 960):
+    if s.accept(MANIFEST, i, manifest[i:i + 960]):
+        s.check()
+del manifest
+gc.collect()
+live = gc.mem_alloc() - before
+print(json.dumps({"import_bytes": imported, "live_while_downloading_bytes": live,
+                  "files": len(s.files)}))
+"""
+
+
+def heap(interpreter):
+    """The heap an update takes while it downloads (washpay.ota.stage/release imported as
+    .mpy, the manifest checked, its file list kept) on `interpreter`."""
+    import subprocess
+
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from host_tools import release as REL
+
+    key = Ed25519PrivateKey.generate()
+    pub = key.public_key().public_bytes(serialization.Encoding.Raw,
+                                        serialization.PublicFormat.Raw)
+    with tempfile.TemporaryDirectory(prefix="washpay-bench-update-") as tmp_name:
+        rel = Path(tmp_name) / "rel"
+        now = int(time.time())
+        doc = REL.build(REL.P.firmware_version(), rel, key, ["sim"], downgrade=True, now=now)
+        root = Path(REL.P.FIRMWARE_DIR)
+        # the loader beside the release's files, as on a board
+        files = Path(tmp_name) / "files"
+        import shutil
+
+        shutil.copytree(rel / "files", files)
+        shutil.copy(root / "bootslot.py", files / "bootslot.py")
+        code = _HEAP
+        for k, v in {"@FILES@": repr(str(files)), "@REL@": repr(str(rel)),
+                     "@VERSION@": repr(doc["version"]), "@PUB@": repr(pub.hex()),
+                     "@JF@": str(doc["journal_formats"][0]), "@MPY@": str(doc["mpy"]),
+                     "@NOW@": str(now)}.items():
+            code = code.replace(k, v)
+        proc = subprocess.run([interpreter, "-X", "heapsize=2m", "-c", code],
+                              capture_output=True, text=True, timeout=600)
+        if proc.returncode != 0:
+            raise RuntimeError(proc.stdout + proc.stderr)
+        return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
 def main(argv=None):
     import argparse
 
     ap = argparse.ArgumentParser(prog="python -m host_tools.bench.update")
     ap.add_argument("--micropython", help="the interpreter the board runs (default: the "
                     "environment's; the 32-bit one for ESP32 object sizes)")
+    ap.add_argument("--heap-only", action="store_true",
+                    help="only the heap an update takes while it runs, on the interpreter")
     args = ap.parse_args(argv)
-    run(args.micropython)
+    from host_tools.interp import micropython
+
+    interp = args.micropython or micropython()
+    print(json.dumps({"interpreter": interp, **heap(interp)}, indent=1))
+    if not args.heap_only:
+        run(args.micropython)
 
 
 if __name__ == "__main__":
