@@ -14,13 +14,14 @@ from hashlib import sha256
 
 from micropython import const
 
-from washpay.ota.release import Refused, check_file, check_manifest, check_release
+from washpay.ota.release import Refused, check_file, check_manifest
 
 MANIFEST = const(0xFFFF)  # the file index that names manifest.json
 CHUNK_MAX = const(960)  # the most a request asks for: 20 + 960 bytes fit the receive buffer
 _REQUEST = ">BBHIHH8s"  # version, 0, file, offset, length, 0, release id: 20 bytes
 CHUNK_HEAD = const(20)
 _VERSION = const(1)
+_BLOCK = const(4096)
 
 
 def request(rid, index, offset, length):
@@ -84,6 +85,7 @@ class Stage:
         self.staged = 0
         self.index = MANIFEST
         self.have = 0
+        self._f = None  # the file being written
         try:
             os.mkdir(self.dir)
         except OSError:
@@ -157,30 +159,56 @@ class Stage:
         return self.index, self.have, min(CHUNK_MAX, size - self.have)
 
     def accept(self, index, offset, data):
-        """Write the chunk asked for by next(); check a file that it completes."""
+        """Write the chunk asked for by next() (from the MQTT handler: quick, no checks);
+        True when it completes its file: then check() before asking for more. The file
+        stays open and is committed at every 4 KiB (a flash block) and at its end: a power
+        cut loses at most the bytes since, which are asked for again."""
         path = self._path(index)
-        if not self.have:
-            _makedirs(path)
-        with open(path, "ab") as f:  # closed: LittleFS commits it, a power cut keeps it
-            f.write(data)
+        f = self._f
+        if f is None:
+            if not self.have:
+                _makedirs(path)
+            elif _size(path) != offset:  # a chunk written already: resync from the flash
+                self.have = _size(path)
+                return False
+            f = self._f = open(path, "ab")
+        f.write(data)
         n = len(data)
         self.have += n
         self.staged += n
-        if index == MANIFEST:
-            if self.have == self.size:
-                self._manifest_done()
-            return
-        path_, size, digest = self.files[index]
+        size = self.size if index == MANIFEST else self.files[index][1]
         if self.have == size:
-            check_file({"path": path_, "size": size, "sha256": digest}, path)
-            self.index += 1
-            self.have = 0
-            self._seek()
+            self.close()
+            return True
+        if self.have % _BLOCK < n:
+            f.flush()
+        return False
+
+    def close(self):
+        if self._f is not None:
+            self._f.close()
+            self._f = None
+
+    def check(self):
+        """Check the file the last chunk completed (the manifest: its digest, signature and
+        rules; a file: its size and SHA-256), then move on to the next one."""
+        import gc
+
+        gc.collect()  # the signature check needs its working room at once
+        if self.index == MANIFEST:
+            self._manifest_done()
+            return
+        path_, size, digest = self.files[self.index]
+        check_file({"path": path_, "size": size, "sha256": digest}, self._path(self.index))
+        self.index += 1
+        self.have = 0
+        self._seek()
 
     def finish(self):
-        """The whole slot checked once more as a release; returns its version."""
-        c = self.checks
-        self.files = None  # its heap, before the manifest is parsed again
-        doc = check_release(self.dir, c["public_key"], c["running"], c["board_id"],
-                            c["journal_format"], c["mpy"], c["now"]())
-        return doc["version"]
+        """Every file once more against the manifest (those staged before a power cut were
+        not checked since); returns the version."""
+        self.close()
+        buf = bytearray(512)
+        for i, (path, size, digest) in enumerate(self.files):
+            check_file({"path": path, "size": size, "sha256": digest}, self._path(i), buf)
+        return self.version

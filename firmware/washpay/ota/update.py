@@ -59,6 +59,15 @@ def offer(root, digest, sig, size, version):
     return None
 
 
+def switch(root, slot, version, running, trial_s):
+    """The one atomic pointer write that makes `slot` boot next, on trial."""
+    L = _loader()
+    p = L.read(root)
+    p.update(run=slot, prev=p["run"], prev_version=p["version"] or running, version=version,
+             trial=True, boots=0, trial_s=trial_s, stage=None, note=None)
+    L.write(p, root)
+
+
 class Updater:
     def __init__(self, root, sync, journal, checks, idle, reset, log, trial_s):
         """sync: the Sync (washpay/net); checks: Stage's board facts; idle(): True when no
@@ -75,6 +84,7 @@ class Updater:
         self.state = "offered"
         self.reason = None
         self._want = None
+        self._complete = False
         self._error = None
         self._flag = asyncio.Event()
         self._subscribed = -1
@@ -108,7 +118,8 @@ class Updater:
                 if want is None:
                     break
                 self._progress()
-                await self._fetch(want)
+                if await self._fetch(want):
+                    s.check()  # here, not in the MQTT handler: it takes time and heap
             self.sync.on_chunk = None
             s.finish()
             self.report("staged")
@@ -119,8 +130,13 @@ class Updater:
             self._refuse(str(e))
         except OSError as e:  # the flash full, most likely: nothing switched
             self._refuse("flash: %s (%d KiB free)" % (e, self._free() // 1024))
+        except MemoryError:  # the running version stays; the server may offer it again
+            self._refuse("out of memory while staging %s" % (self.stage.name()
+                                                            if self.stage else "the offer"))
         finally:
             self.sync.on_chunk = None
+            if self.stage is not None:
+                self.stage.close()
 
     def _free(self):
         try:
@@ -178,7 +194,7 @@ class Updater:
             if self._error is not None:
                 raise self._error
             if self._want is None:
-                return
+                return self._complete
 
     def on_chunk(self, payload):
         # from the MQTT handler: the payload is the receive buffer, written out before this
@@ -199,18 +215,17 @@ class Updater:
                 index, offset, len(payload) - CHUNK_HEAD, want[2]))
         else:
             try:
-                self.stage.accept(index, offset, memoryview(payload)[CHUNK_HEAD:])
-            except Refused as e:
-                self._error = e
+                self._complete = self.stage.accept(index, offset,
+                                                   memoryview(payload)[CHUNK_HEAD:])
             except OSError as e:
                 self._error = Refused("flash: %s writing %s" % (e, self.stage.name()))
+            except MemoryError:
+                self._want = want  # nothing written: ask again
         self._flag.set()
 
     async def _switch(self, slot, version):
         from washpay import VERSION
 
-        L = _loader()
-        p = L.read(self.root)
         # reported first: the board resets right after the pointer write
         self.report("switched")
         t = 0
@@ -222,10 +237,7 @@ class Updater:
             while not self.idle():
                 await asyncio.sleep_ms(_IDLE_POLL_MS)
         # from here to the reset nothing awaits: no payment can start in between
-        p.update(run=slot, prev=p["run"], prev_version=p["version"] or VERSION,
-                 version=version, trial=True, boots=0, trial_s=self.trial_s, stage=None,
-                 note=None)
-        L.write(p, self.root)
+        switch(self.root, slot, version, VERSION, self.trial_s)
         self.log("update", version, "staged in slot", slot, "- switching")
         self.reset()
 
