@@ -16,11 +16,6 @@ from host_tools.server.ota import rollout as RO
 from host_tools.server.service import Server
 from host_tools.server.store import open_store
 
-# The 64-bit unix port's objects are about twice an ESP32's: at the sim's default 512k its
-# staging check (washpay/ota/release.py check_release) ran out of heap (MemoryError
-# allocating 16386 bytes); the 32-bit interpreter, ESP32 object sizes, passes at 512k.
-HEAP = "1024k"
-
 
 def wait_rollout(store, pred, what, timeout):
     import time
@@ -56,7 +51,7 @@ def test_the_simulated_board_is_updated_by_the_real_server(tmp_path):
     (st_dir / "provision" / "config.json").write_text(json.dumps(cfg))
     (st_dir / "provision" / "release.pub").write_text(R.public_text(R.public_bytes(key)))
     write_site_key(st_dir / "site.key")
-    sim = SimBoard(st_dir, heap=HEAP, log=tmp_path / "sim.log").start()
+    sim = SimBoard(st_dir, log=tmp_path / "sim.log").start()
     store = open_store(db)
     try:
         online(sim)
