@@ -133,6 +133,10 @@ def main():
 
     _table("Signed releases: the board's check (firmware/washpay/ota)",
            [(f"{name} ({interp})", value, unit) for interp, name, value, unit in release_bench()])
+    from host_tools.bench.rollout import bench as rollout_bench
+
+    _table("Firmware rollout: 50 boards from one server, 8 at a time (loopback, host figures)",
+           rollout_bench())
     return 0
 
 
