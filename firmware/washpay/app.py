@@ -93,8 +93,7 @@ class App:
         self.tiers = None  # the server's tier overrides by card (tierlist.py)
         self.card = self._card(secrets)  # before recover(): it settles card payments cut short
         self.qr = None
-        self.updater = None  # an update being downloaded (washpay/ota/update.py)
-        self.update = None  # the last one's status, once it ended
+        self.update = None  # an update: its Updater while it runs, then its last status
         self.tokens, self.remote = self._signed_payments(secret)
         del config, secrets
         forget("washpay.config")
@@ -214,8 +213,8 @@ class App:
             st["qr"] = self.tokens.status()
             st["qr"]["scanner"] = self.qr.status()
         st["remote"] = self.remote.status()
-        u = self.updater
-        st["update"] = u.status() if u is not None else self.update
+        u = self.update
+        st["update"] = u if u is None or isinstance(u, dict) else u.status()
         return st
 
     async def watchdog(self):
@@ -272,109 +271,21 @@ class App:
             asyncio.create_task(self.remote.serve(port))
         if self.sync:
             self.sync.start()  # its own task: nothing on the payment path awaits it
-        self._slot()
+        if "bootslot" in sys.modules:  # the loader has news: a rollback, a trial, a resume
+            from washpay import updates
+
+            updates.on_boot(self, sys.modules["bootslot"])
         self.board.attach_status(self.status)
         log("ready; journal", self.journal.count, "records, credit", self.engine.credit)
         # one machine-readable line: `washpay provision` reads it to see the board came up
         log("boot", json.dumps(self.boot_report()))
         await self.watchdog()
 
-    # ---- over-the-air updates (docs/ota.md): washpay.ota is imported only while one runs
-    def _slot(self):
-        # the loader's news: a rollback to journal, a trial to confirm, a staged update to
-        # resume; the loader drops itself on a board that has none of these
-        L = sys.modules.get("bootslot")
-        if L is None:
-            return
-        p = L.state()
-        note = p["note"]
-        if note:
-            from washpay.journal import JournalError
-            from washpay.journal import records as R
+    # ---- over-the-air updates (docs/ota.md): washpay/updates.py, loaded only when needed
+    def _offer(self, *offer):
+        from washpay import updates
 
-            try:  # the version first: the record keeps 25 bytes of reason
-                self.journal.append(R.OTA_ROLLBACK, reason="%s %s" % (note["version"],
-                                                                     note["reason"]))
-                L.clear_note()
-            except JournalError as e:
-                log("rollback not journaled:", e)
-            self._report({"id": None, "version": note["version"], "state": "rolled_back",
-                          "reason": note["reason"]})
-        if p["trial"]:
-            asyncio.create_task(self._trial(L, p["version"]))
-        elif p["stage"] and self.sync is not None:
-            asyncio.create_task(self._update(p["stage"], False))
-
-    def _report(self, msg):
-        if self.sync is not None:
-            self.sync.reply(json.dumps(msg).encode(), self.sync.t_fws)
-
-    async def _trial(self, L, version):
-        # healthy: booted and recovered (we are here), the main loop alive for healthy_s,
-        # and the sync link up at least once when the network is up
-        t0 = time.ticks_ms()
-        need = self.cfg["ota"]["healthy_s"] * 1000
-        seen = self.acceptor.samples
-        while True:
-            await asyncio.sleep_ms(250)
-            alive = self.acceptor.samples != seen and time.ticks_diff(time.ticks_ms(),
-                                                                      t0) >= need
-            s = self.sync
-            net = s is None or s.disabled or not s.link.wlan.isconnected() or s.ready()
-            if alive and net:
-                break
-        from washpay.journal import JournalError
-        from washpay.journal import records as R
-
-        try:
-            self.journal.append(R.OTA_DONE, reason=version)
-        except JournalError as e:
-            log("ota_done not journaled:", e)
-        L.confirm()
-        log("update", version, "healthy")
-        self._report({"id": None, "version": version, "state": "healthy"})
-
-    def _offer(self, digest, sig, size, version):
-        # command 9 (washpay/net/commands.py): record the offer, start the download
-        from washpay.ota.update import offer
-
-        why = offer("", digest, sig, size, version)
-        if why is None and self.updater is None:
-            import bootslot
-
-            asyncio.create_task(self._update(bootslot.read()["stage"], True))
-        return why
-
-    def _idle(self):
-        # an update switches only between customers: no vend, no credit, no card payment
-        # waiting to be settled (token and remote redemptions are vends)
-        e = self.engine
-        return (e.state in ("idle", "done") and not e.credit and not e.busy
-                and (self.card is None or not len(self.card.pending)))
-
-    async def _update(self, stage, fresh):
-        from washpay.journal import records as R
-        from washpay.ota import update as U
-        from washpay.ota.release import Refused, read_public_key
-
-        checks = {"running": VERSION, "board_id": self.board.id,
-                  "journal_format": R.VERSION, "mpy": sys.implementation._mpy & 0xFF,
-                  "now": lambda: self.remote.cache.now() or None}
-        u = U.Updater("", self.sync, self.journal, checks, self._idle, self.board.reset, log,
-                      self.cfg["ota"]["trial_s"])
-        self.updater = u
-        try:
-            try:
-                checks["public_key"] = read_public_key("/release.pub")
-            except Refused as e:
-                u._refuse(str(e))
-                return
-            await u.run(stage, fresh)
-        finally:
-            self.update = u.status()
-            self.updater = None
-            u = None
-            U.forget()
+        return updates.offer(self, *offer)
 
     def _restore_card_risk(self):
         # the card risk counters from the journal's newest records (recovery's included),

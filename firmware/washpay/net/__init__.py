@@ -74,12 +74,8 @@ class Sync:
         self.t_cmd = b"wp/" + dev + b"/cmd"
         self.t_res = b"wp/" + dev + b"/res"
         self.t_state = b"wp/" + dev + b"/state"
-        # an update's chunk requests, chunks and status reports (docs/ota.md); the chunk
-        # topic is as long as the command topic, so a chunk fits the receive buffer
-        self.t_fwq = b"wp/" + dev + b"/fwq"
-        self.t_fwd = b"wp/" + dev + b"/fwd"
-        self.t_fws = b"wp/" + dev + b"/fws"
-        self.on_chunk = None  # set while an update runs (washpay/ota/update.py)
+        # (topic, handler) of an update's chunks while one runs (washpay/ota/update.py)
+        self.chunks = None
         # the receive buffer holds the longest command with its PUBLISH header (topic
         # length, topic, packet id); a longer message is dropped and refused (mqtt.py)
         self.client = MQTTClient(dev, user=dev, password=mqtt_password(secret),
@@ -153,8 +149,8 @@ class Sync:
             out = self.commands.on_command(None if payload is None else bytes(payload))
             if out is not None:
                 self.reply(out)
-        elif topic == self.t_fwd and self.on_chunk is not None and payload is not None:
-            self.on_chunk(payload)  # written to flash before this returns: no copy kept
+        elif self.chunks is not None and topic == self.chunks[0] and payload is not None:
+            self.chunks[1](payload)  # written to flash before this returns: no copy kept
 
     async def _session(self, client, present):
         await client.subscribe(self.t_ack, 1)

@@ -80,6 +80,9 @@ class Updater:
         self.reset = reset
         self.log = log
         self.trial_s = trial_s
+        dev = b"wp/" + sync.device_id
+        # the chunk topic is as long as the command topic: a chunk fits the receive buffer
+        self.t_fwq, self.t_fwd, self.t_fws = dev + b"/fwq", dev + b"/fwd", dev + b"/fws"
         self.stage = None
         self.state = "offered"
         self.reason = None
@@ -103,12 +106,12 @@ class Updater:
         msg = {"id": hexlify(s.rid).decode() if s else None, "version": s.version if s else None,
                "state": state}
         msg.update(extra)
-        self.sync.reply(json.dumps(msg).encode(), self.sync.t_fws)
+        self.sync.reply(json.dumps(msg).encode(), self.t_fws)
 
     async def run(self, stage, fresh):
         """Download, stage and switch the release `stage` (the pointer's); fresh: a new
         offer (reported as offered), else a resume."""
-        self.sync.on_chunk = self.on_chunk
+        self.sync.chunks = (self.t_fwd, self.on_chunk)
         try:
             self.stage = s = Stage(self.root, stage, self.checks)
             if fresh:
@@ -120,7 +123,7 @@ class Updater:
                 self._progress()
                 if await self._fetch(want):
                     s.check()  # here, not in the MQTT handler: it takes time and heap
-            self.sync.on_chunk = None
+            self.sync.chunks = None
             s.finish()
             self.report("staged")
             while not self.idle():  # a wash, a card payment, a redemption: after it
@@ -134,7 +137,7 @@ class Updater:
             self._refuse("out of memory while staging %s" % (self.stage.name()
                                                             if self.stage else "the offer"))
         finally:
-            self.sync.on_chunk = None
+            self.sync.chunks = None
             if self.stage is not None:
                 self.stage.close()
 
@@ -179,12 +182,12 @@ class Updater:
             client = sync.client
             try:
                 if self._subscribed != sync.link.connects:  # a new session each connection
-                    await client.subscribe(sync.t_fwd, 0)
+                    await client.subscribe(self.t_fwd, 0)
                     self._subscribed = sync.link.connects
                 self._want = want
                 self._error = None
                 self._flag.clear()
-                await client.publish(sync.t_fwq, request(self.stage.rid, *want), qos=0)
+                await client.publish(self.t_fwq, request(self.stage.rid, *want), qos=0)
                 await asyncio.wait_for_ms(self._flag.wait(), CHUNK_TIMEOUT_MS)
             except asyncio.TimeoutError:
                 continue  # a lost request or chunk: ask again
