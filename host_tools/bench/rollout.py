@@ -14,6 +14,7 @@ the boards' sockets) against the release's size, and the server's and broker's C
 
 import argparse
 import asyncio
+import shutil
 import statistics
 import subprocess
 import sys
@@ -131,6 +132,7 @@ def run(devices=50, max_downloads=8, canary=0, log=print):
             server.wait()
         server_log.close()
         broker.stop()
+        shutil.rmtree(tmp, ignore_errors=True)
     wire = CountingClient.sent + CountingClient.received
     per_board = len(manifest) + size
     return [
