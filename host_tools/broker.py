@@ -4,8 +4,8 @@
 
 - `passwd`: one line per device (user = device id, password derived from the device's
   secret, docs/sync.md) and one for the server, hashed as Mosquitto's `$7$` (PBKDF2-SHA512);
-- `acl`: a device may publish only to wp/<its id>/{j,res,state} and read only
-  wp/<its id>/{ack,cmd}; the server reads and writes wp/#;
+- `acl`: a device may publish only to wp/<its id>/{j,res,state,fwq,fws} and read only
+  wp/<its id>/{ack,cmd,fwd} (fw*: updates, docs/ota.md); the server reads and writes wp/#;
 - `ca.pem`/`ca.der` (the CA a board verifies the broker with), `server.pem`/`server.key`
   (an ECDSA P-256 certificate for 127.0.0.1 and localhost, valid from 2000-01-01 so that a
   board whose clock has not been set yet can still verify it);
@@ -103,6 +103,10 @@ def acl_file():
         "pattern write wp/%u/state\n"
         "pattern read wp/%u/ack\n"
         "pattern read wp/%u/cmd\n"
+        "# over-the-air updates (docs/ota.md): chunk requests, status, chunks\n"
+        "pattern write wp/%u/fwq\n"
+        "pattern write wp/%u/fws\n"
+        "pattern read wp/%u/fwd\n"
     )
 
 
@@ -202,6 +206,8 @@ def init(directory, site_key, devices, port=None, tls_port=None, remove=(), new_
                           "ports")
     changes = _changes(old, settings)
     d.mkdir(parents=True, exist_ok=True)
+    if (d / "acl").exists() and (d / "acl").read_text() != acl_file():
+        changes = [*changes, "acl: the topics of this version"]  # e.g. the update topics
     if changes or not all((d / n).exists() for n in ("passwd", "acl", "mosquitto.conf")):
         (d / "passwd").write_text(password_file(site_key, wanted))
         (d / "passwd").chmod(0o600)

@@ -320,7 +320,7 @@ def cmd_image(args):
 
 
 def cmd_firmware_build(args):
-    from host_tools.firmware_build import build_command
+    from host_tools.release.firmware import build_command
 
     return build_command(args)
 
@@ -434,6 +434,9 @@ def _add_real_board_parsers(sub):
     pr.add_argument("--config", default=None, metavar="FILE",
                     help="the board's config.json (checked by the firmware's rules first); "
                     "default: keep the board's")
+    pr.add_argument("--release-pubkey", default=None, metavar="FILE",
+                    help="release public key (release.pub of `washpay release keygen`): "
+                    "installed as /release.pub; over-the-air releases must be signed with it")
     pr.add_argument("--wipe-journal", action="store_true",
                     help="start the journal over (refused while records are unsynced)")
     pr.add_argument("--change-board", action="store_true",

@@ -55,7 +55,7 @@ TYPES = {
     11: "remote_start", 12: "refund", 13: "card_topup", 14: "card_refused", 15: "card_fraud",
     16: "card_cancel", 17: "card_unresolved", 18: "card_settled",
     19: "token_refused", 20: "command_refused", 21: "command_done", 22: "not_collected",
-    23: "vend_extend",
+    23: "vend_extend", 24: "ota_refused", 25: "ota_done", 26: "ota_rollback",
 }
 STATES = {0: "idle", 1: "credit", 2: "starting", 3: "running", 4: "done", 5: "out_of_order"}
 REASONS = {

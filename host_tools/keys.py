@@ -63,7 +63,7 @@ class KeyKind:
 
 
 SITE_KEY = KeyKind(PROTECTED_FORMAT, _SEAL_AAD, PASSPHRASE_ENV, "site key", SITE_KEY_LEN)
-# the release signing key (host_tools/release.py, docs/release-format.md): an Ed25519 seed
+# the release signing key (host_tools/release/, docs/release-format.md): an Ed25519 seed
 RELEASE_KEY = KeyKind("washpay-release-key/1", b"washpay/v1/release-key",
                       "WASHPAY_RELEASE_PASSPHRASE", "release key", 32)
 

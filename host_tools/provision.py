@@ -51,7 +51,9 @@ DEVICE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,31}$")
 # directories that is not in the new firmware is removed (an old app.py would shadow a new
 # app.mpy: MicroPython imports .py before .mpy).
 OWNED_DIRS = ("/washpay/",)
-SKIPPED = ("/journal", "/rom")  # never read or written: the journal; the sim's ROM mount
+# never read or written: the journal; the sim's ROM mount; the update slots (docs/ota.md)
+SKIPPED = ("/journal", "/rom", "/slot_a", "/slot_b")
+SLOT_POINTER = "/slot.json"  # removed when provisioning installs firmware: that firmware boots
 # The watchdog of a running firmware keeps counting after mpremote interrupts it (ESP32's
 # task WDT survives a soft reset): stretch it for the session; the final reset clears it.
 MAINTENANCE_WDT_MS = 300_000
@@ -224,6 +226,16 @@ def board_files(board, device_id, site_key, wifi=None, broker=None, base_config=
         doc["wifi_password"] = password
     files["/secrets.json"] = canonical_json(doc)
     return files
+
+
+def release_pub(path):
+    """The bytes of /release.pub for the release public key file `path` (docs/ota.md)."""
+    from host_tools import release as REL
+
+    try:
+        return REL.public_text(REL.load_public(path)).encode()
+    except REL.ReleaseError as e:
+        raise Refused(f"--release-pubkey: {e}") from None
 
 
 def secret_check(secret):
@@ -584,6 +596,10 @@ def make_plan(wanted, probe_, wipe_journal=False):
     write = {p: data for p, data in sorted(wanted.items())
              if have.get(p) != hashlib.sha256(data).hexdigest()}
     remove = sorted(p for p in have if p.startswith(OWNED_DIRS) and p not in wanted)
+    if SLOT_POINTER in have and any(p == "/main.py" or p.startswith(OWNED_DIRS)
+                                    for p in write):
+        # the firmware written now is what the operator means to run: not an updated slot
+        remove.append(SLOT_POINTER)
     dirs = set(probe_.dirs)
     mkdir = []
     for p in write:
@@ -674,6 +690,8 @@ def provision(opts, say=print):
         # what the board holds stays unless given anew; the derived keys are always rewritten
         wanted.update(board_files(board, device_id, site_key, wifi, broker, base_config,
                                   found.secrets))
+        if getattr(opts, "release_pubkey", None):  # what an update must be signed with
+            wanted["/release.pub"] = release_pub(opts.release_pubkey)
         _check_config(json.loads(wanted["/config.json"]), opts.config)
     except Refused:
         restart(opts.port)  # a refusal leaves the machine running as it was

@@ -12,7 +12,7 @@ import pytest
 from conftest import FIRMWARE, ROOT
 from esp_images import micropython_firmware
 
-from host_tools import firmware_build as B
+from host_tools.release import firmware as B
 
 
 @pytest.fixture

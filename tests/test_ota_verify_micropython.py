@@ -1,7 +1,7 @@
 """The board's release check (firmware/washpay/ota/) under the real MicroPython, on both
 interpreters (the 64-bit unix port and the 32-bit one, ESP32 object sizes): SHA-512 against
 hashlib, Ed25519 against the RFC 8032 vectors and `cryptography`'s signatures, manifests made
-and signed by the host's definition (host_tools/release.py) accepted, and every mutation of
+and signed by the host's definition (host_tools/release/) accepted, and every mutation of
 one refused with a reason a person can read (docs/release-format.md).
 
 All cases run in one MicroPython process per interpreter; each is still its own test.

@@ -353,6 +353,26 @@ def test_plan_writes_what_differs_and_removes_stale_firmware():
                                                            dirs=["/washpay"])).empty
 
 
+def test_plan_installs_the_release_key_and_drops_the_slot_pointer_with_new_firmware(tmp_path):
+    from host_tools import release as REL
+
+    def h(b):
+        return hashlib.sha256(b).hexdigest()
+
+    pub = tmp_path / "release.pub"
+    pub.write_text("ed25519 " + "ab" * 32 + "\n")
+    assert P.release_pub(pub) == REL.public_text(bytes([0xAB] * 32)).encode()
+    (tmp_path / "bad.pub").write_text("ed25519 abcd\n")
+    with pytest.raises(P.Refused, match="--release-pubkey: .* is not a release public key"):
+        P.release_pub(tmp_path / "bad.pub")
+    have = probe(files={"/main.py": h(b"m"), "/slot.json": h(b"{}")}, dirs=[])
+    # new firmware: the board boots it, not the slot an update had switched to
+    assert P.make_plan({"/main.py": b"m2"}, have).remove == ["/slot.json"]
+    # only the key or the config changes: the running slot stays
+    assert P.make_plan({"/main.py": b"m", "/release.pub": b"k"}, have).remove == []
+    assert "/slot_a" in P.SKIPPED and "/slot_b" in P.SKIPPED
+
+
 def test_board_with_a_broken_config_is_refused_then_provisioned_with_config(tmp_path, fw):
     """An operator's config.json with a bad price stays (provisioning never guesses prices):
     the firmware's own rules refuse it before anything is written (it used to be written, the

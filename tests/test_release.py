@@ -194,8 +194,11 @@ TAMPERING = {
         (d / "manifest.json").read_bytes().replace(b'"min_version":"0.0.5"',
                                                    b'"min_version":"0.0.0"')),
                              "bad signature"),
+    # the first byte flipped (writing "00" left it as it was when it already was 00: the
+    # signature depends on the build time, so 1 build in 256 did not alter it)
     "the signature altered": (lambda d: (d / "manifest.sig").write_text(
-        "00" + (d / "manifest.sig").read_text()[2:]), "bad signature"),
+        "%02x" % (int((d / "manifest.sig").read_text()[:2], 16) ^ 0xFF)
+        + (d / "manifest.sig").read_text()[2:]), "bad signature"),
     "the signature not hex": (lambda d: (d / "manifest.sig").write_text("nope\n"),
                               "not an Ed25519 signature"),
     "the signature removed": (lambda d: (d / "manifest.sig").unlink(), "manifest.sig missing"),

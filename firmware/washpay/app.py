@@ -93,6 +93,7 @@ class App:
         self.tiers = None  # the server's tier overrides by card (tierlist.py)
         self.card = self._card(secrets)  # before recover(): it settles card payments cut short
         self.qr = None
+        self.update = None  # an update: its Updater while it runs, then its last status
         self.tokens, self.remote = self._signed_payments(secret)
         del config, secrets
         forget("washpay.config")
@@ -167,7 +168,7 @@ class App:
             self.sync.commands = Commands(remote, self.engine, self.journal,
                                           command_key(secret), self.device_id, blacklist=bl,
                                           board=self.board, status=self.status, log=log,
-                                          tiers=self.tiers)
+                                          tiers=self.tiers, update=self._offer)
         return tokens, remote
 
     async def _scanner(self):
@@ -212,6 +213,8 @@ class App:
             st["qr"] = self.tokens.status()
             st["qr"]["scanner"] = self.qr.status()
         st["remote"] = self.remote.status()
+        u = self.update
+        st["update"] = u if u is None or isinstance(u, dict) else u.status()
         return st
 
     async def watchdog(self):
@@ -268,11 +271,21 @@ class App:
             asyncio.create_task(self.remote.serve(port))
         if self.sync:
             self.sync.start()  # its own task: nothing on the payment path awaits it
+        if "bootslot" in sys.modules:  # the loader has news: a rollback, a trial, a resume
+            from washpay import updates
+
+            updates.on_boot(self, sys.modules["bootslot"])
         self.board.attach_status(self.status)
         log("ready; journal", self.journal.count, "records, credit", self.engine.credit)
         # one machine-readable line: `washpay provision` reads it to see the board came up
         log("boot", json.dumps(self.boot_report()))
         await self.watchdog()
+
+    # ---- over-the-air updates (docs/ota.md): washpay/updates.py, loaded only when needed
+    def _offer(self, *offer):
+        from washpay import updates
+
+        return updates.offer(self, *offer)
 
     def _restore_card_risk(self):
         # the card risk counters from the journal's newest records (recovery's included),

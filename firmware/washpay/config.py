@@ -34,6 +34,7 @@ DEFAULTS = {
     "wifi": "",  # SSID; its password lives in /secrets.json ("wifi_password")
     "broker": "",  # MQTT broker: mqtt://host[:port] or mqtts://host[:port]
     "sync": {},  # uplink tuning (docs/sync.md: keepalive, backoff, batches); {} = defaults
+    "ota": {},  # over-the-air updates: OTA_DEFAULTS below; {} = defaults
     "card": {},  # card payments: CARD_DEFAULTS below; {} = defaults
     # the price table: time-of-day rules and card tiers over the programs' base prices
     # (docs/pricing.md); {} = the base prices, always
@@ -62,6 +63,12 @@ CARD_DEFAULTS = {
     "repeat_ms": (5000, 0, 600000),  # the same card again this soon after paying: no charge
     "retap_ms": (30000, 1000, 600000),  # a torn card payment waits this long for the card
     "low_balance": (500, 0, 10000000),  # below this after paying, the display says so
+}
+
+# the "ota" object's fields (docs/ota.md, "Healthy"): (default, lowest, highest)
+OTA_DEFAULTS = {
+    "healthy_s": (60, 1, 3600),  # a new version's main loop runs this long before it is healthy
+    "trial_s": (300, 10, 86400),  # not healthy this long after a trial boot: the loader goes back
 }
 
 # the "risk" object's fields: (default, lowest, highest)
@@ -237,6 +244,15 @@ def validate(raw):
             raise ConfigError("unknown risk setting %s" % shown(k))
         merged[k] = _int(v, "risk." + k, RISK_DEFAULTS[k][1], RISK_DEFAULTS[k][2])
     cfg["risk"] = merged
+    ota = cfg["ota"]
+    if not isinstance(ota, dict):
+        raise ConfigError("ota must be an object")
+    merged = {k: v[0] for k, v in OTA_DEFAULTS.items()}
+    for k, v in ota.items():
+        if k not in OTA_DEFAULTS:
+            raise ConfigError("unknown ota setting %s" % shown(k))
+        merged[k] = _int(v, "ota." + k, OTA_DEFAULTS[k][1], OTA_DEFAULTS[k][2])
+    cfg["ota"] = merged
     if cfg["pricing"] != {}:  # {}: base prices, and pricing.py's RAM is not spent
         from washpay.vend.pricing import PriceTable, PricingError
 

@@ -145,6 +145,10 @@ def main():
     from host_tools.bench.alerts import bench as alerts_bench
 
     _table("Alerts and notices (SQLite ledger, loopback HTTP)", alerts_bench())
+    from host_tools.bench.rollout import bench as rollout_bench
+
+    _table("Firmware rollout: 50 boards from one server, 8 at a time (loopback, host figures)",
+           rollout_bench())
     return 0
 
 

@@ -11,5 +11,7 @@ uploader, command replies, and reconnects with the board's backoff and jitter
 - mqtt.py: a minimal asyncio MQTT 3.1.1 client, one socket and no thread per board;
 - board.py: one simulated board: journal, link, uploader, commands;
 - fleet.py: many boards, the network switch, the figures;
-- bench.py: the scenarios (steady state, outage) with Mosquitto and the server.
+- bench.py: the scenarios (steady state, outage) with Mosquitto and the server;
+- update.py: a board's side of a firmware update (docs/ota.md), for the server's rollout
+  tests and host_tools/bench/rollout.py.
 """

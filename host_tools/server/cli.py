@@ -85,7 +85,8 @@ def cmd_server_run(args):
         server_cfg = load_config(args.web_config)
         alerts = parse_alerts(server_cfg.get("alerts"))
         srv = Server(args.db, key, args.broker, ca=args.ca, instance=args.instance,
-                     log=lambda m: print(m, flush=True), alerts=alerts).start()
+                     log=lambda m: print(m, flush=True), alerts=alerts,
+                     max_downloads=args.max_downloads).start()
     except (ServiceError, StoreError, OSError, WebError, AlertConfigError) as e:
         print(f"washpay server run: {e}", file=sys.stderr)
         return 2
@@ -601,6 +602,9 @@ def add_parsers(sub):
                    help="ledger: a SQLite file (default ledger.db) or postgresql://...")
     r.add_argument("--instance", type=int, default=0,
                    help="this process's number when several ingest processes share a database")
+    r.add_argument("--max-downloads", type=int, default=8, metavar="N",
+                   help="boards downloading a firmware release at once (docs/ota.md, "
+                   "\"The server\"); the others are offered it as these finish")
     r.add_argument("--http", default=None, metavar="HOST:PORT",
                    help="also serve the customers' pay-by-phone pages here "
                    "(docs/phone-payment.md), e.g. 127.0.0.1:8080")
@@ -732,4 +736,7 @@ def add_parsers(sub):
     from host_tools.server.alerts.cli import add_parsers as alerts_parsers
 
     alerts_parsers(srv)
+    from host_tools.server.ota.cli import add_parsers as add_release_parsers
+
+    add_release_parsers(srv)
     return srv

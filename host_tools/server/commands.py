@@ -31,8 +31,10 @@ CLOCK = 5
 STATUS = 6
 PRICE_TABLE = 7
 TIERS = 8
+UPDATE = 9  # the offer of a firmware release (docs/ota.md)
 ACTIONS = {"price": PRICE, "blacklist-add": BLACKLIST_ADD, "blacklist-remove": BLACKLIST_REMOVE,
-           "clock": CLOCK, "status": STATUS, "price-table": PRICE_TABLE, "tiers": TIERS}
+           "clock": CLOCK, "status": STATUS, "price-table": PRICE_TABLE, "tiers": TIERS,
+           "update": UPDATE}
 HEAD = struct.Struct(">B8s8s4sIIBH")
 # the longest command a board takes (firmware/washpay/net/__init__.py COMMAND_MAX), and so
 # the longest body: a longer command is refused unread ("command too long")
@@ -265,10 +267,25 @@ def clock_body(t=None):
     return struct.pack(">I", int(time.time() if t is None else t))
 
 
+def update_body(manifest, signature, version):
+    """The offer of a release (docs/ota.md, "The offer"): SHA-256 of manifest.json, the
+    release signature (64 bytes), the manifest's size (u16), the version (length, ASCII)."""
+    v = version.encode()
+    if not 5 <= len(v) <= 16:
+        raise CommandError(f"release version {version!r}: 5 to 16 characters")
+    if len(signature) != 64:
+        raise CommandError("a release signature is 64 bytes")
+    if not 1 <= len(manifest) <= 16384:
+        raise CommandError(f"a manifest of {len(manifest)} bytes: a board reads 1 to 16384")
+    return (hashlib.sha256(manifest).digest() + bytes(signature)
+            + struct.pack(">HB", len(manifest), len(v)) + v)
+
+
 def build(site_key, device_id, kind, ttl_s=300, issued=None, command_id=None, **args):
     """(command bytes, command id) for `kind`: start, price, blacklist-add,
     blacklist-remove, clock, status, price-table (table=, and config= to check it
-    against), tiers (tiers={uid hex: tier name or None})."""
+    against), tiers (tiers={uid hex: tier name or None}), update (manifest=bytes,
+    signature=bytes, version=text)."""
     issued = int(time.time()) if issued is None else int(issued)
     command_id = os.urandom(T.ID_LEN) if command_id is None else bytes(command_id)
     if kind == "start":
@@ -290,6 +307,8 @@ def build(site_key, device_id, kind, ttl_s=300, issued=None, command_id=None, **
         body = table_body(args["table"], args.get("config"))
     elif kind == "tiers":
         body = tiers_body(args["tiers"])
+    elif kind == "update":
+        body = update_body(args["manifest"], args["signature"], args["version"])
     else:
         body = b""
     key = command_key(site_key, device_id)

@@ -5,6 +5,8 @@
 - refunds, the same way;
 - offline backlog per device: records the board said it had that the server does not,
   when it was last heard from, whether it is online;
+- firmware rollouts (docs/ota.md): each board's state in each rollout, and why a rollout
+  halted;
 - faults: fault records on the boards (rejected coins, failed starts, faults) and what the
   server found (gaps, forks, bad tags, rollbacks, card fraud), with counts: the open
   problems in full, the resolved ones by whether data was lost (docs/sync.md, "Problems").
@@ -98,7 +100,11 @@ def build(store, since=None):
     from host_tools.server.web import reconcile
 
     phone = reconcile.build(store, since=since, now=now)
+    from host_tools.server.ota import rollout
+
+    rollouts = rollout.all_status(store)
     return {
+        **({"rollouts": rollouts} if rollouts else {}),
         **({"phone_payments": phone} if phone is not None else {}),
         "revenue": money(revenue),
         "refunds": money(refunds),
@@ -161,6 +167,8 @@ def _lost(values):
 
 
 def format_text(rep, out):
+    from host_tools.server.ota import rollout
+
     def table(title, header, rows):
         out.write(f"\n{title}\n")
         if not rows:
@@ -210,6 +218,11 @@ def format_text(rep, out):
         if phone["anomalies"]:
             table("Phone payments to look at", ["payment", "device", "what"],
                   [[a["payment"], a["device"], a["problem"]] for a in phone["anomalies"]])
+    for st in rep.get("rollouts", ()):
+        table(f"Firmware {rollout.summary(st)}", ["device", "canary", "state", "since"],
+              [[d["device"], "yes" if d["canary"] else "", rollout.state_text(d),
+                time.strftime("%Y-%m-%d %H:%M", time.gmtime(d["updated"] or 0))]
+               for d in st["devices"]])
     table("Problems found by the server, open (`washpay server problems` to list and "
           "resolve)", ["device", "kind", "ids", "records", "times", "data lost", "latest"],
           [[p["device"], p["kind"], _ids(p["ids"]), p["records"], p["times"], p["data_lost"],

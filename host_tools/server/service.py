@@ -25,6 +25,8 @@ from urllib.parse import urlparse
 from host_tools import broker as B
 from host_tools.server import wire
 from host_tools.server.ingest import Ingest
+from host_tools.server.ota import wire as OW
+from host_tools.server.ota.serve import OtaService
 from host_tools.server.store import open_store
 
 GROUP = "washpay"
@@ -44,7 +46,7 @@ def parse_url(url):
 
 class Server:
     def __init__(self, store_url, site_key, broker_url, ca=None, instance=0, log=print,
-                 shared=True, alerts=None):
+                 shared=True, alerts=None, max_downloads=8, ota_options=None):
         """`alerts`: the parsed "alerts" config (host_tools/server/alerts/config.py) to run
         the alerts engine and the notices courier in this process; None: neither."""
         import paho.mqtt.client as mqtt
@@ -64,6 +66,8 @@ class Server:
             (prefix + "wp/+/" + wire.JOURNAL, 1),
             (prefix + "wp/+/" + wire.RESULTS, 1),
             ("wp/+/" + wire.STATE, 1),
+            (prefix + "wp/+/" + OW.REQUESTS, 1),
+            (prefix + "wp/+/" + OW.REPORTS, 1),
         ]
         c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=self.client_id,
                         clean_session=False)
@@ -78,6 +82,10 @@ class Server:
         c.reconnect_delay_set(min_delay=1, max_delay=8)
         c.max_inflight_messages_set(64)
         self.client = c
+        # firmware updates (docs/ota.md): a worker of their own, so that boards downloading
+        # never delay a journal batch on this client's network thread
+        self.ota = OtaService(store_url, site_key, lambda t, p, q: c.publish(t, p, qos=q),
+                              log=log, max_downloads=max_downloads, **(ota_options or {}))
         self.connected = threading.Event()
         self.batches = 0
         self.errors = 0
@@ -90,9 +98,11 @@ class Server:
             self.client.connect(self.host, self.port, keepalive=30)
         except OSError as e:
             self.store.close()
+            self.ota.store.close()
             raise ServiceError(f"no connection to the broker at {self.host}:{self.port}: "
                                f"{e.strerror or e}") from None
         self.client.loop_start()
+        self.ota.start()
         if not self.connected.wait(timeout):
             self.stop()
             raise ServiceError(f"no connection to the broker at {self.host}:{self.port} "
@@ -110,6 +120,7 @@ class Server:
 
     def stop(self):
         self._stop_alerts()
+        self.ota.stop()
         self.client.loop_stop()
         try:
             self.client.disconnect()
@@ -120,6 +131,7 @@ class Server:
     def crash(self):
         """Stop as if killed: no DISCONNECT, nothing flushed (for the fault tests)."""
         self._stop_alerts()
+        self.ota.stop()
         self.client.loop_stop()
         try:
             self.client.socket().close()
@@ -156,6 +168,8 @@ class Server:
                     self.alerts.poke()
             elif kind == wire.RESULTS:
                 self._result(device, msg.payload)
+            elif kind in (OW.REQUESTS, OW.REPORTS):
+                self.ota.handle(device, kind, msg.payload)
         except Exception as e:  # noqa: BLE001 - one bad message must not stop the server
             # no ack went out: the board sends the batch again
             self.errors += 1
@@ -187,6 +201,8 @@ class Server:
                     "UPDATE commands SET status = ?, result = ?, done_at = ? WHERE id = ?",
                     (res.get("result", "?"), json.dumps(res), res["at"], cid),
                 )
+        if cid:
+            self.ota.handle(device, "reply", res)  # an update offer's reply, maybe
         self.results.append(res)
         if self.alerts and cid:
             self.alerts.poke()  # a status reply may say the journal is filling

@@ -147,7 +147,8 @@ PROBLEM_STATE_COLUMNS = (
 # to its `upto` (docs/sync.md, "Problems").
 PROBLEM_LOSS = {"bad_tag": "yes", "fork": "no", "card_arith": "no",
                 "card_counter_reuse": "no", "card_balance_rise": "no",
-                "card_balance_mismatch": "no"}
+                "card_balance_mismatch": "no",
+                "ota_message": "no"}  # an update message the server could not act on
 
 
 class StoreError(Exception):

@@ -41,6 +41,10 @@ NOT_COLLECTED = "not_collected"
 # a timed program (dryer) running bought more time from the machine's credit: amount = what
 # the added time cost, price = the vend's total so far, left_s = the paid time left now
 VEND_EXTEND = "vend_extend"
+# over-the-air updates (docs/ota.md); reason = the version and why
+OTA_REFUSED = "ota_refused"  # an offered release refused: bad signature, hash, expiry, ...
+OTA_DONE = "ota_done"  # a new version booted on trial and confirmed itself healthy
+OTA_ROLLBACK = "ota_rollback"  # the loader went back to the previous version
 
 # The type code stored in a record is its index here plus one.
 RECORD_TYPES = (
@@ -48,6 +52,7 @@ RECORD_TYPES = (
     CARD_DEBIT, TOKEN_REDEEM, REMOTE_START, REFUND,
     CARD_TOPUP, CARD_REFUSED, CARD_FRAUD, CARD_CANCEL, CARD_UNRESOLVED, CARD_SETTLED,
     TOKEN_REFUSED, COMMAND_REFUSED, COMMAND_DONE, NOT_COLLECTED, VEND_EXTEND,
+    OTA_REFUSED, OTA_DONE, OTA_ROLLBACK,
 )
 # New money that does not come from a coin already in the machine: refused when the journal
 # runs low on space, so that the reserve is left for coins and vends already paid.

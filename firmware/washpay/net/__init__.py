@@ -74,6 +74,8 @@ class Sync:
         self.t_cmd = b"wp/" + dev + b"/cmd"
         self.t_res = b"wp/" + dev + b"/res"
         self.t_state = b"wp/" + dev + b"/state"
+        # (topic, handler) of an update's chunks while one runs (washpay/ota/update.py)
+        self.chunks = None
         # the receive buffer holds the longest command with its PUBLISH header (topic
         # length, topic, packet id); a longer message is dropped and refused (mqtt.py)
         self.client = MQTTClient(dev, user=dev, password=mqtt_password(secret),
@@ -124,11 +126,16 @@ class Sync:
             st["commands"] = cmds.status()
         return st
 
-    def reply(self, payload):
-        """Queue a message for the server (wp/<id>/res); sent when the link is up."""
+    def reply(self, payload, topic=None):
+        """Queue a message for the server (wp/<id>/res, or `topic`); sent when the link is
+        up."""
         if len(self._outbox) >= _OUTBOX:
             self._outbox.pop(0)
-        self._outbox.append(payload)
+        self._outbox.append((topic or self.t_res, payload))
+
+    def ready(self):
+        """Connected and subscribed: a message published now reaches the server."""
+        return self._ready and self.link.state == "up"
 
     def _message(self, topic, payload, retained):
         # payload None: a message too long for the buffer, dropped by mqtt.py
@@ -142,6 +149,8 @@ class Sync:
             out = self.commands.on_command(None if payload is None else bytes(payload))
             if out is not None:
                 self.reply(out)
+        elif self.chunks is not None and topic == self.chunks[0] and payload is not None:
+            self.chunks[1](payload)  # written to flash before this returns: no copy kept
 
     async def _session(self, client, present):
         await client.subscribe(self.t_ack, 1)
@@ -159,6 +168,6 @@ class Sync:
         box = self._outbox
         while True:
             while box:
-                await client.publish(self.t_res, box[0], qos=1)
+                await client.publish(box[0][0], box[0][1], qos=1)
                 box.pop(0)
             await asyncio.sleep_ms(100)

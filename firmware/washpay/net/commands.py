@@ -14,6 +14,8 @@
 #   7 price table     the whole "pricing" object, compact JSON  replaces the table in force
 #   8 tiers           n, n x (uid length, uid, tier length 0-8, tier)  tier overrides
 #                     (tierlist.py): a tier name sets the card's override, length 0 clears it
+#   9 update          manifest SHA-256 (32), signature (64), manifest size u16, version
+#                     length, version               an over-the-air update (docs/ota.md)
 #
 # A command is at most COMMAND_MAX (1024) bytes, so a body at most 976.
 # Each executed command is journaled (command_done, source = command id) before its id goes
@@ -49,8 +51,10 @@ CLOCK = const(5)
 STATUS = const(6)
 PRICE_TABLE = const(7)
 TIERS = const(8)
+UPDATE = const(9)
 ACTIONS = {PRICE: "price", BLACKLIST_ADD: "blacklist add", BLACKLIST_REMOVE: "blacklist remove",
-           CLOCK: "clock", STATUS: "status", PRICE_TABLE: "price table", TIERS: "tiers"}
+           CLOCK: "clock", STATUS: "status", PRICE_TABLE: "price table", TIERS: "tiers",
+           UPDATE: "update"}
 
 
 class _Refused(Exception):
@@ -63,7 +67,7 @@ class _Refused(Exception):
 class Commands:
     def __init__(self, remote, engine, journal, key, device_id, blacklist=None, board=None,
                  status=None, config_path="/config.json", clock=time.time, log=None,
-                 tiers=None):
+                 tiers=None, update=None):
         self.remote = remote  # payments/remote.py RemoteStart, and its single-use cache
         self.cache = remote.cache
         self._mac = MacKey(key)  # the command key (keys.md), as remote start's
@@ -72,6 +76,8 @@ class Commands:
         self.journal = journal
         self.blacklist = blacklist  # washpay.cardlists.blacklist.Blacklist (the card reader's own)
         self.tiers = tiers  # washpay.cardlists.tierlist.TierList (the card reader's own)
+        # update(digest, sig, size, version) -> None (taken) or why not: the app's
+        self.update = update
         self.board = board
         self.status_fn = status
         self.config_path = config_path
@@ -213,6 +219,8 @@ class Commands:
             return self._table(body)
         if action == TIERS:
             return self._tiers(body)
+        if action == UPDATE:
+            return self._update(body)
         st = self.status_fn() if self.status_fn else {}
         return "status", {"status": st}
 
@@ -382,6 +390,24 @@ class Commands:
         # the journal keeps 25 bytes of reason: counts, not UIDs (the server has the list)
         return "tiers +%d -%d" % (len(add), len(remove)), {"tiers": count,
                                                           "generation": tl.generation}
+
+    def _update(self, body):
+        # an offer (docs/ota.md, "The offer"); the download runs afterwards, on its own
+        n = len(body)
+        v = body[98] if n > 98 else 0
+        if n < 99 or n != 99 + v or not 5 <= v <= 16:
+            raise _Refused("malformed body")
+        try:
+            version = bytes(body[99:]).decode()
+        except UnicodeError:
+            raise _Refused("malformed body")
+        if self.update is None:
+            raise _Refused("no updates without the sync link")
+        why = self.update(bytes(body[0:32]), bytes(body[32:96]),
+                          struct.unpack_from(">H", body, 96)[0], version)
+        if why:
+            raise _Refused(why)
+        return "update %s offered" % version, {}
 
     def _clock(self, body, issued):
         if len(body) != 4:

@@ -28,7 +28,7 @@ from pathlib import Path
 from host_tools import flash as F
 from host_tools.provision import firmware_version
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 WASHPAY_MANIFEST = ROOT / "firmware" / "washpay" / "manifest.py"
 BOARD_BOOT = ROOT / "boards" / "esp32" / "_boot.py"  # frozen in place of the port's _boot.py
 PORT_MODULES = 'freeze("$(PORT_DIR)/modules")'

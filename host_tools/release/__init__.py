@@ -35,6 +35,7 @@ KEY_ENV = "WASHPAY_RELEASE_KEY"
 MAX_MANIFEST = 16384  # the board reads at most this much manifest (washpay/ota/release.py)
 DEFAULT_EXPIRY_DAYS = 90
 VERSION_RE = re.compile(r"^\d+\.\d+\.\d+$")
+LOADER = "/bootslot.mpy"  # firmware/bootslot.py, compiled
 PATH_RE = re.compile(r"^(/main\.py|/washpay(/[A-Za-z0-9_-][A-Za-z0-9._-]*)+)$")
 
 
@@ -220,6 +221,8 @@ def build(version, output, private_key, boards, micropython_version=None, mpy_cr
         files = P.compile_firmware(tool, mp, major, fw_dir)
     except P.Refused as e:
         raise ReleaseError(str(e)) from None
+    # the loader stays as provisioned: an update never replaces it (docs/ota.md)
+    files.pop(LOADER, None)
     now = int(time.time() if now is None else now)
     entries = []
     for path in sorted(files):
