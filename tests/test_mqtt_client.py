@@ -791,3 +791,56 @@ asyncio.run(main())
     assert first["first"] == 0x10, events  # CONNECT, not B's PUBLISH
     assert first["connected"] is True
     assert {e["pub"]: e["ok"] for e in events if "pub" in e} == {"A": False, "B": False}
+
+
+def test_a_lent_buffer_and_incoming_packets_never_overlap(broker, observer):
+    # the uploader builds its batches in the client's receive buffer (issue 13): while a
+    # borrower fills and publishes, an incoming packet waits before its body is read, and a
+    # borrower waits while a packet is being read and handled. Each side checks its bytes.
+    body = """
+from washpay.net.mqtt import HEADROOM
+async def main():
+    c = MQTTClient(b"dev-1", user=b"dev-1", password=CFG["passwords"]["dev-1"].encode(),
+                   keepalive=30, max_packet=200, lend=2200)
+    got = []
+    def on_message(t, p, r):
+        got.append(None if p is None else bytes(p).decode())
+    c.on_message = on_message
+    await c.connect(*(await open_plain()), clean=True)
+    await c.subscribe(b"wp/dev-1/cmd", qos=1)
+    ev(ready=1)
+    i = 0
+    while len(got) < 21 and i < 400:
+        mv = await c.borrow()
+        try:
+            body = mv[HEADROOM : HEADROOM + 2000]
+            for k in range(2000):
+                body[k] = (i + k) & 0xFF
+            await asyncio.sleep_ms(2)  # the reader gets a turn while the buffer is lent
+            await c.publish(b"wp/dev-1/j", mv[: HEADROOM + 2000], qos=1, wait=False,
+                            headroom=HEADROOM)
+        finally:
+            c.give_back()
+        i += 1
+        await asyncio.sleep_ms(5)
+    ev(got=got, sent=i)
+    await c.disconnect()
+asyncio.run(main())
+"""
+    s = script(broker, body)
+    try:
+        s.expect({"ready": 1})
+        messages = [f"m{n:02d}-" + "x" * 150 for n in range(20)]
+        for n, m in enumerate(messages):
+            observer.publish("wp/dev-1/cmd", m.encode(), qos=1)
+            if n == 10:  # longer than max_packet (not than the buffer): still dropped
+                observer.publish("wp/dev-1/cmd", b"y" * 500, qos=1)
+        done = s.expect(lambda e: "got" in e)
+        assert done["got"] == messages[:11] + [None] + messages[11:]
+        assert done["sent"] >= 1
+        for _ in range(done["sent"]):
+            t, p, _ = observer.get("wp/dev-1/j")
+            i = p[0]
+            assert p == bytes((i + k) & 0xFF for k in range(2000))
+    finally:
+        s.close()

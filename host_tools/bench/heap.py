@@ -12,9 +12,12 @@ build runs it):
   scenario passes in, found by bisection;
 - a budget per subsystem: the heap each group of modules takes at import (code and module
   globals), and what each subsystem costs a running board (code and state, after first use:
-  the scenario with and without it).
+  the scenario with and without it);
+- with --state: the firmware's state, made at boot and kept: what each object the app
+  builds holds once built (its buffers, dicts and the objects it makes), with every module
+  imported beforehand so that no code is counted, and what starting the tasks adds.
 
-    python -m host_tools.bench.heap [--only 32] [--layout romfs] [--quick]
+    python -m host_tools.bench.heap [--only 32] [--layout romfs] [--quick] [--state]
 """
 
 import argparse
@@ -95,6 +98,135 @@ for name, mods in %(groups)r:
     print(name + "|" + str(gc.mem_alloc() - a))
 micropython.qstr_info()
 """
+
+
+# The classes App builds at boot (a name missing in this firmware is left out of the table)
+STATE_CLASSES = (
+    ("washpay.board", "Board"), ("washpay.journal", "Journal"), ("washpay.ui", "Screen"),
+    ("washpay.drivers.lcd1602", "LCD1602"), ("washpay.drivers.washer", "Washer"),
+    ("washpay.payments.coin", "PulseTrainDecoder"),
+    ("washpay.drivers.coin_acceptor", "CoinAcceptor"), ("washpay.drivers.keypad", "Keypad"),
+    ("washpay.vend.engine", "VendEngine"), ("washpay.net", "Sync"),
+    ("washpay.net.mqtt", "MQTTClient"), ("washpay.net.uploader", "Uploader"),
+    ("washpay.net.link", "Link"), ("washpay.drivers.mfrc522", "MFRC522"),
+    ("washpay.cardlists.blacklist", "Blacklist"), ("washpay.cardlists.tierlist", "TierList"),
+    ("washpay.payments.card", "CardPayment"), ("washpay.drivers.gm65", "GM65"),
+    ("washpay.replay", "ReplayCache"), ("washpay.payments.token", "TokenVerifier"),
+    ("washpay.payments.token", "TokenPayments"), ("washpay.payments.remote", "RemoteStart"),
+    ("washpay.net.commands", "Commands"), ("washpay.app", "App"),
+)
+# ... and the functions whose result it keeps (the board file, the config)
+STATE_FUNCTIONS = (("washpay.board", "load"), ("washpay.config", "load"))
+
+# main.py for the state table: imports every module of GROUPS first, then counts what each
+# constructor of STATE_CLASSES leaves on the heap (after a collection on both sides; an
+# object built inside another's constructor is counted in both, indented under it), and
+# what the app's start (its tasks, the first screen, the boot record) adds
+_STATE_MAIN = """
+import gc, sys
+for _m in %(mods)r.split():
+    try:
+        __import__(_m)
+    except ImportError:
+        pass
+_depth = [0]
+def _count(cls, label):
+    init = cls.__init__
+    def counted(self, *a, **k):
+        _depth[0] += 1
+        gc.collect()
+        before = gc.mem_alloc()
+        try:
+            init(self, *a, **k)
+        finally:
+            _depth[0] -= 1
+        gc.collect()
+        print("state|%%d|%%s|%%d" %% (_depth[0], label, gc.mem_alloc() - before))
+    cls.__init__ = counted
+for _mod, _name in %(classes)r:
+    _cls = getattr(sys.modules.get(_mod), _name, None)
+    if _cls is not None:
+        _count(_cls, _name)
+def _kept(mod, name):
+    fn = getattr(mod, name)
+    def counted(*a, **k):
+        _depth[0] += 1
+        gc.collect()
+        before = gc.mem_alloc()
+        try:
+            r = fn(*a, **k)
+        finally:
+            _depth[0] -= 1
+        gc.collect()
+        print("state|%%d|%%s.%%s()|%%d" %% (_depth[0], mod.__name__.split(".")[-1], name,
+                                        gc.mem_alloc() - before))
+        return r
+    setattr(mod, name, counted)
+for _mod, _name in %(functions)r:
+    if hasattr(sys.modules.get(_mod), _name):
+        _kept(sys.modules[_mod], _name)
+import asyncio
+from washpay import app
+_main = app.App.main
+async def _started(self):
+    gc.collect()
+    before = gc.mem_alloc()
+    async def later():
+        await asyncio.sleep_ms(3000)
+        gc.collect()
+        print("state|0|App.main: tasks started, first 3 s|%%d" %% (gc.mem_alloc() - before))
+    asyncio.create_task(later())
+    await _main(self)
+app.App.main = _started
+app.run()
+"""
+
+
+def state_table(interp, fw, tmp):
+    """[(depth, what, bytes)]: the state the app makes at boot and keeps (the full scenario
+    runs, plain MQTT, so that the figures are those of a board that has done it all)."""
+    # asyncio's classes are loaded on first use: imported here, they are not counted as state
+    mods = "json asyncio asyncio.event asyncio.lock asyncio.stream asyncio.funcs " + " ".join(
+        m for _, ms in GROUPS for m in ms.split() if m != "tls")
+    main = _STATE_MAIN % {"mods": mods, "classes": STATE_CLASSES,
+                          "functions": STATE_FUNCTIONS}
+    for _ in range(3):  # as scenario.attempt: a run that fails for want of time is run again
+        with tempfile.TemporaryDirectory(dir=tmp) as d:
+            r = scenario.run(d, firmware=fw, micropython=interp, tls=False,
+                             files={"main.py": main})
+            log = (Path(d) / "st" / "console.log").read_text(errors="replace")
+        if r.ok or r.oom:
+            break
+    if not r.ok:
+        raise RuntimeError(f"the state run failed at {r.step}: {r.error}")
+    rows = []
+    for ln in log.splitlines():
+        if ln.startswith("state|"):
+            _, depth, what, n = ln.split("|")
+            rows.append((int(depth), what, int(n)))
+    # constructors print when they end: a nested one before its parent; parents first
+    out, stack = [], []
+    for row in rows:
+        kids = []
+        while stack and stack[-1][0][0] > row[0]:
+            kids.insert(0, stack.pop())
+        stack.append((row, kids))
+
+    def flat(node):
+        out.append(node[0])
+        for k in node[1]:
+            flat(k)
+
+    for node in stack:
+        flat(node)
+    return out
+
+
+def print_state(rows, label, layout):
+    print(f"\n## The firmware's state after boot ({label}, {layout}): what each object the app"
+          " builds keeps, code excluded, bytes\n")
+    for depth, what, n in rows:
+        print(f"  {'  ' * depth + what:<48} {n:>7}")
 
 
 def interpreters():
@@ -255,7 +387,17 @@ def main(argv=None):
     ap.add_argument("--only", choices=("32", "64"), help="one interpreter")
     ap.add_argument("--layout", choices=("mpy", "romfs"), help="one layout")
     ap.add_argument("--quick", action="store_true", help="no bisection")
+    ap.add_argument("--state", action="store_true",
+                    help="only the table of what the app's objects keep after boot")
     a = ap.parse_args(argv)
+    if a.state:
+        layout = a.layout or "romfs"
+        with tempfile.TemporaryDirectory() as tmp:
+            fw = builds(tmp)[layout]
+            for lbl, interp in interpreters():
+                if not a.only or lbl.startswith(a.only):
+                    print_state(state_table(interp, fw, tmp), lbl, layout)
+        return 0
     with contextlib.suppress(KeyboardInterrupt):
         bench(only=a.only and f"{a.only}-bit", layouts=(a.layout,) if a.layout else
               ("mpy", "romfs"), bisect=not a.quick)

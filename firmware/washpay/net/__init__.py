@@ -18,7 +18,7 @@ from micropython import const
 from washpay.keys import derive
 from washpay.net.link import Link, tls_context
 from washpay.net.mqtt import MQTTClient
-from washpay.net.uploader import Uploader
+from washpay.net.uploader import Uploader, batch_bytes
 
 CA_PATH = "/broker_ca.der"  # the site CA, DER, for mqtts:// (provisioned with the config)
 _OUTBOX = const(8)  # replies waiting for the link; older ones are dropped first
@@ -33,7 +33,7 @@ SETTINGS = {
     "backoff_max_ms": 60000,
     "stable_ms": 30000,
     "batch": 8,
-    "max_batch": 16,  # its upload buffer is max_batch * 128 bytes of heap, for ever
+    "max_batch": 16,  # the MQTT buffer batches are built in: max_batch * 128 bytes, for ever
     "window": 2,
     "ack_timeout_ms": 15000,
 }
@@ -77,15 +77,17 @@ class Sync:
         # (topic, handler) of an update's chunks while one runs (washpay/ota/update.py)
         self.chunks = None
         # the receive buffer holds the longest command with its PUBLISH header (topic
-        # length, topic, packet id); a longer message is dropped and refused (mqtt.py)
+        # length, topic, packet id); a longer message is dropped and refused (mqtt.py). The
+        # uploader builds its batches in it between packets: one buffer, not two
         self.client = MQTTClient(dev, user=dev, password=mqtt_password(secret),
                                  keepalive=s["keepalive_s"],
-                                 max_packet=COMMAND_MAX + 4 + len(self.t_cmd))
+                                 max_packet=COMMAND_MAX + 4 + len(self.t_cmd),
+                                 lend=batch_bytes(s["max_batch"]))
         self.client.on_message = self._message
         self.uploader = Uploader(journal, dev, derive(secret, b"sync-ack"),
                                  max_batch=s["max_batch"], first_batch=s["batch"],
                                  window=s["window"], ack_timeout_ms=s["ack_timeout_ms"],
-                                 log=self.log)
+                                 log=self.log, borrow=True)
         ssl = None
         self.disabled = None  # why this board cannot sync at all (status shows it)
         if broker["tls"]:

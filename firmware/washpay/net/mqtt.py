@@ -15,8 +15,16 @@
 #   await c.lost.wait()        # set when the connection ends, for whatever reason
 #   c.close()
 #
+#   c = MQTTClient(..., max_packet=1043, lend=2129)  # the buffer, lent between packets:
+#   mv = await c.borrow()      # waits while the reader is inside a packet
+#   try: ...fill mv, await c.publish(topic, mv[:n], headroom=HEADROOM)...
+#   finally: c.give_back()     # the reader waits for it before it reads a packet's body
+#
 # Incoming packets land in one buffer made at construction; outgoing headers are built in
-# another, so a publish allocates nothing but what the stream layer does. An incoming QoS 1
+# another, so a publish allocates nothing but what the stream layer does. The uploader's
+# batches are built in the same buffer (issue 13: one buffer of the two, about 1 KiB of
+# heap less): a batch needs it from filling to the end of its publish, a packet from its
+# body's first byte to the end of its handling, and `borrow` keeps the two apart. An incoming QoS 1
 # message is acknowledged after on_message returns: a handler that journals a command before
 # returning gets it again if the board dies first, never loses it.
 #
@@ -87,7 +95,8 @@ def _put_str(buf, pos, s):
 
 
 class MQTTClient:
-    def __init__(self, client_id, user=None, password=None, keepalive=60, max_packet=2048):
+    def __init__(self, client_id, user=None, password=None, keepalive=60, max_packet=2048,
+                 lend=0):
         self.client_id = client_id
         self.user = user
         self.password = password
@@ -95,8 +104,13 @@ class MQTTClient:
         self.on_message = None
         self.lost = asyncio.Event()
         self.error = None  # why the connection ended, for the log and status
-        self._buf = bytearray(max_packet)
+        # a packet longer than max_packet is refused (a PUBLISH: dropped) whatever the size
+        # of the buffer, which is `lend` bytes when a borrower wants more
+        self.max_packet = max_packet
+        self._buf = bytearray(max(max_packet, lend))
         self._mv = memoryview(self._buf)
+        self._lent = False  # a borrower has the buffer
+        self._in_packet = False  # the reader has the buffer
         self._one = bytearray(1)
         self._head = bytearray(HEADROOM)
         self._puback = bytearray(b"\x40\x02\x00\x00")
@@ -373,6 +387,20 @@ class MQTTClient:
                 self._event.set()
                 return
 
+    # ---- the buffer, lent between packets
+    async def borrow(self):
+        """The whole buffer (a memoryview), once the reader is between packets; the
+        reader then waits before reading a packet's body until give_back()."""
+        while self._in_packet or self._lent:
+            self._event.clear()  # nothing runs between the check and the wait
+            await self._event.wait()
+        self._lent = True
+        return self._mv
+
+    def give_back(self):
+        self._lent = False
+        self._event.set()
+
     # ---- receiving
     async def _read_into(self, mv):
         r = self._r
@@ -391,8 +419,12 @@ class MQTTClient:
         one = self._one
         buf = self._buf
         mv = self._mv
+        size = self.max_packet
         try:
             while True:
+                if self._in_packet:  # the last packet is handled: a borrower may have it
+                    self._in_packet = False
+                    self._event.set()
                 await self._read_into(one)
                 first = one[0]
                 n = 0
@@ -410,11 +442,15 @@ class MQTTClient:
                     _check_fixed(first, n)  # before reading: nothing of it is used if wrong
                 if self.connack < 0 and kind != _CONNACK:
                     raise MQTTError("the broker sent packet type %d before CONNACK" % (first >> 4))
-                if n > len(buf) and kind != _PUBLISH:
+                if n > size and kind != _PUBLISH:
                     raise MQTTError("a %d-byte packet does not fit the %d-byte buffer"
-                                    % (n, len(buf)))
+                                    % (n, size))
+                while self._lent:  # a batch being built or sent: wait for it
+                    self._event.clear()
+                    await self._event.wait()
+                self._in_packet = True
                 if n:
-                    await self._read_into(mv[: min(n, len(buf))])  # a longer PUBLISH: its start
+                    await self._read_into(mv[: min(n, size)])  # a longer PUBLISH: its start
                 self._last_rx = ticks_ms()
                 if kind == _PUBLISH:
                     await self._incoming(first, n)
@@ -435,9 +471,14 @@ class MQTTClient:
             raise
         except Exception as e:  # noqa: BLE001 - the connection is gone, whatever broke it
             self._fail(str(e) or type(e).__name__)
+        finally:
+            if self._in_packet:  # cancelled or failed inside a packet: a borrower may go on
+                self._in_packet = False
+                self._event.set()
 
     async def _incoming(self, first, n):
         buf = self._buf
+        size = self.max_packet
         qos = (first >> 1) & 3
         if qos == 3:
             raise MQTTError("malformed PUBLISH from the broker: QoS 3")
@@ -450,7 +491,7 @@ class MQTTClient:
         if not tl or pos > n:
             raise MQTTError("malformed PUBLISH from the broker: %d bytes, topic length %d%s"
                             % (n, tl, " and packet id" if qos else ""))
-        if pos > len(buf):
+        if pos > size:
             raise MQTTError("a %d-byte topic does not fit the buffer" % tl)
         pid = 0
         if qos:
@@ -459,14 +500,14 @@ class MQTTClient:
                 raise MQTTError("malformed PUBLISH from the broker: packet id 0")
         topic = bytes(self._mv[2 : 2 + tl])
         payload = self._mv[pos:n]
-        if n > len(buf):
+        if n > size:
             # longer than the buffer (a command over its size limit): read the rest and drop
             # it, and acknowledge it like any other. Left unacknowledged it would come again
             # on every connection (the session is persistent) and take the link down each
             # time; the handler hears of it (payload None) and can refuse it.
-            left = n - len(buf)
+            left = n - size
             while left:
-                k = min(left, len(buf))
+                k = min(left, size)
                 await self._read_into(self._mv[:k])
                 left -= k
             payload = None

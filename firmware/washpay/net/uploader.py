@@ -15,8 +15,10 @@
 # - a batch not acknowledged in time is sent again with smaller batches; a link that keeps
 #   up gets larger ones (up to max_batch), so a slow link makes fewer round trips.
 #
-# Batches are built in one buffer made at construction; the journal is read synchronously
-# (Journal.sealed shares a read buffer with append), never across an await.
+# Batches are built in one buffer: the uploader's own, made at construction, or with
+# `borrow` the MQTT client's receive buffer (mqtt.py: MQTTClient(lend=batch_bytes(...))),
+# taken for each batch and given back once it is published. The journal is read
+# synchronously (Journal.sealed shares a read buffer with append), never across an await.
 import asyncio
 import struct
 from time import ticks_diff, ticks_ms
@@ -33,9 +35,14 @@ _ACK_SIZE = const(24)
 ACK_LABEL = b"washpay/v1/ack"
 
 
+def batch_bytes(max_batch):
+    """The buffer a batch of up to `max_batch` records is built in, with its headroom."""
+    return HEADROOM + _HEADER + max(1, min(max_batch, 255)) * _RECORD
+
+
 class Uploader:
     def __init__(self, journal, device_id, ack_key, max_batch=32, first_batch=8, window=2,
-                 ack_timeout_ms=15000, log=None):
+                 ack_timeout_ms=15000, log=None, borrow=False):
         self.journal = journal
         self.device_id = device_id
         self.topic = b"wp/" + device_id + b"/j"
@@ -46,8 +53,7 @@ class Uploader:
         self.ack_timeout_ms = ack_timeout_ms
         self.log = log or (lambda *a: None)
         # the MQTT header is written into the headroom: a batch leaves in one write
-        self._buf = bytearray(HEADROOM + _HEADER + self.max_batch * _RECORD)
-        self._mv = memoryview(self._buf)
+        self._mv = None if borrow else memoryview(bytearray(batch_bytes(self.max_batch)))
         self._flight = []  # [last seq of batch, sent at (ticks)] oldest first
         self._event = asyncio.Event()
         self.acked = journal.synced_seq
@@ -118,9 +124,8 @@ class Uploader:
         self.log("sync: ack refused:", why)
 
     # ---- sending
-    def _fill(self, after):
-        """Copy up to `batch` records after `after` into the buffer; (count, last seq)."""
-        buf = self._buf
+    def _fill(self, buf, after):
+        """Copy up to `batch` records after `after` into `buf`; (count, last seq)."""
         n = 0
         last = after
         limit = self.batch
@@ -158,11 +163,17 @@ class Uploader:
         while True:
             ev.clear()  # before looking: an ack that lands while we publish wakes the wait
             while len(fl) < self.window and j.last_seq > self.sent_seq:
-                n, last = self._fill(self.sent_seq)
+                mv = self._mv or await client.borrow()
+                try:
+                    n, last = self._fill(mv, self.sent_seq)
+                    if n:
+                        await client.publish(self.topic, mv[: HEADROOM + _HEADER + n * _RECORD],
+                                             qos=1, wait=False, headroom=HEADROOM)
+                finally:
+                    if mv is not self._mv:
+                        client.give_back()
                 if not n:
                     break
-                await client.publish(self.topic, self._mv[: HEADROOM + _HEADER + n * _RECORD],
-                                     qos=1, wait=False, headroom=HEADROOM)
                 fl.append([last, ticks_ms()])
                 self.sent_seq = last
                 self.batches += 1
