@@ -133,6 +133,10 @@ def main():
 
     _table("Signed releases: the board's check (firmware/washpay/ota)",
            [(f"{name} ({interp})", value, unit) for interp, name, value, unit in release_bench()])
+    from host_tools.bench.update import run as update_bench
+
+    print("\n## A whole over-the-air update over loopback (docs/ota.md)\n")
+    update_bench()
     return 0
 
 
