@@ -42,7 +42,11 @@ def releases(tmp_path_factory):
 def rig(tmp, config=None, release_pub=True):
     broker = make_broker(tmp / "broker").start()
     url = f"mqtt://127.0.0.1:{broker.port}"
-    server = ReleaseServer(url, SITE_KEY)
+    try:
+        server = ReleaseServer(url, SITE_KEY)
+    except Exception:
+        broker.stop()  # no Mosquitto left behind by a test that could not start
+        raise
     st = tmp / "st"
     (st / "provision").mkdir(parents=True)
     cfg = {"device_id": DEVICE, "broker": url, "watchdog_ms": 2000,

@@ -149,6 +149,10 @@ def main():
 
     _table("Firmware rollout: 50 boards from one server, 8 at a time (loopback, host figures)",
            rollout_bench())
+    from host_tools.bench.update import run as update_bench
+
+    print("\n## A whole over-the-air update over loopback (docs/ota.md)\n")
+    update_bench()
     return 0
 
 
