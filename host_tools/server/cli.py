@@ -78,8 +78,11 @@ def cmd_server_run(args):
 
     key = _site_key(args.site_key)
     try:
+        # WASHPAY_INGEST_FULL_PATH=1: every batch through the full path, as before the
+        # short path for resends existed (`washpay fleet bench` compares the two)
+        full = os.environ.get("WASHPAY_INGEST_FULL_PATH") == "1"
         srv = Server(args.db, key, args.broker, ca=args.ca, instance=args.instance,
-                     log=lambda m: print(m, flush=True)).start()
+                     log=lambda m: print(m, flush=True), covered_fast=not full).start()
     except (ServiceError, StoreError, OSError) as e:
         print(f"washpay server run: {e}", file=sys.stderr)
         return 2

@@ -44,11 +44,11 @@ def parse_url(url):
 
 class Server:
     def __init__(self, store_url, site_key, broker_url, ca=None, instance=0, log=print,
-                 shared=True):
+                 shared=True, covered_fast=True):
         import paho.mqtt.client as mqtt
 
         self.store = open_store(store_url)
-        self.ingest = Ingest(self.store, site_key)
+        self.ingest = Ingest(self.store, site_key, covered_fast=covered_fast)
         self.site_key = site_key
         self.host, self.port, self.tls = parse_url(broker_url)
         self.log = log
