@@ -103,8 +103,9 @@ class Rig:
         self.dead_cpu["broker"] += cpu_s(self.broker.proc.pid)
         self.broker.stop()
         time.sleep(down_s)
+        at = time.monotonic()
         self.broker.start()
-        return time.monotonic()
+        return at
 
     def cpu(self):
         live = [p for p in self.servers if p is not None]
