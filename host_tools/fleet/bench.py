@@ -47,13 +47,23 @@ class Rig:
     or several (`servers`, each its own --instance on the shared subscription), each of
     which can be killed (SIGKILL) and started again; the broker can be restarted."""
 
-    def __init__(self, tmp, site_key, ids, db_url, log, servers=1, full_path=False):
+    def __init__(self, tmp, site_key, ids, db_url, log, servers=1, full_path=False,
+                 nats_nodes=0):
         self.tmp = Path(tmp)
         self.log = log
         self.full_path = full_path  # every batch the full way (before the short path)
-        B.init(self.tmp / "broker", site_key, ids)
-        self.broker = B.Broker(self.tmp / "broker").start()
-        self.url = self.broker.url()
+        self.cluster = None
+        if nats_nodes:  # a NATS cluster instead of Mosquitto (host_tools/cluster/nats.py)
+            from host_tools.cluster import nats as N
+
+            N.init(self.tmp / "broker", site_key, ids, nodes=nats_nodes)
+            self.cluster = N.Cluster(self.tmp / "broker", site_key).start()
+            self.url = self.cluster.url()
+            self.broker = None
+        else:
+            B.init(self.tmp / "broker", site_key, ids)
+            self.broker = B.Broker(self.tmp / "broker").start()
+            self.url = self.broker.url()
         self.key_file = self.tmp / "site.key"
         self.key_file.write_text(site_key.hex() + "\n")
         self.key_file.chmod(0o600)
@@ -76,10 +86,11 @@ class Rig:
         env = dict(os.environ)
         if self.full_path:
             env["WASHPAY_INGEST_FULL_PATH"] = "1"
+        shared = ["--no-shared-subscription"] if self.cluster else []
         proc = subprocess.Popen(
             [sys.executable, "-m", "host_tools.cli", "server", "run", "--site-key",
              str(self.key_file), "--broker", self.url, "--db", self.db_url,
-             "--instance", str(i)],
+             "--instance", str(i), *shared],
             cwd=str(ROOT), stdout=out, stderr=subprocess.STDOUT, env=env)
         self.servers[i] = proc
         deadline = time.monotonic() + 60
@@ -107,10 +118,21 @@ class Rig:
         self.broker.start()
         return at
 
+    def kill_node(self, i):
+        """SIGKILL one node of the NATS cluster: a broker machine lost."""
+        pid = self.cluster.pids()[i]
+        self.dead_cpu["broker"] += cpu_s(pid)
+        self.cluster.kill(i)
+
+    def broker_pids(self):
+        if self.cluster:
+            return [pid for pid in self.cluster.pids() if pid is not None]
+        return [self.broker.proc.pid]
+
     def cpu(self):
         live = [p for p in self.servers if p is not None]
         return {"server": self.dead_cpu["server"] + sum(cpu_s(p.pid) for p in live),
-                "broker": self.dead_cpu["broker"] + cpu_s(self.broker.proc.pid),
+                "broker": self.dead_cpu["broker"] + sum(cpu_s(p) for p in self.broker_pids()),
                 "generator": _own_cpu()}
 
     def server_cpu(self):
@@ -141,7 +163,7 @@ class Rig:
         """Lines the servers logged besides their start: problems found, messages refused,
         and the broker going away under them."""
         lines = [line for path, _ in self.logs for line in path.read_text().splitlines()
-                 if not line.startswith(("server: ledger", "server: connected",
+                 if line.strip() and not line.startswith(("server: ledger", "server: connected",
                                          "server: disconnected"))]
         for line in lines[:5]:
             self.log(f"  server log: {line}")
@@ -159,7 +181,10 @@ class Rig:
             self.servers[i] = None
         for _, out in self.logs:
             out.close()
-        self.broker.stop()
+        if self.cluster:
+            self.cluster.stop()
+        else:
+            self.broker.stop()
 
 
 def _pct(values, p):
@@ -233,6 +258,24 @@ def kill_server(rig, fraction=0.3, down_s=1.0):
         await asyncio.to_thread(rig.start_server, 0)
         out["server down, restart included (s)"] = time.monotonic() - t
         out["acked while it was down"] = fleet.acked - out["killed at records acked"]
+    return fault
+
+
+def kill_node(rig, node=0, fraction=0.3):
+    """A fault for outage() on a NATS cluster: SIGKILL one node (the server's first, and a
+    third of the boards') once `fraction` of the records are acknowledged."""
+    async def fault(fleet, out):
+        await fleet.wait(lambda: fleet.acked >= fraction * fleet.records, 3600,
+                         "the drain under way")
+        out["node killed at records acked"] = fleet.acked
+        on_it = sum(1 for b in fleet.boards if b.node == node and b.state == "up")
+        before = sum(b.connects for b in fleet.boards)
+        rig.kill_node(node)
+        t = time.monotonic()
+        await fleet.online(timeout=600)
+        out["boards on the lost node"] = on_it
+        out["every board up again (s)"] = time.monotonic() - t
+        out["reconnects after the loss"] = sum(b.connects for b in fleet.boards) - before
     return fault
 
 
@@ -371,7 +414,7 @@ def _nofile():
     return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
 
 
-SCENARIOS = ("steady", "outage", "storm", "restart", "ingest", "kill", "memory")
+SCENARIOS = ("steady", "outage", "storm", "restart", "ingest", "kill", "memory", "cluster")
 TITLES = {
     "steady": "steady state: sales trickling in, ack latency",
     "outage": "outage: every board offline with a backlog, network back at once",
@@ -381,6 +424,8 @@ TITLES = {
     "ingest": "outage drained by one and more ingest processes ($share/washpay/ subscription)",
     "kill": "outage with the ingest process killed (SIGKILL) at 30 % and started again",
     "memory": "the server's memory and threads at N boards",
+    "cluster": "outage on a three-node NATS cluster (MQTT), and with a node killed (SIGKILL) "
+               "at 30 %: its boards and the server move to the other nodes",
 }
 
 
@@ -404,6 +449,11 @@ def _columns(scenario, dbs, args):
             for m in args.ingest:
                 yield (f"{db} x{m}", db, {"servers": m},
                        lambda rig, key, log: outage(rig, key, n, k, log))
+        elif scenario == "cluster":
+            yield (f"{db}, nats x3", db, {"nats_nodes": 3},
+                   lambda rig, key, log: outage(rig, key, n, k, log))
+            yield (f"{db}, nats x3, node lost", db, {"nats_nodes": 3},
+                   lambda rig, key, log: outage(rig, key, n, k, log, fault=kill_node(rig)))
         elif scenario == "kill":
             yield db, db, {}, lambda rig, key, log: outage(
                 rig, key, n, k, log, fault=kill_server(rig))
@@ -444,7 +494,8 @@ DEFAULT_SCENARIOS = ("steady", "outage", "restart", "ingest", "kill")
 def add_arguments(p):
     p.add_argument("--scenario", action="append", choices=SCENARIOS,
                    help="which scenarios, one table each (default: "
-                   + ", ".join(DEFAULT_SCENARIOS) + "; storm and memory are long)")
+                   + ", ".join(DEFAULT_SCENARIOS) + "; storm and memory are long; cluster "
+                   "needs nats-server)")
     p.add_argument("--db", action="append", choices=("sqlite", "postgresql"),
                    help="the ledger (default: both)")
     p.add_argument("--devices", type=int, default=1000,
@@ -481,6 +532,10 @@ def bench_command(args):
         return 2
     try:
         B.mosquitto_command()
+        if "cluster" in (args.scenario or ()):
+            from host_tools.cluster.nats import nats_command
+
+            nats_command()
     except B.BrokerError as e:
         print(f"washpay fleet bench: {e}", file=sys.stderr)
         return 2

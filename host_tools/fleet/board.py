@@ -77,8 +77,9 @@ class Backoff:
 
 
 class Board:
-    def __init__(self, fleet, device_id, site_key, settings=None):
-        self.fleet = fleet  # host, port, network (an asyncio.Event), stats
+    def __init__(self, fleet, device_id, site_key, settings=None, node=0):
+        self.fleet = fleet  # nodes [(host, port)], network (an asyncio.Event), stats
+        self.node = node  # the broker node it tries next
         self.id = device_id
         self.settings = s = {**SETTINGS, **(settings or {})}
         self.journal = BoardJournal(site_key, device_id)
@@ -144,6 +145,7 @@ class Board:
                 raise
             except Exception as e:  # noqa: BLE001 - every failure backs off the same way
                 self.failures += 1
+                self.node = (self.node + 1) % len(self.fleet.nodes)  # a cluster: the next
                 self.last_error = str(e) or type(e).__name__
                 self.fleet.stats.failure(self.last_error)
             held = time.monotonic() - started
@@ -161,13 +163,13 @@ class Board:
         c.on_message = self._message
         self.client = c
         t0 = time.monotonic()
+        host, port = self.fleet.nodes[self.node]
         try:
-            await c.connect(self.fleet.host, self.fleet.port, clean=False,
-                            will=(self.t_state, b"offline", True),
+            await c.connect(host, port, clean=False, will=(self.t_state, b"offline", True),
                             timeout=s["connect_timeout_ms"] / 1000)
         except asyncio.TimeoutError:
             c.close()
-            raise OSError(f"no TCP connection to {self.fleet.host}:{self.fleet.port} within "
+            raise OSError(f"no TCP connection to {host}:{port} within "
                           f"{s['connect_timeout_ms']} ms") from None
         self.state = "up"
         self.connects += 1
