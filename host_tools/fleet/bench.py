@@ -369,10 +369,16 @@ def _fmt(v):
     return str(v)
 
 
-def table(title, results):
-    """A text table: one column per database."""
+def table(title, results, markdown=False):
+    """A text table (or a Markdown one, for docs/fleet.md): one column per run."""
     names = list(results)
-    rows = list(next(iter(results.values())))
+    rows = list(dict.fromkeys(r for res in results.values() for r in res))
+    if markdown:
+        out = [f"\n{title}:\n", "| | " + " | ".join(names) + " |",
+               "|---|" + "---|" * len(names)]
+        out += ["| " + r + " | " + " | ".join(_fmt(results[nm].get(r, "")) for nm in names)
+                + " |" for r in rows]
+        return "\n".join(out)
     w = max(len(r) for r in rows)
     cols = [max(14, len(nm)) for nm in names]
     out = [f"\n## {title}\n", f"  {'':<{w}}  " + "  ".join(f"{nm:>{c}}" for nm, c in
@@ -469,7 +475,7 @@ def run(args, log=print):
             from host_tools.fleet.memory import server_memory
 
             results = server_memory(site_key, args.memory_devices, log)
-            tables.append(table(TITLES[scenario], results))
+            tables.append(table(TITLES[scenario], results, args.markdown))
             print(tables[-1], flush=True)
             continue
         results = {}
@@ -483,7 +489,7 @@ def run(args, log=print):
                     results[name] = asyncio.run(make(rig, site_key, log))
                 finally:
                     rig.stop()
-        tables.append(table(TITLES[scenario], results))
+        tables.append(table(TITLES[scenario], results, args.markdown))
         print(tables[-1], flush=True)
     return tables
 
@@ -513,6 +519,7 @@ def add_arguments(p):
     p.add_argument("--ingest", type=int, action="append",
                    help="ingest processes in the ingest scenario, one column each "
                    "(default: 1, 2 and 3)")
+    p.add_argument("--markdown", action="store_true", help="print Markdown tables")
     p.add_argument("--memory-devices", type=int, action="append",
                    help="N of the memory scenario, one column each (default: 100, 1000, 5000)")
 
