@@ -10,7 +10,8 @@ does them (firmware/washpay/net/: link.py, uploader.py, commands.py; docs/sync.m
   come back within half the ack timeout, at most `window` (2) batches in flight, each
   carrying the board's newest seq; every connection starts again from the acknowledged
   cursor; a batch not acknowledged within `ack_timeout_ms` is sent again in half the size,
-  and each timeout in a row doubles the next wait (up to 8x; an ack in good time resets it).
+  and each timeout in a row doubles the next wait (up to 8x; an ack in good time or a new
+  connection resets it).
   The cursor moves only on an ack whose tag verifies, and never beyond the newest record.
 - Commands: the tag, device binding, validity window and single-use check of the operator's
   commands; `status` and `clock` are executed, journaled (`command_done`) and answered as a
@@ -216,6 +217,7 @@ class Board:
         j = self.journal
         window = max(1, s["window"])
         self.sent_seq = self.acked  # whatever the last connection left in flight goes again
+        self.wait_ms = s["ack_timeout_ms"]  # a new link starts from the board's setting
         fl = self.flight
         fl.clear()
         while True:

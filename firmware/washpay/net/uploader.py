@@ -15,8 +15,8 @@
 # - a batch not acknowledged in time is sent again with smaller batches; a link that keeps
 #   up gets larger ones (up to max_batch), so a slow link makes fewer round trips;
 # - each timeout in a row doubles the wait for the next (up to 8x ack_timeout_ms), and an
-#   ack in good time brings it back: a server working through a fleet's backlog after an
-#   outage is not sent the same batches again every 15 s (docs/fleet.md, the resend storm).
+#   ack in good time or a new connection brings it back: a server working through a fleet's
+#   backlog after an outage is not sent the same batches every 15 s (docs/fleet.md).
 #
 # Batches are built in one buffer made at construction; the journal is read synchronously
 # (Journal.sealed shares a read buffer with append), never across an await.
@@ -157,6 +157,7 @@ class Uploader:
         j = self.journal
         self.acked = max(self.acked, j.synced_seq)
         self.sent_seq = self.acked  # resend whatever the last connection left in flight
+        self.wait_ms = self.ack_timeout_ms  # a new link: what the old one taught may not hold
         fl = self._flight
         fl.clear()
         ev = self._event
