@@ -320,6 +320,14 @@ def load_settings(directory):
         raise BrokerError(f"{path} not found: run `washpay broker init` first") from None
 
 
+def load_settings_or_none(directory):
+    """broker.json's settings, {} if the directory has none (yet)."""
+    try:
+        return load_settings(directory)
+    except BrokerError:
+        return {}
+
+
 class Broker:
     """A Mosquitto process for one broker directory (see init())."""
 

@@ -6,6 +6,7 @@ import asyncio
 import json
 import subprocess
 import sys
+import time
 
 import pytest
 from sync_env import (
@@ -322,3 +323,139 @@ def test_the_simulated_boards_sync_settings_are_the_firmwares():
     out = run_micropython("import json\nfrom washpay.net import SETTINGS\n"
                           "print(json.dumps(SETTINGS))")[1]
     assert json.loads(out.strip().splitlines()[-1]) == SETTINGS
+
+
+# ---- the fleet scenarios at test size: a few hundred boards for seconds (the bench runs
+# them at thousands: washpay fleet bench, docs/fleet.md)
+FAST = {"backoff_min_ms": 100, "backoff_max_ms": 1000, "ack_timeout_ms": 2000}
+
+
+def _everything_once(store, fleet):
+    """Every record of every board stored once, verified, as sealed; every board's cursor
+    the ledger's high-water mark, every ack it took authentic."""
+    ledger = _ledger(store)
+    want = {(b.id, s): raw for b in fleet.boards for s, raw in enumerate(b.journal.records, 1)}
+    assert ledger == want
+    high = dict(store.query("SELECT device, high_seq FROM devices"))
+    for b in fleet.boards:
+        assert b.acked == b.journal.last_seq == high[b.id], b.status()
+        assert b.bad_acks == 0, b.status()
+
+
+@pytest.fixture(scope="module")
+def pg_url():
+    from sync_env import postgres_cluster
+
+    with postgres_cluster() as url:
+        yield url
+
+
+def test_two_ingest_processes_share_the_fleet_and_store_each_record_once(tmp_path, pg_url):
+    # two `server run`s on one PostgreSQL ledger, on the broker's shared subscription
+    # ($share/washpay/...): each takes part of the batches, none is stored twice
+    n = 200
+    ids = device_ids(n)
+    broker = make_broker(tmp_path / "broker", ids).start()
+    url = f"mqtt://127.0.0.1:{broker.port}"
+    servers = []
+    try:
+        servers = [Server(pg_url, SITE_KEY, url, instance=i, log=lambda *a: None).start()
+                   for i in range(2)]
+
+        async def scenario():
+            fleet = Fleet(SITE_KEY, url, ids, settings=FAST, seed=3)
+            fleet.backlog(24)
+            await fleet.start(network=False)
+            fleet.set_network(True)
+            await fleet.drained(timeout=120)
+            await fleet.stop()
+            return fleet
+
+        fleet = asyncio.run(scenario())
+        with servers[0].lock:
+            _everything_once(servers[0].store, fleet)
+            problems = servers[0].store.query("SELECT device, kind, seq FROM problems")
+        assert problems == []
+        took = [s.batches for s in servers]
+        assert all(t > 0 for t in took), took  # the broker split the batches between them
+    finally:
+        for s in servers:
+            s.stop()
+        broker.stop()
+
+
+def test_a_server_killed_mid_drain_loses_nothing_and_the_drain_finishes(tmp_path):
+    from host_tools.fleet.bench import Rig, kill_server
+
+    n = 200
+    rig = Rig(tmp_path, SITE_KEY, device_ids(n), f"sqlite:///{tmp_path}/ledger.db",
+              log=lambda *a: None)
+    try:
+        async def scenario():
+            fleet = Fleet(SITE_KEY, rig.url, device_ids(n), settings=FAST, seed=5)
+            fleet.backlog(40)
+            await fleet.start(network=False)
+            fleet.set_network(True)
+            figures = {}
+            # SIGKILL `washpay server run` with a third of the records acknowledged
+            await kill_server(rig, fraction=0.3, down_s=0.5)(fleet, figures)
+            await fleet.drained(timeout=120)
+            await fleet.stop()
+            return fleet, figures
+
+        fleet, figures = asyncio.run(scenario())
+        assert figures["killed at records acked"] < fleet.records  # it died mid-drain
+        from host_tools.server.store import open_store
+
+        store = open_store(rig.db_url)
+        try:
+            _everything_once(store, fleet)
+            assert store.query("SELECT count(*) FROM problems")[0][0] == 0
+        finally:
+            store.close()
+        assert len(rig.logs) == 2  # the second server is the one that finished the drain
+    finally:
+        rig.stop()
+
+
+def test_after_a_broker_restart_every_board_reconnects_and_nothing_is_lost(tmp_path):
+    # Mosquitto stopped (it saves its sessions) and started on the same ports under a
+    # trading fleet: every board reconnects with its backoff, the server too, and the sales
+    # made while the broker was away reach the ledger once
+    n = 200
+    ids = device_ids(n)
+    broker = make_broker(tmp_path / "broker", ids).start()
+    url = f"mqtt://127.0.0.1:{broker.port}"
+    srv = Server(f"sqlite:///{tmp_path}/ledger.db", SITE_KEY, url, log=lambda *a: None).start()
+
+    def restart():
+        broker.stop()
+        time.sleep(1.0)
+        at = time.monotonic()
+        broker.start()
+        return at
+
+    async def scenario():
+        fleet = Fleet(SITE_KEY, url, ids, settings=FAST, seed=9)
+        fleet.backlog(5)
+        await fleet.start(network=True)
+        await fleet.drained(timeout=60)
+        trade = asyncio.create_task(fleet.trade(rate=40, duration=3.0))
+        await asyncio.sleep(0.5)
+        back = await asyncio.to_thread(restart)
+        sales = await trade
+        await fleet.drained(timeout=60)
+        await fleet.stop()
+        return fleet, sales, back
+
+    try:
+        fleet, sales, back = asyncio.run(scenario())
+        assert sales > 20
+        assert all(b.connects >= 2 for b in fleet.boards)  # every board came back
+        assert len([t for t in fleet.stats.connect_times if t >= back]) >= n
+        assert sum(fleet.stats.failures.values()) >= n  # each met the broker gone
+        with srv.lock:
+            _everything_once(srv.store, fleet)
+    finally:
+        srv.stop()
+        broker.stop()

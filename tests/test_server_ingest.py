@@ -142,6 +142,35 @@ def test_a_board_reporting_fewer_records_is_a_rollback(ingest, day):
     assert out.ack == 50
 
 
+def test_a_resend_the_ledger_holds_takes_the_short_path(ingest, day, store_url):
+    # the resend storm (docs/fleet.md): a batch sent again after an ack timeout is answered
+    # from one read, with the same outcome as the full path would give
+    ingest.batch("sim-0001", batch(day[:40]))
+    out = ingest.batch("sim-0001", batch(day[16:32], last=40))
+    assert (out.ack, out.stored, out.duplicates, out.problems) == (40, 0, 16, [])
+    assert ingest.covered == 1
+    full = Ingest(ingest.store, SITE_KEY, covered_fast=False)
+    again = full.batch("sim-0001", batch(day[16:32], last=40))
+    assert (again.ack, again.stored, again.duplicates) == (out.ack, out.stored, out.duplicates)
+    assert full.covered == 0
+    row = ingest.store.query("SELECT batches, duplicates FROM devices "
+                             "WHERE device = 'sim-0001'")[0]
+    assert tuple(row) == (3, 32)
+    # a resend reaching past the ledger's high-water mark goes the full way and stores
+    out = ingest.batch("sim-0001", batch(day[32:48]))
+    assert (out.ack, out.stored, out.duplicates) == (48, 8, 8) and ingest.covered == 1
+
+
+def test_one_altered_record_in_a_resend_is_still_a_fork(ingest, day):
+    ingest.batch("sim-0001", batch(day[:20]))
+    forked = list(day[:8])
+    forked[5] = bytearray(forked[5])
+    forked[5][20] ^= 1
+    out = ingest.batch("sim-0001", batch([bytes(r) for r in forked], last=20))
+    assert kinds(out) == ["fork"] and out.problems[0][1] == 6 and ingest.covered == 0
+    assert [bytes(r[1]) for r in stored(ingest)] == day[:20]
+
+
 def test_an_altered_record_is_flagged_and_not_counted(ingest, day):
     bad = bytearray(day[5])
     bad[40] ^= 0x01  # one bit of the encrypted body

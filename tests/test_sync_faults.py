@@ -202,6 +202,27 @@ def test_server_restarted_mid_batch(tmp_path, broker, db, proxy):
         srv.stop()
 
 
+def test_the_ack_wait_doubles_while_no_ack_comes_and_the_drain_still_ends(
+        tmp_path, broker, db):
+    # the resend storm of docs/fleet.md: a board whose batches go unacknowledged (here no
+    # server at all) waits 1, 2, 4, 8 s (up to 8x ack_timeout_ms) before sending them again,
+    # not every 1 s; once the server is there everything drains and the wait is back to 1 s
+    root, known = backlog(tmp_path, 100)
+    dev = device_script(root, f"mqtt://127.0.0.1:{broker.port}", sync={"ack_timeout_ms": 1000})
+    srv = None
+    try:
+        dev.expect(lambda e: e["resends"] >= 3, timeout=30, what="three timeouts")
+        waits = [int(line.split("within ")[1].split()[0]) for line in dev.log
+                 if "no ack for records" in line]
+        assert waits[:3] == [1000, 2000, 4000], dev.log[-10:]
+        srv = Server(db, SITE_KEY, f"mqtt://127.0.0.1:{broker.port}", log=QUIET).start()
+        settled(dev, srv.store, root, known, timeout=60)
+    finally:
+        dev.close()
+        if srv:
+            srv.stop()
+
+
 def test_power_cut_mid_upload_resumes_from_the_cursor(tmp_path, server, proxy):
     root, known = backlog(tmp_path, 2000)
     proxy.set(rate=SLOW)

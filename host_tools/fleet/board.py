@@ -9,7 +9,9 @@ does them (firmware/washpay/net/: link.py, uploader.py, commands.py; docs/sync.m
 - Uploader: batches of `batch` records (8) that double up to `max_batch` (32) while acks
   come back within half the ack timeout, at most `window` (2) batches in flight, each
   carrying the board's newest seq; every connection starts again from the acknowledged
-  cursor; a batch not acknowledged within `ack_timeout_ms` is sent again in half the size.
+  cursor; a batch not acknowledged within `ack_timeout_ms` is sent again in half the size,
+  and each timeout in a row doubles the next wait (up to 8x; an ack in good time or a new
+  connection resets it).
   The cursor moves only on an ack whose tag verifies, and never beyond the newest record.
 - Commands: the tag, device binding, validity window and single-use check of the operator's
   commands; `status` and `clock` are executed, journaled (`command_done`) and answered as a
@@ -77,8 +79,9 @@ class Backoff:
 
 
 class Board:
-    def __init__(self, fleet, device_id, site_key, settings=None):
-        self.fleet = fleet  # host, port, network (an asyncio.Event), stats
+    def __init__(self, fleet, device_id, site_key, settings=None, node=0):
+        self.fleet = fleet  # nodes [(host, port)], network (an asyncio.Event), stats
+        self.node = node  # the broker node it tries next
         self.id = device_id
         self.settings = s = {**SETTINGS, **(settings or {})}
         self.journal = BoardJournal(site_key, device_id)
@@ -96,6 +99,7 @@ class Board:
         self.max_batch = max(1, min(s["max_batch"], 255))
         self.batch = max(1, min(s["batch"], self.max_batch))
         self.acked = 0
+        self.wait_ms = s["ack_timeout_ms"]  # doubles with each timeout in a row, up to 8x
         self.sent_seq = 0
         self.flight = []  # [last seq, sent at] oldest first
         self.appended_at = {}  # seq -> monotonic time it was sealed (for ack latency)
@@ -144,6 +148,7 @@ class Board:
                 raise
             except Exception as e:  # noqa: BLE001 - every failure backs off the same way
                 self.failures += 1
+                self.node = (self.node + 1) % len(self.fleet.nodes)  # a cluster: the next
                 self.last_error = str(e) or type(e).__name__
                 self.fleet.stats.failure(self.last_error)
             held = time.monotonic() - started
@@ -161,13 +166,13 @@ class Board:
         c.on_message = self._message
         self.client = c
         t0 = time.monotonic()
+        host, port = self.fleet.nodes[self.node]
         try:
-            await c.connect(self.fleet.host, self.fleet.port, clean=False,
-                            will=(self.t_state, b"offline", True),
+            await c.connect(host, port, clean=False, will=(self.t_state, b"offline", True),
                             timeout=s["connect_timeout_ms"] / 1000)
         except asyncio.TimeoutError:
             c.close()
-            raise OSError(f"no TCP connection to {self.fleet.host}:{self.fleet.port} within "
+            raise OSError(f"no TCP connection to {host}:{port} within "
                           f"{s['connect_timeout_ms']} ms") from None
         self.state = "up"
         self.connects += 1
@@ -210,8 +215,9 @@ class Board:
     async def _upload(self, c):
         s = self.settings
         j = self.journal
-        window, timeout = max(1, s["window"]), s["ack_timeout_ms"] / 1000
+        window = max(1, s["window"])
         self.sent_seq = self.acked  # whatever the last connection left in flight goes again
+        self.wait_ms = s["ack_timeout_ms"]  # a new link starts from the board's setting
         fl = self.flight
         fl.clear()
         while True:
@@ -225,11 +231,12 @@ class Board:
                 self.sent_seq = last
                 self.batches += 1
                 self.records_sent += len(recs)
-            if fl and time.monotonic() - fl[0][1] > timeout:
+            if fl and time.monotonic() - fl[0][1] > self.wait_ms / 1000:
                 self.resends += 1
                 self.batch = max(1, self.batch // 2)
                 self.last_error = f"no ack for records up to {fl[0][0]} within " \
-                                  f"{s['ack_timeout_ms']} ms"
+                                  f"{self.wait_ms} ms"
+                self.wait_ms = min(self.wait_ms * 2, s["ack_timeout_ms"] * 8)
                 fl.clear()
                 self.sent_seq = self.acked
                 continue
@@ -263,9 +270,9 @@ class Board:
                     lat.append(now - t)
             self.fleet.stats.acked += seq - self.acked
             fl = self.flight
-            if fl and fl[0][0] <= seq and self.batch < self.max_batch:
-                if now - fl[0][1] < self.settings["ack_timeout_ms"] / 2000:
-                    self.batch = min(self.max_batch, self.batch * 2)
+            if fl and fl[0][0] <= seq and now - fl[0][1] < self.settings["ack_timeout_ms"] / 2000:
+                self.batch = min(self.max_batch, self.batch * 2)
+                self.wait_ms = self.settings["ack_timeout_ms"]
             while fl and fl[0][0] <= seq:
                 self.fleet.stats.round_trip.append(now - fl.pop(0)[1])
             self.acked = seq

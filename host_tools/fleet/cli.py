@@ -24,14 +24,14 @@ def cmd_fleet_sim(args):
     from host_tools import broker as B
     from host_tools.fleet.bench import _nofile
     from host_tools.fleet.fleet import Fleet, device_ids
-    from host_tools.server.service import ServiceError, parse_url
+    from host_tools.server.service import ServiceError, parse_urls
 
     if args.devices < 1 or args.records_each < 0 or args.rate < 0 or args.duration < 0:
         print("washpay fleet sim: --devices must be at least 1, and --records-each, --rate "
               "and --duration not negative", file=sys.stderr)
         return 2
     try:
-        _, _, tls = parse_url(args.broker)
+        _, tls = parse_urls(args.broker)
         ids = device_ids(args.devices, args.prefix)
         B.check_device_id(ids[-1])
     except (ServiceError, B.BrokerError) as e:
@@ -108,7 +108,8 @@ def add_parsers(sub):
         "status and clock commands, and reconnects with the board's backoff. The broker must "
         "know the devices: washpay broker init --device $(washpay fleet ids N).")
     s.add_argument("--devices", type=int, required=True, help="how many boards")
-    s.add_argument("--broker", required=True, help="mqtt://host:port")
+    s.add_argument("--broker", required=True,
+                   help="mqtt://host:port, or a cluster's nodes: mqtt://a:1,mqtt://b:2")
     s.add_argument("--site-key", default=None, help=SITE_KEY_HELP)
     s.add_argument("--records-each", type=int, default=0,
                    help="each board's journal backlog at the start (default 0)")

@@ -54,17 +54,25 @@ def sale(board, t):
 
 class Fleet:
     def __init__(self, site_key, broker_url, devices, settings=None, seed=None):
-        self.host, self.port, tls = parse_url(broker_url)
-        if tls:
-            raise ValueError("the fleet generator speaks plain MQTT only (mqtt://): TLS "
-                             "for thousands of boards is the next increment")
+        # "mqtt://a:1,mqtt://b:2": a broker cluster's nodes. Board i starts on node i mod k
+        # and moves to the next node after a failed attempt: what a name that resolves to
+        # the nodes still up (DNS, a load balancer) gives a board with one broker address
+        self.nodes = []
+        for url in broker_url.split(","):
+            host, port, tls = parse_url(url.strip())
+            if tls:
+                raise ValueError("the fleet generator speaks plain MQTT only (mqtt://): TLS "
+                                 "for thousands of boards is the next increment")
+            self.nodes.append((host, port))
+        self.host, self.port = self.nodes[0]
         self.site_key = site_key
         self.stats = Stats()
         self.rng = random.Random(seed)
         self.network = asyncio.Event()
         self.network_down = asyncio.Event()
         self.network_down.set()
-        self.boards = [Board(self, d, site_key, settings) for d in devices]
+        self.boards = [Board(self, d, site_key, settings, node=i % len(self.nodes))
+                       for i, d in enumerate(devices)]
         self.tasks = []
 
     def set_network(self, up):

@@ -28,6 +28,12 @@ def cmd_broker_init(args):
     key = _site_key(args.site_key)
     devices = [d for item in args.device for d in item.split(",") if d]
     remove = [d for item in args.remove_device for d in item.split(",") if d]
+    if args.kind == "nats":
+        return _nats_init(args, key, devices, remove)
+    if args.nodes != 1 or args.tls:
+        print("washpay broker init: --nodes and --tls are for --kind nats (Mosquitto has one "
+              "node, with a plain and a TLS listener)", file=sys.stderr)
+        return 2
     try:
         s = B.init(args.dir, key, devices, port=args.port, tls_port=args.tls_port,
                    remove=remove, new_ports=args.new_ports)
@@ -48,7 +54,35 @@ def cmd_broker_init(args):
     return 0
 
 
+def _nats_init(args, key, devices, remove):
+    from host_tools.cluster import nats as N
+
+    if remove or args.port or args.tls_port or args.new_ports:
+        print("washpay broker init: --remove-device, --port, --tls-port and --new-ports are "
+              "for Mosquitto; a NATS cluster's ports are chosen per node (broker.json)",
+              file=sys.stderr)
+        return 2
+    try:
+        N.nats_command()
+        s = N.init(args.dir, key, devices, nodes=args.nodes, tls=args.tls)
+    except B.BrokerError as e:
+        print(f"washpay broker init: {e}", file=sys.stderr)
+        return 2
+    urls = N.Cluster(args.dir).url()
+    print(f"NATS cluster directory {args.dir}: {len(s['nodes'])} node(s), "
+          f"{len(s['devices'])} device(s), MQTT {'over TLS' if s['tls'] else 'plain'}")
+    print(f"  nodes:   {urls}")
+    keyopt = f" --site-key {args.site_key}" if args.site_key else ""
+    ca = f" --ca {Path(args.dir) / 'ca.pem'}" if s["tls"] else ""
+    print(f"  server:  washpay server run{keyopt}{ca} --broker {urls} "
+          "--no-shared-subscription")
+    print(f"  start:   washpay broker run --dir {args.dir}")
+    return 0
+
+
 def cmd_broker_run(args):
+    if B.load_settings_or_none(args.dir).get("kind") == "nats":
+        return _nats_run(args)
     try:
         b = B.Broker(args.dir).start()
     except B.BrokerError as e:
@@ -56,6 +90,19 @@ def cmd_broker_run(args):
         return 2
     print(f"mosquitto running: {b.url()} and {b.url(tls=True)} (Ctrl-C stops it)", flush=True)
     _serve_until_stopped(b.stop, alive=lambda: b.proc.poll() is None)
+    return 0
+
+
+def _nats_run(args):
+    from host_tools.cluster import nats as N
+
+    try:
+        c = N.Cluster(args.dir).start()
+    except B.BrokerError as e:
+        print(f"washpay broker run: {e}", file=sys.stderr)
+        return 2
+    print(f"nats-server cluster running: {c.url()} (Ctrl-C stops it)", flush=True)
+    _serve_until_stopped(c.stop, alive=lambda: any(N.nodes_alive(c)))
     return 0
 
 
@@ -84,9 +131,13 @@ def cmd_server_run(args):
         # the server config file (--web-config): its "alerts" object (docs/alerts.md)
         server_cfg = load_config(args.web_config)
         alerts = parse_alerts(server_cfg.get("alerts"))
+        # WASHPAY_INGEST_FULL_PATH=1: every batch through the full path, as before the
+        # short path for resends existed (`washpay fleet bench` compares the two)
+        full = os.environ.get("WASHPAY_INGEST_FULL_PATH") == "1"
         srv = Server(args.db, key, args.broker, ca=args.ca, instance=args.instance,
                      log=lambda m: print(m, flush=True), alerts=alerts,
-                     max_downloads=args.max_downloads).start()
+                     max_downloads=args.max_downloads, covered_fast=not full,
+                     shared=not args.no_shared_subscription).start()
     except (ServiceError, StoreError, OSError, WebError, AlertConfigError) as e:
         print(f"washpay server run: {e}", file=sys.stderr)
         return 2
@@ -559,7 +610,8 @@ SITE_KEY_HELP = "the site key file (default: $WASHPAY_SITE_KEY, else ~/.config/w
 
 
 def add_parsers(sub):
-    br = sub.add_parser("broker", help="the site's MQTT broker (Mosquitto)").add_subparsers(
+    br = sub.add_parser("broker", help="the site's MQTT broker (Mosquitto, or a NATS "
+                        "cluster)").add_subparsers(
         dest="broker_command", required=True
     )
     init = br.add_parser(
@@ -583,8 +635,16 @@ def add_parsers(sub):
                       help="TLS port (default: the one already chosen, else a free one)")
     init.add_argument("--new-ports", action="store_true",
                       help="pick new free ports instead of keeping the ones already chosen")
+    init.add_argument("--kind", choices=("mosquitto", "nats"), default="mosquitto",
+                      help="mosquitto (one node; the default) or nats: a NATS cluster with "
+                      "MQTT (docs/fleet.md)")
+    init.add_argument("--nodes", type=int, default=1,
+                      help="nats: how many nodes (3 survive the loss of one)")
+    init.add_argument("--tls", action="store_true",
+                      help="nats: the nodes' MQTT listeners speak TLS (the site CA)")
     init.set_defaults(func=cmd_broker_init)
-    run = br.add_parser("run", help="run Mosquitto on loopback in the foreground")
+    run = br.add_parser("run", help="run the broker (Mosquitto, or every node of a NATS "
+                        "cluster) on loopback in the foreground")
     run.add_argument("--dir", required=True)
     run.set_defaults(func=cmd_broker_run)
 
@@ -596,7 +656,12 @@ def add_parsers(sub):
         "share one PostgreSQL database: the broker splits the boards' traffic between them.",
     )
     r.add_argument("--site-key", default=None, help=SITE_KEY_HELP)
-    r.add_argument("--broker", required=True, help="mqtt://host:port or mqtts://host:port")
+    r.add_argument("--broker", required=True,
+                   help="mqtt://host:port or mqtts://host:port; a cluster's nodes separated "
+                   "by commas (a lost node: the server moves to the next)")
+    r.add_argument("--no-shared-subscription", action="store_true",
+                   help="plain subscriptions, for a broker without MQTT shared subscriptions "
+                   "(NATS): run one ingest process then")
     r.add_argument("--ca", default=None, help="the site CA (PEM) for an mqtts:// broker")
     r.add_argument("--db", default=os.environ.get("WASHPAY_DB", "ledger.db"),
                    help="ledger: a SQLite file (default ledger.db) or postgresql://...")

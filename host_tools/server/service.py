@@ -44,9 +44,19 @@ def parse_url(url):
     return u.hostname, u.port or (8883 if tls else 1883), tls
 
 
+def parse_urls(urls):
+    """"mqtt://a:1,mqtt://b:2" (a broker cluster's nodes): [(host, port)], tls."""
+    nodes = [parse_url(u.strip()) for u in urls.split(",")]
+    if len({tls for _, _, tls in nodes}) > 1:
+        raise ServiceError(f"broker {urls!r}: give every node as mqtt:// or every node as "
+                           "mqtts://, not both")
+    return [(h, p) for h, p, _ in nodes], nodes[0][2]
+
+
 class Server:
     def __init__(self, store_url, site_key, broker_url, ca=None, instance=0, log=print,
-                 shared=True, alerts=None, max_downloads=8, ota_options=None):
+                 shared=True, alerts=None, max_downloads=8, ota_options=None,
+                 covered_fast=True):
         """`alerts`: the parsed "alerts" config (host_tools/server/alerts/config.py) to run
         the alerts engine and the notices courier in this process; None: neither."""
         import paho.mqtt.client as mqtt
@@ -55,9 +65,12 @@ class Server:
         self.store_url = store_url
         self.alerts_cfg = alerts
         self.alerts = None
-        self.ingest = Ingest(self.store, site_key)
+        self.ingest = Ingest(self.store, site_key, covered_fast=covered_fast)
         self.site_key = site_key
-        self.host, self.port, self.tls = parse_url(broker_url)
+        # several nodes (a cluster): a connection lost or refused moves to the next one
+        self.nodes, self.tls = parse_urls(broker_url)
+        self.node = 0
+        self.host, self.port = self.nodes[0]
         self.log = log
         self.lock = threading.Lock()  # the store's connection is used from two threads
         self.client_id = f"washpay-server-{instance}"
@@ -79,6 +92,7 @@ class Server:
         c.on_connect = self._connected
         c.on_message = self._message
         c.on_disconnect = self._disconnected
+        c.on_connect_fail = lambda client, userdata: self._next_node()
         c.reconnect_delay_set(min_delay=1, max_delay=8)
         c.max_inflight_messages_set(64)
         self.client = c
@@ -153,7 +167,17 @@ class Server:
 
     def _disconnected(self, client, userdata, flags, rc, props=None):
         self.connected.clear()
-        self.log(f"server: disconnected ({rc}); reconnecting")
+        self._next_node()
+        self.log(f"server: disconnected ({rc}); reconnecting to {self.host}:{self.port}")
+
+    def _next_node(self):
+        if len(self.nodes) < 2:
+            return
+        self.node = (self.node + 1) % len(self.nodes)
+        self.host, self.port = self.nodes[self.node]
+        # paho's reconnect() dials _host/_port; its public setters refuse while the client
+        # is disconnecting or reconnecting, which is exactly when this runs
+        self.client._host, self.client._port = self.host, self.port
 
     # ---- messages
     def _message(self, client, userdata, msg):
@@ -249,7 +273,7 @@ def send_command(store_url, site_key, broker_url, device, payload, cid, kind, ar
 
     import paho.mqtt.client as mqtt
 
-    host, port, tls = parse_url(broker_url)
+    (host, port), tls = parse_urls(broker_url)[0][0], parse_urls(broker_url)[1]
     store = open_store(store_url)
     replies = queue.SimpleQueue()
     c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"washpay-cmd-{os.getpid()}",

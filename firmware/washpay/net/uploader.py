@@ -13,7 +13,10 @@
 # - every new connection starts again from the cursor: whatever was in flight when the last
 #   one died is sent again, and the server drops the duplicates;
 # - a batch not acknowledged in time is sent again with smaller batches; a link that keeps
-#   up gets larger ones (up to max_batch), so a slow link makes fewer round trips.
+#   up gets larger ones (up to max_batch), so a slow link makes fewer round trips;
+# - each timeout in a row doubles the wait for the next (up to 8x ack_timeout_ms), and an
+#   ack in good time or a new connection brings it back: a server working through a fleet's
+#   backlog after an outage is not sent the same batches every 15 s (docs/fleet.md).
 #
 # Batches are built in one buffer: the uploader's own, made at construction, or with
 # `borrow` the MQTT client's receive buffer (mqtt.py: MQTTClient(lend=batch_bytes(...))),
@@ -51,6 +54,7 @@ class Uploader:
         self.batch = max(1, min(first_batch, self.max_batch))
         self.window = max(1, window)
         self.ack_timeout_ms = ack_timeout_ms
+        self.wait_ms = ack_timeout_ms  # grows with each timeout in a row
         self.log = log or (lambda *a: None)
         # the MQTT header is written into the headroom: a batch leaves in one write
         self._mv = None if borrow else memoryview(bytearray(batch_bytes(self.max_batch)))
@@ -109,9 +113,10 @@ class Uploader:
             self.acked = seq
             # a batch that made it in time earns a larger next one
             fl = self._flight
-            if fl and fl[0][0] <= seq and self.batch < self.max_batch:
+            if fl and fl[0][0] <= seq:
                 if ticks_diff(ticks_ms(), fl[0][1]) < self.ack_timeout_ms // 2:
                     self.batch = min(self.max_batch, self.batch * 2)
+                    self.wait_ms = self.ack_timeout_ms
             while fl and fl[0][0] <= seq:
                 fl.pop(0)
         # the server may have had more than we sent on this link
@@ -157,6 +162,7 @@ class Uploader:
         j = self.journal
         self.acked = max(self.acked, j.synced_seq)
         self.sent_seq = self.acked  # resend whatever the last connection left in flight
+        self.wait_ms = self.ack_timeout_ms  # a new link: what the old one taught may not hold
         fl = self._flight
         fl.clear()
         ev = self._event
@@ -178,13 +184,14 @@ class Uploader:
                 self.sent_seq = last
                 self.batches += 1
                 self.records_sent += n
-            if fl and ticks_diff(ticks_ms(), fl[0][1]) > self.ack_timeout_ms:
+            if fl and ticks_diff(ticks_ms(), fl[0][1]) > self.wait_ms:
                 # no ack in time: the server or its link is slow or gone; start over from
-                # the cursor with smaller batches (duplicates are harmless)
+                # the cursor with smaller batches (duplicates are harmless), and wait longer
                 self.resends += 1
                 self.batch = max(1, self.batch // 2)
                 self.last_error = "no ack for records up to %d within %d ms" % (
-                    fl[0][0], self.ack_timeout_ms)
+                    fl[0][0], self.wait_ms)
+                self.wait_ms = min(self.wait_ms * 2, self.ack_timeout_ms * 8)
                 self.log("sync:", self.last_error)
                 fl.clear()
                 self.sent_seq = self.acked
