@@ -73,6 +73,7 @@ class ReleaseServer:
         self.requests = 0
         self.bytes_in = 0  # payload bytes from boards: requests
         self.bytes_out = 0  # payload bytes to boards: chunks
+        self.data_out = 0  # file bytes in those chunks (their 20-byte headers left out)
         self.on_request = None
         self.lock = threading.RLock()  # wait() holds it while a predicate calls states()
         c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="ota-test-server",
@@ -149,6 +150,7 @@ class ReleaseServer:
         out = struct.pack(REQUEST, 1, status, index, offset, len(data), 0, rid) + data
         with self.lock:
             self.bytes_out += len(out)
+            self.data_out += len(data)
         client.publish(f"wp/{device}/fwd", out, qos=0)
 
 
