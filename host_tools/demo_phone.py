@@ -124,6 +124,12 @@ def _customer(web, sim, page, D):
         if s["final"]:
             break
         time.sleep(0.2)
-    ok = seen == D.RUNNING and sim.status()["relay_pulses"] == before + 1
+    # the board answers "started" once the vend is journaled; the relay pulse the simulated
+    # washer counts may be reported a moment later
+    ok = False
+    deadline = time.monotonic() + 5
+    while seen == D.RUNNING and not ok and time.monotonic() < deadline:
+        ok = sim.status()["relay_pulses"] == before + 1
+        time.sleep(0 if ok else 0.1)
     _say("The washer started." if ok else "The washer did not start.")
     return 0 if ok else 1
