@@ -10,6 +10,7 @@ import pytest
 import token_env as E  # first: puts the shims and firmware/ on sys.path
 from conftest import run_micropython
 from washpay.payments import remote as FR
+from washpay.payments.signed import RemoteStart
 from washpay.payments.token import Refused
 from washpay.replay import ReplayCache
 
@@ -189,10 +190,11 @@ def test_reply_is_json_bytes(tmp_path):
         programs = [{"name": "quick", "price": 250}]
 
     cache = ReplayCache(str(tmp_path / "used"), 32, clock=lambda: T0 + 10)
-    rs = FR.RemoteStart(Engine(), None, E.command_key(), E.DEVICE, cache)
-    out = rs.on_command(b"\x12" + b"\x00" * 60)
+    # the code itself (signed.RemoteStart.on_command loads it for each command)
+    rs = RemoteStart(Engine(), None, E.command_key(), E.DEVICE, cache)
+    out = FR.on_command(rs, b"\x12" + b"\x00" * 60)
     assert json.loads(out) == {"result": "invalid", "reason": "malformed command"}
-    out = rs.on_command(object())  # not even bytes: an answer, not an exception
+    out = FR.on_command(rs, object())  # not even bytes: an answer, not an exception
     assert json.loads(out)["result"] in ("invalid", "error")
 
 

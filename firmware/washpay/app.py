@@ -130,8 +130,7 @@ class App:
         # server (payments/remote.py): both checked offline, under keys derived from the
         # device secret, each once only (replay.py keeps the used ids in flash)
         from washpay.keys import command_key, token_key
-        from washpay.payments.remote import RemoteStart
-        from washpay.payments.token import TokenPayments, TokenVerifier
+        from washpay.payments.signed import RemoteStart, TokenPayments
         from washpay.replay import ReplayCache
 
         def trusted():
@@ -147,9 +146,8 @@ class App:
                 log("QR payments off:", e)
         if self.qr is not None:
             cache = ReplayCache("/used_tokens", 64, trusted=trusted)
-            tokens = TokenPayments(self.engine, self.journal,
-                                   TokenVerifier(token_key(secret), self.device_id, cache),
-                                   log=log)
+            tokens = TokenPayments(self.engine, self.journal, token_key(secret),
+                                   self.device_id, cache, log=log)
         # remote starts (paid) and the operator's commands in separate pools (replay.py)
         cache = ReplayCache("/used_commands", 32, admin=16, trusted=trusted)
         remote = RemoteStart(self.engine, self.journal, command_key(secret), self.device_id,
@@ -159,7 +157,7 @@ class App:
             # clock and status are the operator's commands (docs/sync.md)
             from washpay.cardlists.blacklist import Blacklist
             from washpay.cardlists.tierlist import TierList
-            from washpay.net.commands import Commands
+            from washpay.net import Commands
 
             bl = self.card.blacklist if self.card is not None else Blacklist()
             if self.tiers is None:  # no card reader: the list is kept for when one is fitted

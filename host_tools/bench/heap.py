@@ -43,11 +43,13 @@ GROUPS = (
      "washpay.cardlists.tierlist"),
     ("card", "washpay.drivers.mfrc522 washpay.payments.wallet washpay.payments.card_state "
      "washpay.payments.card"),
-    ("QR/token", "washpay.replay washpay.drivers.gm65 washpay.payments.token"),
+    ("QR/token/remote", "washpay.replay washpay.drivers.gm65 washpay.payments.signed"),
     ("sync/MQTT", "washpay.net.link washpay.net.mqtt washpay.net.uploader washpay.net"),
-    ("remote commands", "washpay.payments.remote washpay.net.commands"),
     ("TLS (module)", "tls"),
     ("app wiring", "washpay.app"),
+    # loaded for one scan or command and dropped after (washpay.use): a board holds them
+    # only while it answers one
+    ("per scan/command", "washpay.payments.token washpay.payments.remote washpay.net.commands"),
 )
 
 _IMPORTS = """
