@@ -47,9 +47,10 @@ GROUPS = (
     ("sync/MQTT", "washpay.net.link washpay.net.mqtt washpay.net.uploader washpay.net"),
     ("TLS (module)", "tls"),
     ("app wiring", "washpay.app"),
-    # loaded for one scan or command and dropped after (washpay.use): a board holds them
+    # loaded for one card tap, scan or command and dropped after (washpay.use): a board holds them
     # only while it answers one
-    ("per scan/command", "washpay.payments.token washpay.payments.remote washpay.net.commands"),
+    ("per tap/scan/command", "washpay.payments.card_tap washpay.payments.token "
+     "washpay.payments.remote washpay.net.commands"),
 )
 
 _IMPORTS = """
