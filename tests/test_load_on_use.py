@@ -124,3 +124,51 @@ def test_scan_and_commands_leave_no_code_behind(romfs, tmp_path, bits):
     for k in ("scan", "remote start", "command"):
         assert got[k]["loaded"] == [], f"{k} left {got[k]['loaded']} loaded"
         assert got[k]["left"] <= LEFT_MAX, f"{k} kept {got[k]['left']} bytes of heap"
+
+
+TABLE = """
+import gc, json, sys, vfs
+f = open(%(romfs)r, "rb")
+img = f.read()
+f.close()
+vfs.mount(vfs.VfsRom(img), "/rom")
+sys.path.insert(0, "/rom")
+from washpay.vend.pricing import PriceTable, PricingError
+programs = [{"name": "quick", "price": 250}, {"name": "standard", "price": 350}]
+raw = {"version": 3, "rules": [{"days": "mon-fri", "from": "07:00", "to": "09:00",
+                                "percent": 20}], "tiers": {"student": {"percent": -10}}}
+PriceTable(programs, raw)  # its names interned, as at boot
+gc.collect()
+before = gc.mem_alloc()
+table = PriceTable(programs, raw)
+gc.collect()
+out = {"table": gc.mem_alloc() - before,
+       "loaded": [m for m in ("washpay.vend.price_parser", "washpay.config")
+                  if m in sys.modules],
+       "price": table.price("standard", 0, "student")}
+try:
+    PriceTable(programs, {"rules": [{"from": "25:00"}]})
+except PricingError as e:
+    out["error"] = str(e)
+print("RESULT", json.dumps(out))
+"""
+
+
+@pytest.mark.parametrize("bits", ["64", "32"])
+def test_a_price_table_keeps_no_parser(romfs, bits):
+    # a board with a price table keeps the table, not its parser (price_parser.py) nor the
+    # config checks whose error wording it borrows (config.py, ~4 KiB in place)
+    interp = None
+    if bits == "32":
+        interp = micropython_i386()
+        if interp is None:
+            pytest.skip("no 32-bit micropython ($WASHPAY_MICROPYTHON_I386)")
+    out = run_micropython(TABLE % {"romfs": str(romfs)}, heap="256k", interpreter=interp)[1]
+    got = json.loads([x for x in out.splitlines() if x.startswith("RESULT ")][-1][7:])
+    print(got)
+    assert got["price"] == 315  # 350 - 10 %: the table works
+    assert got["error"] == "pricing.rules[0].from must be between 00:00 and 24:00, not '25:00'"
+    assert got["loaded"] == []
+    # the table itself: its programs, rules and tiers (0.6 KiB on the 64-bit build); with
+    # the parser and config.py kept it was over 5 KiB
+    assert got["table"] <= 1024, f"a price table holds {got['table']} bytes"

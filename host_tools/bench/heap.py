@@ -39,8 +39,8 @@ GROUPS = (
      "washpay.drivers.washer washpay.drivers.keypad washpay.vend.prices washpay.vend.engine "
      "washpay.vend.watch washpay.vend.timed"),
     ("display", "washpay.ui washpay.drivers.lcd1602"),
-    ("pricing/lists", "washpay.vend.pricing washpay.cardlists washpay.cardlists.blacklist "
-     "washpay.cardlists.tierlist"),
+    ("pricing/lists", "washpay.vend.pricing washpay.vend.price_parser washpay.cardlists "
+     "washpay.cardlists.blacklist washpay.cardlists.tierlist"),
     ("card", "washpay.drivers.mfrc522 washpay.payments.wallet washpay.payments.card_state "
      "washpay.payments.card"),
     ("QR/token/remote", "washpay.replay washpay.drivers.gm65 washpay.payments.signed"),
