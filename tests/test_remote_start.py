@@ -99,10 +99,11 @@ def test_token_command_cli(tmp_path, capsys):
 # ---- on the simulated board
 def send(sim, cmd):
     """Hand `cmd` to the board's command port; return the board's reply (a dict)."""
-    before = len(sim.status()["firmware"]["remote"]["replies"])
+    # the status keeps the last 8 replies: once it has 8, a new one shifts the list (a
+    # count that stays at 8 would take the previous reply for this one's)
+    before = sim.status()["firmware"]["remote"]["replies"]
     sim.call("command", hex=cmd.hex())
-    st = sim.wait_for(lambda s: len(s["firmware"]["remote"]["replies"]) > before
-                      or len(s["firmware"]["remote"]["replies"]) == 8,
+    st = sim.wait_for(lambda s: s["firmware"]["remote"]["replies"] != before,
                       what="the command's reply")
     return st["firmware"]["remote"]["replies"][-1]
 
