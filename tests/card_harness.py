@@ -234,6 +234,8 @@ class World:
             "exchanges": self.pay.timings["exchanges"],
             "display": list(self.screen.lines),
             "journal": recs,
+            # a tap's code is loaded for the tap only (payments/card.py, washpay.use)
+            "tap_code_loaded": "washpay.payments.card_tap" in sys.modules,
         }
 
 

@@ -73,6 +73,8 @@ def test_a_torn_payment_waits_for_its_card(tmp_path):
     assert r1["waiting"] and r1["state"] == "starting" and r1["starts"] == 0
     assert r1["display"] == ["Tap card again", "to finish paying"]
     assert r1["journal"][-1][0] == "card_debit"
+    # the payment in flight is state, not code: the tap's code is gone while it waits
+    assert not r1["tap_code_loaded"] and not r2["tap_code_loaded"]
     # the wait runs out: no vend, the payment is kept for the card's next tap
     assert not r2["waiting"] and r2["state"] == "idle" and r2["pending"] == 1
     assert [rec[0] for rec in r2["journal"]][-2:] == ["card_debit", "card_unresolved"]
@@ -92,6 +94,7 @@ def test_the_same_card_again_is_not_charged_twice(tmp_path):
     # paid once; tapped again while running and right after the cycle: no second charge
     assert check_accounting(r, UID4, OPENING) == PRICE
     assert r["starts"] == 1 and r["counts"]["paid"] == 1
+    assert not r["tap_code_loaded"]  # loaded for each tap, dropped after (washpay.use)
 
 
 def test_charged_again_once_the_repeat_window_is_over(tmp_path):

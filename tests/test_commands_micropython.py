@@ -14,7 +14,7 @@ T0 = 1767225600
 RIG = """
 import json
 from binascii import unhexlify
-from washpay.net.commands import Commands
+from washpay.net import Commands
 class Cache:
     floor = 0
     def check_time(self, issued, expires, pool=0): return None

@@ -111,7 +111,8 @@ def test_a_pushed_config_too_deep_for_the_stack_to_write_is_refused(tmp_path):
     # Here the stack is used up by calls first, down to where json.dumps of it fails.
     code = """
 import json
-from washpay.net.commands import Commands, _Refused
+from washpay.net import Commands
+from washpay.net.commands import _Refused, _store
 class Cache:
     floor = 0
 class Remote:
@@ -136,7 +137,7 @@ d = 0
 while not at(d, dumps_fails):
     d += 10
 try:
-    at(d, lambda: cmds._store(raw))
+    at(d, lambda: _store(cmds, raw))
     print("RESULT", json.dumps("stored"))
 except _Refused as e:
     print("RESULT", json.dumps(e.reason))

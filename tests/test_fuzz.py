@@ -38,7 +38,7 @@ def test_no_findings_on_the_32_bit_interpreter(target, tmp_path):
     ("commands", "washpay/net/commands.py", "text = program_name(name)",
      "text = str(name, 'utf-8')", "signed garbage error"),
     # rules taken as given: TypeError on a number
-    ("pricing", "washpay/vend/pricing.py", "if not isinstance(rules, (list, tuple)):",
+    ("pricing", "washpay/vend/price_parser.py", "if not isinstance(rules, (list, tuple)):",
      "if False:", "crash TypeError"),
     # the GM65 assembler reading on after the reply awaited
     ("gm65", "washpay/drivers/gm65.py", "if self._frame_byte(b) and self.awaiting:",

@@ -10,6 +10,7 @@ import pytest
 import token_env as E  # first: puts the shims and firmware/ on sys.path
 from conftest import run_micropython
 from washpay.payments import remote as FR
+from washpay.payments.signed import RemoteStart
 from washpay.payments.token import Refused
 from washpay.replay import ReplayCache
 
@@ -98,10 +99,11 @@ def test_token_command_cli(tmp_path, capsys):
 # ---- on the simulated board
 def send(sim, cmd):
     """Hand `cmd` to the board's command port; return the board's reply (a dict)."""
-    before = len(sim.status()["firmware"]["remote"]["replies"])
+    # the status keeps the last 8 replies: once it has 8, a new one shifts the list (a
+    # count that stays at 8 would take the previous reply for this one's)
+    before = sim.status()["firmware"]["remote"]["replies"]
     sim.call("command", hex=cmd.hex())
-    st = sim.wait_for(lambda s: len(s["firmware"]["remote"]["replies"]) > before
-                      or len(s["firmware"]["remote"]["replies"]) == 8,
+    st = sim.wait_for(lambda s: s["firmware"]["remote"]["replies"] != before,
                       what="the command's reply")
     return st["firmware"]["remote"]["replies"][-1]
 
@@ -189,10 +191,11 @@ def test_reply_is_json_bytes(tmp_path):
         programs = [{"name": "quick", "price": 250}]
 
     cache = ReplayCache(str(tmp_path / "used"), 32, clock=lambda: T0 + 10)
-    rs = FR.RemoteStart(Engine(), None, E.command_key(), E.DEVICE, cache)
-    out = rs.on_command(b"\x12" + b"\x00" * 60)
+    # the code itself (signed.RemoteStart.on_command loads it for each command)
+    rs = RemoteStart(Engine(), None, E.command_key(), E.DEVICE, cache)
+    out = FR.on_command(rs, b"\x12" + b"\x00" * 60)
     assert json.loads(out) == {"result": "invalid", "reason": "malformed command"}
-    out = rs.on_command(object())  # not even bytes: an answer, not an exception
+    out = FR.on_command(rs, object())  # not even bytes: an answer, not an exception
     assert json.loads(out)["result"] in ("invalid", "error")
 
 

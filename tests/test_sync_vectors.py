@@ -45,7 +45,8 @@ from binascii import hexlify, unhexlify
 from washpay.keys import device_secret, derive, command_key
 from washpay.net import mqtt_password, parse_broker
 from washpay.net.uploader import Uploader
-from washpay.net.commands import Commands
+from washpay.net import Commands
+from washpay.net.commands import _verify
 secret = device_secret(bytes(range(32)), "sim-0001")
 out = {"password": mqtt_password(secret).decode(),
        "ack_key": hexlify(derive(secret, b"sync-ack")).decode()}
@@ -77,7 +78,7 @@ class Remote:
     cache = None
 
 cmds = Commands(Remote(), None, None, command_key(secret), "sim-0001")
-cid, action, body, issued, expires = cmds._verify(unhexlify(%(cmd)r))
+cid, action, body, issued, expires = _verify(cmds, unhexlify(%(cmd)r))
 out["cmd"] = [hexlify(cid).decode(), action, hexlify(bytes(body)).decode(), issued, expires]
 out["broker"] = [parse_broker("mqtts://10.0.0.5"), parse_broker("mqtt://h:1884/"),
                  parse_broker("mqtts://[::1]:9")]

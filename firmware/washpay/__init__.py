@@ -13,3 +13,19 @@ def forget(name):
     pkg = sys.modules.get(pkg)
     if pkg is not None and leaf in pkg.__dict__:
         delattr(pkg, leaf)
+
+
+def use(mods, fn, *args):
+    # Call function `fn` of the module mods[0] with `args`, then forget every module in
+    # `mods` (the one called and those it loaded only for this call): code that runs for a
+    # scan or a server command is in the heap only while it runs. Nothing it returns may
+    # hold one of its functions or class instances, or the module stays (and a second copy
+    # comes with the next use).
+    import sys
+
+    __import__(mods[0])
+    try:
+        return getattr(sys.modules[mods[0]], fn)(*args)
+    finally:
+        for m in mods:
+            forget(m)

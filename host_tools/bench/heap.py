@@ -42,18 +42,22 @@ GROUPS = (
      "washpay.drivers.washer washpay.drivers.keypad washpay.vend.prices washpay.vend.engine "
      "washpay.vend.watch washpay.vend.timed"),
     ("display", "washpay.ui washpay.drivers.lcd1602"),
-    ("pricing/lists", "washpay.vend.pricing washpay.cardlists washpay.cardlists.blacklist "
-     "washpay.cardlists.tierlist"),
+    ("pricing/lists", "washpay.vend.pricing washpay.vend.price_parser washpay.cardlists "
+     "washpay.cardlists.blacklist washpay.cardlists.tierlist"),
     ("card", "washpay.drivers.mfrc522 washpay.payments.wallet washpay.payments.card_state "
      "washpay.payments.card"),
-    ("QR/token", "washpay.replay washpay.drivers.gm65 washpay.payments.token"),
+    ("QR/token/remote", "washpay.replay washpay.drivers.gm65 washpay.payments.signed"),
     ("sync/MQTT", "washpay.net.link washpay.net.mqtt washpay.net.uploader washpay.net"),
-    ("remote commands", "washpay.payments.remote washpay.net.commands"),
     ("TLS (module)", "tls"),
-    ("app wiring", "washpay.app"),
+    ("app wiring", "washpay.app washpay.wiring"),
+    # loaded for one card tap, scan or command and dropped after (washpay.use): a board holds them
+    # only while it answers one
+    ("per tap/scan/command", "washpay.payments.card_tap washpay.payments.token "
+     "washpay.payments.remote washpay.net.commands"),
 )
 
-_IMPORTS = """
+# the firmware on the path: a ROMFS image mounted, or a directory of .mpy
+_MOUNT = """
 import gc, sys, vfs
 src = %(src)r
 if src.endswith(".romfs"):
@@ -64,6 +68,8 @@ if src.endswith(".romfs"):
     sys.path.insert(0, "/rom")
 else:
     sys.path.insert(0, src)
+"""
+_IMPORTS = _MOUNT + """
 # MicroPython interns every name in a pool that grows by doubling: a group that happens to
 # cross a doubling would be charged kilobytes of pool the others fill. Names made up front
 # until a pool of at least 2560 entries has just been made leave room for the firmware's
@@ -263,6 +269,50 @@ def import_budget(interp, firmware):
     return out
 
 
+# what a tap, a scan or a command loads before it is answered (washpay.use): the modules
+# each imports, the rest already loaded at boot
+PER_USE = (
+    ("card tap", "washpay.payments.card_tap", "washpay.payments.card"),
+    ("QR scan", "washpay.payments.token", "washpay.payments.signed"),
+    ("remote start", "washpay.payments.remote washpay.payments.token",
+     "washpay.payments.signed"),
+    ("operator command", "washpay.net.commands washpay.payments.token", "washpay.net"),
+)
+
+_LOADS = """
+import gc, sys, time, vfs
+from washpay import forget
+for name, mods, first in %(per_use)r:
+    for m in first.split():
+        __import__(m)
+    mods = mods.split()
+    best = None
+    for _ in range(%(n)d):
+        gc.collect()
+        t0 = time.ticks_us()
+        for m in mods:
+            __import__(m)
+        t = time.ticks_diff(time.ticks_us(), t0)
+        best = t if best is None else min(best, t)
+        for m in mods:
+            forget(m)
+    print(name + "|" + str(best))
+"""
+
+
+def load_times(interp, firmware, n=10):
+    """[(use, microseconds)]: the least of n loads of what each use loads (host figures:
+    the load is the same work on an ESP32, some 10-20 times slower)."""
+    code = _LOADS % {"per_use": PER_USE, "n": n}
+    prelude = _MOUNT % {"src": str(firmware)}
+    proc = subprocess.run([interp, "-X", "heapsize=4m", "-c", prelude + code],
+                          capture_output=True, text=True, timeout=120)
+    if proc.returncode != 0:
+        raise RuntimeError(f"load times failed under {interp}:\n{proc.stdout}{proc.stderr}")
+    return [(a, int(b)) for a, b in (ln.split("|") for ln in proc.stdout.splitlines()
+                                     if "|" in ln)]
+
+
 def _once(tmp, **kw):
     with tempfile.TemporaryDirectory(dir=tmp) as d:
         return scenario.attempt(d, **kw)
@@ -327,6 +377,7 @@ def bench(only=None, layouts=("mpy", "romfs"), bisect=True):
             for layout in layouts:
                 figures[(lbl, layout)] = measure(interp, fws[layout], tmp, bisect=bisect)
             figures[(lbl, "budget")] = {lay: import_budget(interp, fws[lay]) for lay in layouts}
+            figures[(lbl, "loads")] = {lay: load_times(interp, fws[lay]) for lay in layouts}
             figures[(lbl, "costs")] = subsystem_costs(interp, fws["romfs"], tmp)
     print_tables(figures, [lbl for lbl, _ in interps], layouts)
     return figures
@@ -365,6 +416,15 @@ def print_tables(figures, labels, layouts):
     for name, vals in rows.items():
         print(head.format(name, *[kib(vals.get(c)) for c in cols]))
     print(head.format("total", *[kib(sum(v.get(c, 0) for v in rows.values())) for c in cols]))
+    print("\n## Loaded on use (washpay.use): ms per load, host CPU (an ESP32 takes ~10-20x)\n")
+    print(head.format("use", *[f"{lbl} {lay}" for lbl, lay in cols]))
+    loads = {}
+    for lbl, lay in cols:
+        for name, us in figures[(lbl, "loads")][lay]:
+            loads.setdefault(name, {})[(lbl, lay)] = us
+    for name, vals in loads.items():
+        print(head.format(name, *[f"{vals[c] / 1000:.2f}" if c in vals else "-"
+                                  for c in cols]))
     print("\n## Live heap after each step of the scenario (plain MQTT): what first use adds, "
           "KiB\n")
     cols = [(lbl, lay) for lay in layouts for lbl in labels]

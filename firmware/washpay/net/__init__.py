@@ -1,7 +1,7 @@
 # Sync: the board's way to its operator's server (docs/sync.md).
 #
 #   sync = Sync(board.wlan(), cfg, secret, journal, device_id)
-#   sync.commands = handler        # optional: server commands (washpay/net/commands.py)
+#   sync.commands = Commands(...)  # optional: server commands (below; net/commands.py)
 #   sync.start()                   # one task; the payment path never waits on it
 #
 # It wires the connectivity manager (link.py), the MQTT client (mqtt.py) and the uploader
@@ -11,10 +11,12 @@
 # of HKDF(device secret, "mqtt-password") as hex; the host derives the same from the site
 # key to write the broker's password file.
 import asyncio
+import time
 from binascii import hexlify
 
 from micropython import const
 
+from washpay import use
 from washpay.keys import derive
 from washpay.net.link import Link, tls_context
 from washpay.net.mqtt import MQTTClient
@@ -173,3 +175,44 @@ class Sync:
                 await client.publish(box[0][0], box[0][1], qos=1)
                 box.pop(0)
             await asyncio.sleep_ms(100)
+
+
+class Commands:
+    """The board's command topic (docs/sync.md, "Commands"): remote start is `remote`'s
+    (payments/signed.py), the operator's commands (prices, blacklist, tiers, clock, status)
+    are net/commands.py's. That code is loaded for each command and dropped after it is
+    answered (washpay.use); this keeps what outlives a command: the counters and wiring."""
+
+    def __init__(self, remote, engine, journal, key, device_id, blacklist=None, board=None,
+                 status=None, config_path="/config.json", clock=time.time, log=None,
+                 tiers=None, update=None):
+        self.remote = remote  # payments/signed.py RemoteStart, and its single-use cache
+        self.cache = remote.cache
+        self.key = key  # the command key (keys.md), as remote start's
+        self.device_id = device_id
+        self.engine = engine
+        self.journal = journal
+        self.blacklist = blacklist  # cardlists/blacklist.py Blacklist (the card reader's own)
+        self.tiers = tiers  # cardlists/tierlist.py TierList (the card reader's own)
+        # update(digest, sig, size, version) -> None (taken) or why not: the app's
+        self.update = update
+        self.board = board
+        self.status_fn = status
+        self.config_path = config_path
+        self.clock = clock
+        self.log = log or (lambda *a: None)
+        self.done = 0
+        self.refused = {}
+        self.forged_at = None  # when a forged command was last journaled (at most 1/min)
+        self.forged_quiet = 0  # forged commands since, not journaled
+
+    def on_command(self, payload):
+        """Verify and execute one command; return the JSON reply (bytes). Never raises.
+        `payload` None: a message too long for the MQTT buffer, which mqtt.py dropped."""
+        return use(_COMMANDS, "on_command", self, payload)
+
+    def status(self):
+        return {"done": self.done, "refused": dict(self.refused)}
+
+
+_COMMANDS = ("washpay.net.commands", "washpay.payments.token")

@@ -7,8 +7,11 @@
 #          | action (1: start) | amount (u24) | program length (1) | program (1..10)
 #   tag  = HMAC-SHA256(command key, body)[:16]
 #
-#   remote = RemoteStart(engine, journal, key, device_id, cache)
+#   remote = RemoteStart(engine, journal, key, device_id, cache)   (payments/signed.py)
 #   reply = remote.on_command(payload)    JSON bytes for the server; never raises
+#
+# This module is the check and the start: loaded for one command and dropped after
+# (washpay.use), while the RemoteStart in signed.py keeps the counters and the cache.
 #
 # on_command() runs to the end without awaiting: the journal record is durable before it
 # returns, so the transport may acknowledge the message only after it returns.
@@ -110,135 +113,120 @@ class CommandVerifier:
         return cmd
 
 
-class RemoteStart:
-    def __init__(self, engine, journal, key, device_id, cache, log=None):
-        self.engine = engine
-        self.journal = journal
-        self.verifier = CommandVerifier(key, device_id, cache)
-        self.cache = cache
-        self.log = log or (lambda *a: None)
-        self.started = 0
-        self.recovered = 0
-        self.refused = {}
-        self.replies = []  # the last few replies, newest last (status)
+# The remote start itself, run on a RemoteStart (payments/signed.py: the counters, key and
+# replay cache, which stay loaded) and loaded for each command only (washpay.use): rs is
+# that RemoteStart.
 
-    def recover(self, last):
-        """As TokenPayments.recover: a remote start journaled just before a power cut
-        whose id did not reach the replay cache is added before anything else happens."""
-        from washpay.replay import MAX_VALIDITY_S
 
-        if not last or last.get("type") != R.REMOTE_START:
-            return False
-        cid = last.get("source") or b""
-        if len(cid) != ID_LEN or self.cache.used(cid):
-            return False
-        t = max(last.get("t", 0), self.cache.now())
-        self.recovered += 1
-        try:
-            self.cache.add(cid, 0, t + MAX_VALIDITY_S)
-        except Exception as e:  # noqa: BLE001
-            self.log("command replay cache:", e)
-        return True
+def recover(rs, last):
+    """As token.recover: a remote start journaled just before a power cut whose id did
+    not reach the replay cache is added before anything else happens."""
+    from washpay.replay import MAX_VALIDITY_S
 
-    def _reply(self, cmd, result, reason=None, seq=None):
-        r = {"result": result}
-        if cmd is not None:
-            r["cmd"] = hexlify(cmd.cid).decode()
-        if reason:
-            r["reason"] = reason
-        if seq is not None:
-            r["seq"] = seq
-        out = json.dumps(r).encode()
-        self.replies.append(r)
-        if len(self.replies) > _REPLIES:
-            self.replies.pop(0)
-        return out
+    if not last or last.get("type") != R.REMOTE_START:
+        return False
+    cid = last.get("source") or b""
+    if len(cid) != ID_LEN or rs.cache.used(cid):
+        return False
+    t = max(last.get("t", 0), rs.cache.now())
+    rs.recovered += 1
+    try:
+        rs.cache.add(cid, 0, t + MAX_VALIDITY_S)
+    except Exception as e:  # noqa: BLE001
+        rs.log("command replay cache:", e)
+    return True
 
-    def on_command(self, payload):
-        """Verify and execute one command; the reply (JSON bytes) says what happened."""
-        try:
-            return self._execute(bytes(payload))
-        except Refused as e:
-            return self._refused(e)
-        except Exception as e:  # noqa: BLE001 - a command must never stop the board
-            self.log("remote start: unexpected error", repr(e))
-            return self._reply(None, "error", repr(e)[:60])
 
-    def _execute(self, payload):
-        from washpay.replay import CacheFull
+def _reply(rs, cmd, result, reason=None, seq=None):
+    r = {"result": result}
+    if cmd is not None:
+        r["cmd"] = hexlify(cmd.cid).decode()
+    if reason:
+        r["reason"] = reason
+    if seq is not None:
+        r["seq"] = seq
+    out = json.dumps(r).encode()
+    rs.replies.append(r)
+    if len(rs.replies) > _REPLIES:
+        rs.replies.pop(0)
+    return out
 
-        eng = self.engine
-        cmd = self.verifier.check(payload)
-        p = None
-        for prog in eng.programs:
-            if prog["name"] == cmd.program:
-                p = prog
-        if p is None:
-            raise Refused("program", cmd)
-        if cmd.amount and cmd.amount < eng.price_of(p):
-            raise Refused("amount", cmd)
-        why = eng.refuse_reason()
-        if why:
-            # not executed and not used up: the server may send it again or refund
-            self._count("busy")
-            self._journal_refusal(cmd, why.lower())
-            eng.show(why, "remote start")
-            return self._reply(cmd, "refused", why.lower())
-        if not self.journal.accepts_payments:
-            raise Refused("journal", cmd)
-        if not self.cache.room():
-            raise Refused("full", cmd)
-        price = cmd.amount or eng.price_of(p)
-        try:
-            seq = eng.commit_vend(R.REMOTE_START, price, program=p, amount=price,
-                                  source=cmd.cid)
-        except JournalError as e:
-            self.log("remote start not executed:", e)
-            raise Refused("journal", cmd)
-        try:
-            self.cache.add(cmd.cid, cmd.issued, cmd.expires)
-        except (OSError, CacheFull) as e:
-            self.log("command replay cache not written:", e)
-        self.started += 1
-        asyncio.create_task(eng.drive())
-        return self._reply(cmd, "started", seq=seq)
 
-    def _count(self, code):
-        self.refused[code] = self.refused.get(code, 0) + 1
+def on_command(rs, payload):
+    """Verify and execute one command; the reply (JSON bytes) says what happened."""
+    try:
+        return _execute(rs, bytes(payload))
+    except Refused as e:
+        return _refused(rs, e)
+    except Exception as e:  # noqa: BLE001 - a command must never stop the board
+        rs.log("remote start: unexpected error", repr(e))
+        return _reply(rs, None, "error", repr(e)[:60])
 
-    def _refused(self, e):
-        code = e.code
-        self._count(code)
-        cmd = e.token
-        reason = REASONS.get(code, code)
-        if code == "used":
-            # a second delivery of a command already executed: the server's answer is that
-            # it ran (the journal has its remote_start record); nothing new to journal
-            return self._reply(cmd, "duplicate", reason)
-        if cmd is None:
-            self.log("remote start refused:", reason)
-            return self._reply(None, "invalid", reason)
-        if code != "journal":
-            self._journal_refusal(cmd, reason)
-        return self._reply(cmd, "refused", reason)
 
-    def _journal_refusal(self, cmd, reason):
-        try:
-            self.journal.append(R.COMMAND_REFUSED, amount=cmd.amount,
-                                program=(cmd.program or "")[:PROGRAM_MAX], source=cmd.cid,
-                                source_kind=R.SOURCE_COMMAND, reason=reason)
-        except JournalError as e:
-            self.log("command refusal not journaled:", e)
+def _execute(rs, payload):
+    from washpay.replay import CacheFull
 
-    async def serve(self, port):
-        """Take commands from a port (the simulator's control channel, until the sync link
-        carries them): port.flag is set when port.inbox has payloads."""
-        while True:
-            await port.flag.wait()
-            while port.inbox:
-                self.on_command(port.inbox.pop(0))
+    eng = rs.engine
+    cmd = CommandVerifier(rs.key, rs.device_id, rs.cache).check(payload)
+    p = None
+    for prog in eng.programs:
+        if prog["name"] == cmd.program:
+            p = prog
+    if p is None:
+        raise Refused("program", cmd)
+    if cmd.amount and cmd.amount < eng.price_of(p):
+        raise Refused("amount", cmd)
+    why = eng.refuse_reason()
+    if why:
+        # not executed and not used up: the server may send it again or refund
+        _count(rs, "busy")
+        _journal_refusal(rs, cmd, why.lower())
+        eng.show(why, "remote start")
+        return _reply(rs, cmd, "refused", why.lower())
+    if not rs.journal.accepts_payments:
+        raise Refused("journal", cmd)
+    if not rs.cache.room():
+        raise Refused("full", cmd)
+    price = cmd.amount or eng.price_of(p)
+    try:
+        seq = eng.commit_vend(R.REMOTE_START, price, program=p, amount=price, source=cmd.cid)
+    except JournalError as e:
+        rs.log("remote start not executed:", e)
+        raise Refused("journal", cmd)
+    try:
+        rs.cache.add(cmd.cid, cmd.issued, cmd.expires)
+    except (OSError, CacheFull) as e:
+        rs.log("command replay cache not written:", e)
+    rs.started += 1
+    asyncio.create_task(eng.drive())
+    return _reply(rs, cmd, "started", seq=seq)
 
-    def status(self):
-        return {"started": self.started, "refused": dict(self.refused),
-                "recovered": self.recovered,
-                "replies": list(self.replies), "cache": self.cache.status()}
+
+def _count(rs, code):
+    rs.refused[code] = rs.refused.get(code, 0) + 1
+
+
+def _refused(rs, e):
+    code = e.code
+    _count(rs, code)
+    cmd = e.token
+    reason = REASONS.get(code, code)
+    if code == "used":
+        # a second delivery of a command already executed: the server's answer is that
+        # it ran (the journal has its remote_start record); nothing new to journal
+        return _reply(rs, cmd, "duplicate", reason)
+    if cmd is None:
+        rs.log("remote start refused:", reason)
+        return _reply(rs, None, "invalid", reason)
+    if code != "journal":
+        _journal_refusal(rs, cmd, reason)
+    return _reply(rs, cmd, "refused", reason)
+
+
+def _journal_refusal(rs, cmd, reason):
+    try:
+        rs.journal.append(R.COMMAND_REFUSED, amount=cmd.amount,
+                          program=(cmd.program or "")[:PROGRAM_MAX], source=cmd.cid,
+                          source_kind=R.SOURCE_COMMAND, reason=reason)
+    except JournalError as e:
+        rs.log("command refusal not journaled:", e)

@@ -9,7 +9,9 @@
 #   tag   = HMAC-SHA256(token key, body)[:12]
 #
 # The parser and the checks are pure logic (CPython runs them under hypothesis); the
-# payment source at the end wires them to the scanner, the vend engine and the journal.
+# payment source at the end wires them to the scanner, the vend engine and the journal. This
+# module is loaded for one scan and dropped after (washpay.use): what stays between scans
+# (counters, the key, the replay cache) is TokenPayments, in payments/signed.py.
 import asyncio
 import struct
 from hashlib import sha256
@@ -218,143 +220,118 @@ def outcome(verifier, text):
         return e.code
 
 
-class TokenPayments:
-    """The QR payment source: scanned lines in, vends (or a clear refusal) out."""
+# ---- the QR payment source: scanned lines in, vends (or a clear refusal) out. Run on a
+# TokenPayments (payments/signed.py: the counters, key and replay cache, which stay loaded)
+# and loaded for each scan only (washpay.use): tp is that TokenPayments.
 
-    def __init__(self, engine, journal, verifier, log=None):
-        self.engine = engine
-        self.journal = journal
-        self.verifier = verifier
-        self.cache = verifier.cache
-        self.log = log or (lambda *a: None)
-        self.accepted = 0
-        self.recovered = 0  # redemptions put into the replay cache by boot recovery
-        self.refused = {}  # code -> count
-        self.last = None  # last outcome word, for status
-        self._last_refusal = None  # (token id, code): the same refusal is journaled once
-        self._last_tid = None  # the token that started the current wash
-        self.repeats = 0
-        self._gen = 0
 
-    # ---- boot
-    def recover(self, last):
-        """Before boot recovery journals anything: if the newest record redeems a token
-        that the replay cache does not hold (power lost between the two writes), add it."""
-        from washpay.replay import MAX_VALIDITY_S
+def recover(tp, last):
+    """Before boot recovery journals anything: if the newest record redeems a token that
+    the replay cache does not hold (power lost between the two writes), add it."""
+    from washpay.replay import MAX_VALIDITY_S
 
-        if not last or last.get("type") != R.TOKEN_REDEEM:
-            return False
-        tid = last.get("source") or b""
-        if len(tid) != ID_LEN or self.cache.used(tid):
-            return False
-        t = max(last.get("t", 0), self.cache.now())
-        self.recovered += 1
-        try:
-            self.cache.add(tid, 0, t + MAX_VALIDITY_S)
-        except Exception as e:  # noqa: BLE001 - a full cache must not stop the boot
-            self.log("token replay cache:", e)
-        return True
+    if not last or last.get("type") != R.TOKEN_REDEEM:
+        return False
+    tid = last.get("source") or b""
+    if len(tid) != ID_LEN or tp.cache.used(tid):
+        return False
+    t = max(last.get("t", 0), tp.cache.now())
+    tp.recovered += 1
+    try:
+        tp.cache.add(tid, 0, t + MAX_VALIDITY_S)
+    except Exception as e:  # noqa: BLE001 - a full cache must not stop the boot
+        tp.log("token replay cache:", e)
+    return True
 
-    # ---- scanner callbacks (run in the scanner's task; nothing here awaits)
-    def on_error(self, kind):
-        self._refuse(Refused("unreadable"), note=kind)
 
-    def on_line(self, line):
-        try:
-            self.redeem(line)
-        except Refused as e:
-            self._refuse(e)
-        except Exception as e:  # noqa: BLE001 - the scanner task must outlive any bug
-            self.log("QR code: unexpected error", repr(e))
-            self._refuse(Refused("malformed"), note="internal error")
+# scanner callbacks (run in the scanner's task; nothing here awaits)
+def on_error(tp, kind):
+    _refuse(tp, Refused("unreadable"), note=kind)
 
-    def redeem(self, line):
-        from washpay.replay import CacheFull
 
-        eng = self.engine
-        tok = self.verifier.check(line)
-        p = None
-        for prog in eng.programs:
-            if prog["name"] == tok.program:
-                p = prog
-        if p is None:
-            raise Refused("program", tok)
-        if tok.amount and tok.amount < eng.price_of(p):
-            raise Refused("amount", tok)
-        why = eng.refuse_reason()
-        if why:  # nothing happened to the token: the customer scans it again
-            self._show(why, "then scan again")
-            self.last = "busy"
-            return False
-        if not self.journal.accepts_payments:
-            raise Refused("journal")
-        if not self.cache.room():
-            raise Refused("full", tok)
-        price = tok.amount or eng.price_of(p)
-        try:
-            # durable first: from this record on, the money is the customer's credit if
-            # the washer does not start (boot recovery or the engine gives it back)
-            eng.commit_vend(R.TOKEN_REDEEM, price, program=p, amount=price, source=tok.tid)
-        except JournalError as e:
-            # the record is not in flash: the token is not used; the engine has taken the
-            # machine out of order and says so on the display
-            self.log("token not redeemed:", e)
-            self.refused["journal"] = self.refused.get("journal", 0) + 1
-            self.last = "journal"
-            return False
-        try:
-            self.cache.add(tok.tid, tok.issued, tok.expires)
-        except (OSError, CacheFull) as e:
-            # the journal has the redemption: the id stays used in RAM, and the next
-            # boot takes it from the journal if this was the last record
-            self.log("token replay cache not written:", e)
-        self._last_refusal = None
-        self._last_tid = tok.tid
-        self.accepted += 1
-        self.last = "ok"
-        asyncio.create_task(eng.drive())
-        return True
+def on_line(tp, line):
+    try:
+        redeem(tp, line)
+    except Refused as e:
+        _refuse(tp, e)
+    except Exception as e:  # noqa: BLE001 - the scanner task must outlive any bug
+        tp.log("QR code: unexpected error", repr(e))
+        _refuse(tp, Refused("malformed"), note="internal error")
 
-    # ---- refusals
-    def _refuse(self, e, note=None):
-        code = e.code
-        tok = e.token
-        if (code == "used" and tok is not None and tok.tid == self._last_tid
-                and self.engine.state in (R.STARTING, R.RUNNING)):
-            # the phone is still held up after its code started this wash: not an error
-            self.repeats += 1
-            return
-        self.refused[code] = self.refused.get(code, 0) + 1
-        self.last = code
-        if tok is not None and code in JOURNAL_REASONS:
-            self._journal_refusal(code, tok)
-        self.log("QR code refused:", code, note or "")
-        line1, line2 = MESSAGES.get(code, ("Code refused", ""))
-        self._show(line1, line2)
 
-    def _journal_refusal(self, code, tok):
-        key = (tok.tid, code)
-        if key == self._last_refusal:
-            return  # the scanner reads a code again while it is held up: one record
-        self._last_refusal = key
-        try:
-            self.journal.append(R.TOKEN_REFUSED, amount=tok.amount,
-                                program=(tok.program or "")[:PROGRAM_MAX], source=tok.tid,
-                                source_kind=R.SOURCE_TOKEN, reason=JOURNAL_REASONS[code])
-        except JournalError as e:
-            self.log("token refusal not journaled:", e)
+def redeem(tp, line):
+    from washpay.replay import CacheFull
 
-    def _show(self, line1, line2):
-        self.engine.show(line1, line2)
-        self._gen += 1
-        asyncio.create_task(self._restore(self._gen))
+    eng = tp.engine
+    tok = TokenVerifier(tp.key, tp.device_id, tp.cache).check(line)
+    p = None
+    for prog in eng.programs:
+        if prog["name"] == tok.program:
+            p = prog
+    if p is None:
+        raise Refused("program", tok)
+    if tok.amount and tok.amount < eng.price_of(p):
+        raise Refused("amount", tok)
+    why = eng.refuse_reason()
+    if why:  # nothing happened to the token: the customer scans it again
+        tp.show(why, "then scan again")
+        tp.last = "busy"
+        return False
+    if not tp.journal.accepts_payments:
+        raise Refused("journal")
+    if not tp.cache.room():
+        raise Refused("full", tok)
+    price = tok.amount or eng.price_of(p)
+    try:
+        # durable first: from this record on, the money is the customer's credit if
+        # the washer does not start (boot recovery or the engine gives it back)
+        eng.commit_vend(R.TOKEN_REDEEM, price, program=p, amount=price, source=tok.tid)
+    except JournalError as e:
+        # the record is not in flash: the token is not used; the engine has taken the
+        # machine out of order and says so on the display
+        tp.log("token not redeemed:", e)
+        tp.refused["journal"] = tp.refused.get("journal", 0) + 1
+        tp.last = "journal"
+        return False
+    try:
+        tp.cache.add(tok.tid, tok.issued, tok.expires)
+    except (OSError, CacheFull) as e:
+        # the journal has the redemption: the id stays used in RAM, and the next
+        # boot takes it from the journal if this was the last record
+        tp.log("token replay cache not written:", e)
+    tp.last_refusal = None
+    tp.last_tid = tok.tid
+    tp.accepted += 1
+    tp.last = "ok"
+    asyncio.create_task(eng.drive())
+    return True
 
-    async def _restore(self, gen):
-        await asyncio.sleep_ms(2500)
-        if gen == self._gen and not self.engine.busy:
-            self.engine.show()
 
-    def status(self):
-        return {"accepted": self.accepted, "refused": dict(self.refused), "last": self.last,
-                "recovered": self.recovered, "repeats": self.repeats,
-                "cache": self.cache.status()}
+def _refuse(tp, e, note=None):
+    code = e.code
+    tok = e.token
+    if (code == "used" and tok is not None and tok.tid == tp.last_tid
+            and tp.engine.state in (R.STARTING, R.RUNNING)):
+        # the phone is still held up after its code started this wash: not an error
+        tp.repeats += 1
+        return
+    tp.refused[code] = tp.refused.get(code, 0) + 1
+    tp.last = code
+    if tok is not None and code in JOURNAL_REASONS:
+        _journal_refusal(tp, code, tok)
+    tp.log("QR code refused:", code, note or "")
+    line1, line2 = MESSAGES.get(code, ("Code refused", ""))
+    tp.show(line1, line2)
+
+
+def _journal_refusal(tp, code, tok):
+    key = (tok.tid, code)
+    if key == tp.last_refusal:
+        return  # the scanner reads a code again while it is held up: one record
+    tp.last_refusal = key
+    try:
+        tp.journal.append(R.TOKEN_REFUSED, amount=tok.amount,
+                          program=(tok.program or "")[:PROGRAM_MAX], source=tok.tid,
+                          source_kind=R.SOURCE_TOKEN, reason=JOURNAL_REASONS[code])
+    except JournalError as e:
+        tp.log("token refusal not journaled:", e)

@@ -1,4 +1,4 @@
-# Server commands (net/commands.py Commands.on_command, which never raises: an unexpected
+# Server commands (net/commands.py on_command, which never raises: an unexpected
 # exception is its catch-all's "error" reply, a finding here). Valid operator commands
 # signed here (or by the host) must be "done"; any change of a signed command must be
 # "invalid"; signed garbage (any header and body, a right tag) must be "done", "refused"
@@ -10,7 +10,9 @@ from binascii import unhexlify
 
 from fzlib import NOT_UTF8, OpenCache, below, chance, mutate, pick, rbytes, rnd
 from washpay.crypto import MacKey
-from washpay.net.commands import Commands
+from washpay.net import Commands
+from washpay.net.commands import on_command
+from washpay.payments.token import device_hash
 
 STATS = {"valid": 0, "forged": 0, "signed_garbage": 0}
 PROGRAMS = ("quick", "standard", "heavy")
@@ -123,12 +125,13 @@ def run(req, count, found):
                     blacklist=Blacklist(d + "/blacklist.bin"), tiers=TierList(d + "/tiers.bin"),
                     config_path=d + "/config.json")
     mac = MacKey(key)
-    device = cmds._device
+    device = device_hash(req["device"])
     t0 = req["t0"]
 
     def result(payload):
         try:
-            r = json.loads(cmds.on_command(payload))
+            # the code itself, kept loaded: Commands.on_command loads it for each command
+            r = json.loads(on_command(cmds, payload))
             return r.get("result"), r.get("reason", "")
         except Exception as e:  # noqa: BLE001 - on_command must never raise
             return "raised", repr(e)
