@@ -13,10 +13,8 @@ import sys
 # scenario passes in 92 KiB instead of 100 (bytecode in place) and in 176 instead of 198
 # (.mpy files). A collection of such a heap takes a few ms on an ESP32, under the coin
 # sampler's 20 ms; a heap of megabytes (PSRAM) is never near full, and collecting it that
-# often would cost tens of ms each time for nothing. Up to half a megabyte it is on: a card
-# tap's code loaded into a 512 KiB heap (the simulated board's) failed for want of 4.7 KiB
-# in one piece without it.
-if gc.mem_free() < 512 * 1024:
+# often would cost tens of ms each time for nothing.
+if gc.mem_free() < 256 * 1024:
     gc.threshold(8192)
 
 import bootslot  # noqa: E402

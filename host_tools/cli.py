@@ -502,7 +502,7 @@ def build_parser():
     run = sim.add_parser("run", help="start the simulated board in the foreground")
     run.add_argument("--state", required=True, help="directory keeping the board's flash")
     run.add_argument(
-        "--heap", default="512k", help="MicroPython GC heap (make bench shows the ESP32 fit)"
+        "--heap", default="1m", help="MicroPython GC heap (make bench shows the ESP32 fit)"
     )
     run.add_argument(
         "--fw-heap", default=None,

@@ -110,7 +110,7 @@ class SimClient:
 class SimBoard:
     """Starts `washpay sim run` in the background; a context manager for tests and the demo."""
 
-    def __init__(self, state_dir, heap="512k", device_id=None, log=None, firmware=None,
+    def __init__(self, state_dir, heap="1m", device_id=None, log=None, firmware=None,
                  bare=False, flash_image=None, micropython=None, fw_heap=None, args=()):
         self.state = Path(state_dir)
         self.micropython = micropython  # None: $WASHPAY_MICROPYTHON or the environment's

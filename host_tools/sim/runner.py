@@ -92,7 +92,7 @@ def _nonblock(fd):
 
 
 class SimRunner:
-    def __init__(self, state_dir, heap="512k", device_id="sim-0001", quiet=False,
+    def __init__(self, state_dir, heap="1m", device_id="sim-0001", quiet=False,
                  firmware_dir=None, site_key=None, bare=False, flash_image=None, lock_fd=None,
                  format_flash=False, micropython=None, fw_heap=None):
         self.micropython = micropython_command(micropython)
