@@ -17,7 +17,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -26,6 +25,7 @@ from card_helpers import UID4, issued_image
 from console_env import PASSWORD, add_operators
 from sync_env import SITE_KEY, make_broker, online, sync_of, write_site_key
 from test_card_device import card, card_key, lift, tap
+from web_env import headless_chromium, wait_until
 
 from host_tools.server.alerts import book, rules
 from host_tools.server.alerts.config import parse
@@ -92,25 +92,7 @@ def rig(tmp_path_factory):
 
 
 def _desktop_browser():
-    """Headless Chromium at a desk's width (the console is a desk screen first)."""
-    import shutil
-
-    try:
-        from selenium import webdriver
-        from selenium.webdriver.chrome.service import Service
-    except ImportError:
-        pytest.skip("selenium is not installed (pip install -e '.[dev]')")
-    chrome = shutil.which("chromium") or shutil.which("chromium-browser")
-    driver = shutil.which("chromedriver")
-    if not chrome or not driver:
-        pytest.skip("no chromium/chromedriver: apt-get install chromium chromium-driver "
-                    "(scripts/system-packages.sh)")
-    opts = webdriver.ChromeOptions()
-    opts.binary_location = chrome
-    for a in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
-              "--window-size=1280,900", "--no-first-run", "--disable-extensions"):
-        opts.add_argument(a)
-    return webdriver.Chrome(service=Service(executable_path=driver), options=opts)
+    return headless_chromium(1280, 900)  # the console is a desk screen first
 
 
 @pytest.fixture(scope="module")
@@ -124,14 +106,7 @@ def browser(rig):
         b.quit()
 
 
-def wait(pred, timeout=30.0, what="condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        v = pred()
-        if v:
-            return v
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
+wait = wait_until
 
 
 def login(b, web, name):

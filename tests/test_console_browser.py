@@ -12,13 +12,13 @@ the repository: the README shows them). Skipped, saying why, without chromium an
 chromedriver (scripts/system-packages.sh installs them) or without Mosquitto."""
 
 import os
-import shutil
 import time
 from pathlib import Path
 
 import pytest
 from console_env import PASSWORD, add_operators
 from sync_env import SITE_KEY, command_rig, need_mosquitto
+from web_env import headless_chromium, wait_until
 
 from host_tools.server.web import Web
 
@@ -34,23 +34,7 @@ CONSOLE = {"lockout": {"user_failures": 3, "addr_failures": 50, "window_s": 600}
 
 
 def _browser():
-    try:
-        from selenium import webdriver
-        from selenium.webdriver.chrome.service import Service
-    except ImportError:
-        pytest.skip("selenium is not installed (pip install -e '.[dev]')")
-    chrome = shutil.which("chromium") or shutil.which("chromium-browser")
-    driver = shutil.which("chromedriver")
-    if not chrome or not driver:
-        pytest.skip("no chromium/chromedriver: apt-get install chromium chromium-driver "
-                    "(scripts/system-packages.sh)")
-    opts = webdriver.ChromeOptions()
-    opts.binary_location = chrome
-    # an office screen: the console is read at a desk
-    for a in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
-              "--window-size=1280,860", "--no-first-run", "--disable-extensions"):
-        opts.add_argument(a)
-    return webdriver.Chrome(service=Service(executable_path=driver), options=opts)
+    return headless_chromium(1280, 860)  # an office screen: the console is read at a desk
 
 
 @pytest.fixture(scope="module")
@@ -81,14 +65,7 @@ def shot(b, name):
     b.save_screenshot(str(SHOTS / f"{name}.png"))
 
 
-def wait(pred, timeout=30.0, what="condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        v = pred()
-        if v:
-            return v
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
+wait = wait_until
 
 
 def by_id(b, i):

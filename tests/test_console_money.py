@@ -12,12 +12,11 @@ import datetime
 import io
 import json
 import os
-import shutil
 from pathlib import Path
 
 import pytest
 from console_env import PASSWORD, add_operators, open_session, request
-from web_env import make_web
+from web_env import headless_chromium, make_web
 
 from host_tools.server.store import open_store
 from host_tools.server.web.console import cards as K
@@ -211,22 +210,7 @@ def served(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def browser():
-    try:
-        from selenium import webdriver
-        from selenium.webdriver.chrome.service import Service
-    except ImportError:
-        pytest.skip("selenium is not installed (pip install -e '.[dev]')")
-    chrome = shutil.which("chromium") or shutil.which("chromium-browser")
-    driver = shutil.which("chromedriver")
-    if not chrome or not driver:
-        pytest.skip("no chromium/chromedriver: apt-get install chromium chromium-driver "
-                    "(scripts/system-packages.sh)")
-    opts = webdriver.ChromeOptions()
-    opts.binary_location = chrome
-    for a in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
-              "--window-size=1280,1000", "--no-first-run", "--disable-extensions"):
-        opts.add_argument(a)
-    b = webdriver.Chrome(service=Service(executable_path=driver), options=opts)
+    b = headless_chromium(1280, 1000)
     try:
         yield b
     finally:

@@ -9,7 +9,6 @@ chromedriver (scripts/system-packages.sh installs them) or without Mosquitto."""
 
 import json
 import os
-import shutil
 import time
 import urllib.error
 import urllib.request
@@ -17,6 +16,7 @@ from pathlib import Path
 
 import pytest
 from sync_env import SITE_KEY, command_rig
+from web_env import headless_chromium, wait_until
 
 from host_tools.server.web import Web
 from host_tools.server.web import db as D
@@ -30,25 +30,7 @@ DEVICE = "sim-0001"
 
 
 def _browser():
-    try:
-        from selenium import webdriver
-        from selenium.webdriver.chrome.service import Service
-    except ImportError:
-        pytest.skip("selenium is not installed (pip install -e '.[dev]')")
-    chrome = shutil.which("chromium") or shutil.which("chromium-browser")
-    driver = shutil.which("chromedriver")
-    if not chrome or not driver:
-        pytest.skip("no chromium/chromedriver: apt-get install chromium chromium-driver "
-                    "(scripts/system-packages.sh)")
-    opts = webdriver.ChromeOptions()
-    opts.binary_location = chrome
-    for a in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
-              "--window-size=412,915", "--no-first-run", "--disable-extensions"):
-        opts.add_argument(a)
-    # a phone: the pages are read at this width
-    opts.add_experimental_option("mobileEmulation", {"deviceMetrics": {
-        "width": 412, "height": 915, "pixelRatio": 2.0}})
-    return webdriver.Chrome(service=Service(executable_path=driver), options=opts)
+    return headless_chromium(412, 915, phone=True)  # the pages are read on a phone
 
 
 @pytest.fixture(scope="module")
@@ -79,14 +61,7 @@ def shot(b, name):
     b.save_screenshot(str(SHOTS / f"{name}.png"))
 
 
-def wait(pred, timeout=30.0, what="condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        v = pred()
-        if v:
-            return v
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
+wait = wait_until
 
 
 def page_state(b):

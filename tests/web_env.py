@@ -76,3 +76,43 @@ def reply(web, cid, result, **fields):
 
 def csrf(html):
     return re.search(r'name="csrf" value="([^"]+)"', html).group(1)
+
+
+def headless_chromium(width, height, phone=False):
+    """Debian's chromium and chromedriver, headless, through Selenium, at a window of
+    width x height (phone: a phone's screen, as the customer's pages are read); skips,
+    saying what to install, where either is missing."""
+    import shutil
+
+    import pytest
+
+    try:
+        from selenium import webdriver
+        from selenium.webdriver.chrome.service import Service
+    except ImportError:
+        pytest.skip("selenium is not installed (pip install -e '.[dev]')")
+    chrome = shutil.which("chromium") or shutil.which("chromium-browser")
+    driver = shutil.which("chromedriver")
+    if not chrome or not driver:
+        pytest.skip("no chromium/chromedriver: apt-get install chromium chromium-driver "
+                    "(scripts/system-packages.sh)")
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = chrome
+    for a in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
+              f"--window-size={width},{height}", "--no-first-run", "--disable-extensions"):
+        opts.add_argument(a)
+    if phone:
+        opts.add_experimental_option("mobileEmulation", {"deviceMetrics": {
+            "width": width, "height": height, "pixelRatio": 2.0}})
+    return webdriver.Chrome(service=Service(executable_path=driver), options=opts)
+
+
+def wait_until(pred, timeout=30.0, what="condition"):
+    """pred()'s first true value within timeout seconds, else AssertionError naming what."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        v = pred()
+        if v:
+            return v
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}")
