@@ -31,6 +31,8 @@ class Prices:
 class Engine:
     programs = [{"name": "quick", "price": 250}]
     prices = Prices()
+    def program_named(self, name):
+        return ([p for p in self.programs if p["name"] == name] or [None])[0]
 cmds = Commands(Remote(), Engine(), Journal(), unhexlify(KEY), "sim-0001",
                 config_path=DIR + "/config.json")
 """

@@ -42,6 +42,8 @@ class Engine:
     busy = False
     prices = None
     def price_of(self, p, tier=None): return p["price"]
+    def program_named(self, name):
+        return ([p for p in self.programs if p["name"] == name] or [None])[0]
     def refuse_reason(self): return None
     def show(self, *lines): Screen.lines = lines
     def commit_vend(self, rtype, price, **f):

@@ -168,10 +168,7 @@ def _execute(rs, payload):
 
     eng = rs.engine
     cmd = CommandVerifier(rs.key, rs.device_id, rs.cache).check(payload)
-    p = None
-    for prog in eng.programs:
-        if prog["name"] == cmd.program:
-            p = prog
+    p = eng.program_named(cmd.program)
     if p is None:
         raise Refused("program", cmd)
     if cmd.amount and cmd.amount < eng.price_of(p):

@@ -264,10 +264,7 @@ def redeem(tp, line):
 
     eng = tp.engine
     tok = TokenVerifier(tp.key, tp.device_id, tp.cache).check(line)
-    p = None
-    for prog in eng.programs:
-        if prog["name"] == tok.program:
-            p = prog
+    p = eng.program_named(tok.program)
     if p is None:
         raise Refused("program", tok)
     if tok.amount and tok.amount < eng.price_of(p):

@@ -22,7 +22,7 @@ async def recover(e, boot_reason):
     last = e.journal.last()
     if last is not None:
         e.credit = last.get("credit", 0)
-        e.program = e._program(last.get("program")) or e.program
+        e.program = e.program_named(last.get("program")) or e.program
         state = last.get("state", R.IDLE)
         e.vend_price = last.get("price", 0)
         e.bought_s = last.get("left_s", 0)

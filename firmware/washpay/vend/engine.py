@@ -109,7 +109,7 @@ class VendEngine:
         await vend_boot.recover(self, boot_reason)
         forget("washpay.vend.boot")
 
-    def _program(self, name):
+    def program_named(self, name):
         for p in self.programs:
             if p["name"] == name:
                 return p

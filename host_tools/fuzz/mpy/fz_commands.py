@@ -44,6 +44,12 @@ class _Engine:
         self.programs = [{"name": n, "price": 250 + 100 * i} for i, n in enumerate(PROGRAMS)]
         self.prices = _Prices()
 
+    def program_named(self, name):
+        for p in self.programs:
+            if p["name"] == name:
+                return p
+        return None
+
     def set_prices(self, raw):
         self.prices.version = raw.get("version", 0)
 
