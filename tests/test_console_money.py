@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 from console_env import PASSWORD, add_operators, open_session, request
-from web_env import headless_chromium, make_web
+from web_env import headless_chromium, leave, make_web
 
 from host_tools.server.store import open_store
 from host_tools.server.web.console import cards as K
@@ -230,11 +230,7 @@ def login(b, web, name):
 
 def go(b, element):
     """Click what leaves the page (a link, a submit button) and wait for the next page."""
-    from selenium.webdriver.support import expected_conditions as EC
-    from selenium.webdriver.support.ui import WebDriverWait
-
-    element.click()
-    WebDriverWait(b, 30).until(EC.staleness_of(element))
+    leave(b, element)
 
 
 def attrs(b, css, *names):

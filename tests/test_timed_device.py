@@ -153,14 +153,17 @@ def test_paid_time_survives_a_power_cut(dryer, tmp_path):
     st = dryer.wait_for(lambda s: s["state"] == "running" and s["relay"] == "on",
                         timeout=20, what="the paid time to resume")
     # 12 s paid; by the wall clock at least the time from running to power on has gone
-    # (run and outage), at most the time since the press
-    assert within(st, 12, t0) and left(st) <= 12 - (t_on - t_running) + 1, (
-        left(st), time.monotonic() - t0, t_on - t_running)
+    # (run and outage), at most the time since the press. The board's clock has whole
+    # seconds: it gives the customer the second it cannot tell, so up to 2 s more than
+    # the wall clock says are left, never less
+    gone = t_on - t_running
+    assert within(st, 12, t0) and left(st) <= 12 - gone + 2, (
+        left(st), time.monotonic() - t0, gone)
     st = dryer.wait_for(lambda s: s["state"] == "idle", timeout=20, what="the end")
     assert st["relay"] == "off"
     recs = journal(dryer, tmp_path)
     resumed = [r for r in recs if r["type"] == "vend_running" and r["recovered"]]
-    assert len(resumed) == 1 and resumed[0]["left_s"] <= 12 - (t_on - t_running) + 1
+    assert len(resumed) == 1 and resumed[0]["left_s"] <= 12 - gone + 2
     assert recs[-1]["type"] == "vend_done" or any(r["type"] == "vend_done" for r in recs)
 
 

@@ -116,3 +116,22 @@ def wait_until(pred, timeout=30.0, what="condition"):
             return v
         time.sleep(0.1)
     raise AssertionError(f"timed out waiting for {what}")
+
+
+def leave(b, element, timeout=30.0):
+    """Click what leaves the page (a link, a submit button) and wait until the next page
+    has loaded. The old document is marked before the click and the wait is for a loaded
+    document without the mark: no question about an element of a page being torn down
+    (Chromium may answer those with an inspector error instead of "stale")."""
+    from selenium.common.exceptions import WebDriverException
+
+    b.execute_script("window.__washpayLeft = true;")
+    element.click()
+
+    def arrived():
+        try:
+            return b.execute_script(
+                "return window.__washpayLeft !== true && document.readyState === 'complete';")
+        except WebDriverException:  # the page is between documents: ask again
+            return False
+    wait_until(arrived, timeout, "the next page")

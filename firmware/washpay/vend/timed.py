@@ -110,12 +110,14 @@ async def resume(e, last):
     """Boot recovery of a timed vend that was running at the power cut. The cut dropped
     the relay; the time left is the last record's, less the time since it was written
     when the clock can tell (a clock that went back, e.g. an RTC reset, counts nothing
-    as elapsed: the customer keeps the doubt). Nothing left: the vend is over."""
+    as elapsed: the customer keeps the doubt). The clock has whole seconds, so the time
+    since the record may read up to a second long: one second more goes to the customer,
+    never more than the record had. Nothing left: the vend is over."""
     left = last.get("left_s", 0)
     written = last.get("t", 0)
     now = int(e.clock())
     if now >= written:
-        left = max(0, written + left - now)
+        left = max(0, min(left, written + left - now + 1))
     e.ends_ms = time.ticks_add(time.ticks_ms(), left * 1000)
     if not left:
         return  # the engine's watch ends it at once, with its record and display
