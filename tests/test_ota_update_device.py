@@ -174,8 +174,10 @@ def test_a_dropped_link_and_a_power_cut_mid_download_resume(tmp_path, releases):
         data = server.data_out  # a dropped request is answered by nothing, not a header
         print(f"\nrelease {rel.size} bytes; fetched {data} bytes over {server.requests} "
               f"requests with a drop, a lost link and a power cut")
-        # resumed, not restarted: at most a few chunks fetched twice
-        assert rel.size <= data <= rel.size + 8 * 960
+        # resumed, not restarted: a restart after the cut at >= 50 % would fetch at least
+        # half the release again; a chunk whose answer came after the board gave up on it
+        # (a loaded host) is fetched twice, and that is all
+        assert rel.size <= data < rel.size * 5 // 4
         sim.call("power", state="cut")
         assert ("ota_done", "0.2.0") in journal(st)
 
