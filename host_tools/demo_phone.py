@@ -109,11 +109,11 @@ def _customer(web, sim, page, D):
     r = opener.open(urllib.request.Request(f"{web.url}/m/{DEVICE}/pay", data=body))
     checkout = r.geturl()
     _say(f"  checkout (sandbox): {checkout}")
+    before = sim.status()["relay_pulses"]  # before the payment: the board may start at once
     r = opener.open(urllib.request.Request(checkout, data=f"action=pay&csrf={token}"
                                            .encode()))
     pay_url = r.geturl()
     _say(f"  paid; payment page: {pay_url}")
-    before = sim.status()["relay_pulses"]
     seen = None
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
@@ -127,7 +127,7 @@ def _customer(web, sim, page, D):
     # the board answers "started" once the vend is journaled; the relay pulse the simulated
     # washer counts may be reported a moment later
     ok = False
-    deadline = time.monotonic() + 5
+    deadline = time.monotonic() + 15
     while seen == D.RUNNING and not ok and time.monotonic() < deadline:
         ok = sim.status()["relay_pulses"] == before + 1
         time.sleep(0 if ok else 0.1)
