@@ -195,7 +195,7 @@ def test_the_same_version_with_another_manifest_is_refused(release, tmp_path):
 
 # ---- the running server, a real broker, simulated boards
 @contextlib.contextmanager
-def rig(tmp, release, devices, canary=0, max_downloads=8, store_url=None):
+def rig(tmp, release, devices, canary=0, max_downloads=8, store_url=None, max_failures=3):
     from host_tools.server.service import Server
 
     broker = make_broker(tmp / "broker", DEVICES).start()
@@ -211,7 +211,8 @@ def rig(tmp, release, devices, canary=0, max_downloads=8, store_url=None):
         # once the boards are subscribed: an offer to a board that never connected has no
         # session in the broker to wait in (a real board's session outlives its absence)
         if not RO.latest(store):
-            RO.create(store, release["doc"]["version"], devices, canary=canary)
+            RO.create(store, release["doc"]["version"], devices, canary=canary,
+                      max_failures=max_failures)
 
     try:
         yield {"server": server, "store": store, "port": broker.port, "logs": logs,
@@ -547,3 +548,184 @@ def test_a_silent_board_gives_its_slot_up_and_is_offered_again_less_and_less(rel
             ("dev-1", 2), ("dev-2", 3), ("sim-0001", 1)]
     finally:
         store.close()
+
+
+# ---- the failure budget (docs/ota.md, "The failure budget")
+# the board's own texts (firmware/washpay/ota/release.py) for a release not meant for it
+NOT_FOR_IT = ("release 0.2.0 is for boards esp32-devkitc, not sim",
+              "release 0.2.0 is not newer than the running 0.3.0 (and not a signed downgrade)",
+              "release 0.2.0 is compiled for .mpy v6; this board loads v7",
+              "release 0.2.0 reads journal formats 1, not this board's format 2",
+              "release 0.2.0 updates from 0.1.5 or later; this board runs 0.1.0")
+
+
+def test_the_not_eligible_texts_are_the_boards_own():
+    """RO.NOT_ELIGIBLE names the board's refusals by pieces of their text: each piece is
+    in exactly one of the firmware's refusal texts, and the examples above match."""
+    source = (P.FIRMWARE_DIR / "washpay" / "ota" / "release.py").read_text()
+    refusals = [line for line in source.splitlines() if "Refused(" in line]
+    for piece in RO.NOT_ELIGIBLE:
+        assert sum(piece in line for line in refusals) == 1, piece
+    for text in NOT_FOR_IT:
+        assert not RO.is_fault("refused", text), text
+    for text in ("bad signature: not signed by this board's release key",
+                 "release 0.2.0 expired (at 1, now 2)", "flash: [Errno 28] ENOSPC (3 KiB free)",
+                 "file /washpay/app.mpy: SHA-256 differs from the manifest",
+                 "truncated chunk: file 3 offset 960 got 10 of 960 bytes",
+                 "offer refused: no release public key in /release.pub: provision the board "
+                 "with one", None):
+        assert RO.is_fault("refused", text), text
+    assert RO.is_fault("rolled_back", "import failed: ImportError")
+    assert not RO.is_fault("healthy", None)
+
+
+def test_failures_off_the_canaries_halt_the_rollout_at_the_budget(release, store_url):
+    """The ledger's side on SQLite and PostgreSQL: boards that are not eligible do not
+    count; the Nth fault halts (no offers, a late report still recorded); a resume starts
+    the budget again, with a new size if given; a halt by the last board resumes to done."""
+    store = open_store(store_url)
+    devices = [f"dev-{i}" for i in range(8)]
+    try:
+        RO.ensure_schema(store)
+        RO.store_release(store, release["dir"], release["doc"])
+        rid = RO.create(store, release["doc"]["version"], devices, max_failures=2, now=0)
+        offered = [d for _, d, _ in RO.to_offer(store, limit=8, stall_s=100, now=1)]
+        assert offered == devices
+        RO.report(store, "dev-0", rid, "refused", reason=NOT_FOR_IT[0], now=2)
+        RO.report(store, "dev-1", rid, "refused", reason=NOT_FOR_IT[1], now=3)
+        out = RO.report(store, "dev-2", rid, "rolled_back", reason="import failed: "
+                        "ImportError", now=4)
+        assert "rollout" not in out
+        st = RO.status(store, rid)
+        assert (st["state"], st["failures"], st["max_failures"], st["not_eligible"]) == \
+            ("open", 1, 2, 2)
+        assert [d["fault"] for d in st["devices"][:4]] == [False, False, True, None]
+        RO.report(store, "dev-3", rid, "downloading", 40, now=5)
+        out = RO.report(store, "dev-4", rid, "refused",
+                        reason="file /washpay/app.mpy: SHA-256 differs from the manifest",
+                        now=6)
+        why = ("failure budget used up: 2 board(s) failed (--max-failures 2), the last "
+               "dev-4 refused the release: file /washpay/app.mpy: SHA-256 differs from the "
+               "manifest")
+        assert out["rollout"] == ("halted", why)
+        st = RO.status(store, rid)
+        assert (st["state"], st["reason"], st["failures"]) == ("halted", why, 2)
+        assert "failure budget 2 of 2 used (2 not eligible, not counted)" in RO.summary(st)
+        # halted: nobody is offered it, silent boards included; reports are still recorded
+        assert RO.to_offer(store, limit=8, stall_s=100, now=500) == []
+        assert RO.report(store, "dev-3", rid, "staged", now=7)["new"] == "staged"
+        assert "rollout" not in RO.report(store, "dev-5", rid, "rolled_back",
+                                          reason="not healthy after 3 boots", now=8)
+        assert RO.status(store, rid)["state"] == "halted"
+        # a resume starts the budget again (the faults so far stay in the status)
+        assert RO.resume(store, rid, now=9) == "open"
+        st = RO.status(store, rid)
+        assert (st["failures"], st["faults"], st["max_failures"]) == (0, 3, 2)
+        RO.report(store, "dev-6", rid, "rolled_back", reason="import failed", now=10)
+        assert RO.status(store, rid)["state"] == "open"  # 1 of 2 since the resume
+        with pytest.raises(RO.RolloutError, match="give 1 or more"):
+            RO.resume(store, rid, max_failures=0)
+        RO.halt(store, rid, now=11)
+        RO.resume(store, rid, max_failures=1, now=12)  # a new size: the next fault halts
+        out = RO.report(store, "dev-7", rid, "rolled_back", reason="import failed", now=13)
+        assert out["rollout"][0] == "halted" and "the last dev-7 rolled back" in \
+            out["rollout"][1]
+        # the last board halted it: every board has ended but dev-3 (staged) ...
+        RO.report(store, "dev-3", rid, "rolled_back", reason="not healthy", now=14)
+        assert RO.resume(store, rid, now=15) == "done"  # ... so a resume has nothing to offer
+        assert RO.status(store, rid)["reason"] == "every board reached an end state"
+    finally:
+        store.close()
+
+
+def test_publish_takes_a_failure_budget_and_status_and_report_show_it(release, store_url,
+                                                                      tmp_path):
+    db = store_url if "postgresql" in store_url else str(tmp_path / "ledger.db")
+    open_store(db).close()
+    args = ("server", "release", "publish", release["dir"], "--pub", release["pub"],
+            "--db", db)
+    for bad in ("0", "-2", "many", "0%", "101%", "2.5"):
+        refused(washpay(*args, "--devices", "dev-1,dev-2", "--max-failures", bad),
+                f"--max-failures {bad}: give a number of boards")
+    store = open_store(db)
+    try:
+        RO.ensure_schema(store)
+        assert store.query("SELECT count(*) FROM rollouts")[0][0] == 0  # nothing stored
+    finally:
+        store.close()
+    r = washpay(*args, "--devices", "dev-1,dev-2,sim-0001", "--max-failures", "50%")
+    assert r.returncode == 0, r.stderr
+    assert "halts at the 2nd board that fails" in r.stdout
+    st = status(db)
+    assert (st["max_failures"], st["failures"]) == (2, 0)
+    store = open_store(db)
+    try:
+        RO.to_offer(store, limit=8, stall_s=100)
+        RO.report(store, "dev-1", 1, "refused", reason=NOT_FOR_IT[0])
+        RO.report(store, "dev-2", 1, "rolled_back", reason="import failed: ImportError")
+        RO.report(store, "sim-0001", 1, "refused", reason="bad signature: not signed by "
+                  "this board's release key")
+    finally:
+        store.close()
+    r = washpay("server", "release", "status", "--db", db)
+    assert r.returncode == 0, r.stderr
+    assert "halted (failure budget used up: 2 board(s) failed (--max-failures 2), the last " \
+           "sim-0001 refused the release: bad signature" in r.stdout
+    assert "failure budget 2 of 2 used (1 not eligible, not counted)" in r.stdout
+    assert "(not eligible: not counted as a failure)" in \
+        [line for line in r.stdout.splitlines() if "dev-1" in line][0]
+    if "postgresql" not in db:  # `server report` reads the ledger file
+        text = washpay("server", "report", "--db", db).stdout
+        assert "halted (failure budget used up: 2 board(s) failed" in text
+        assert "failure budget 2 of 2 used" in text
+    refused(washpay("server", "release", "resume", "--max-failures", "0", "--db", db),
+            "--max-failures 0")
+    assert status(db)["state"] == "halted"  # a refused resume changes nothing
+    r = washpay("server", "release", "resume", "--max-failures", "5", "--db", db)
+    assert r.returncode == 0, r.stderr
+    assert "done" in r.stdout  # every board ended: nothing left to offer
+    st = status(db)
+    assert (st["state"], st["max_failures"], st["failures"]) == ("done", 5, 0)
+
+
+def test_failures_off_the_canaries_halt_a_running_rollout(release, tmp_path, store_url):
+    """Through `server run` and a real broker: two boards fail (max 2), the rollout halts,
+    the board that was downloading is served no more chunks and the waiting one is not
+    offered; `release resume` goes on where it stopped."""
+    with rig(tmp_path, release, list(DEVICES), max_downloads=3, store_url=store_url,
+             max_failures=2) as r:
+        async def scenario():
+            b1, b2, b3, b4 = await boards(r, *DEVICES)
+            o1, o2, o3 = await b1.offer(), await b2.offer(), await b3.offer()
+            await no_offer(b4, 0.5)  # three slots
+            await b3.fetch_file(o3["id"], MANIFEST, o3["size"])  # b3 is downloading
+            await b1.report(o1, "refused", reason=NOT_FOR_IT[0])  # not counted
+            b1.close()  # its slot goes to b4
+            o4 = await b4.offer()
+            await b2.report(o2, "rolled_back", reason="import failed: ImportError")
+            wait_for(lambda: RO.status(r["store"])["failures"] == 1, "one failure")
+            assert RO.status(r["store"])["state"] == "open"
+            await b4.report(o4, "refused", reason="flash: [Errno 28] ENOSPC (2 KiB free)")
+            wait_for(lambda: RO.status(r["store"])["state"] == "halted", "the halt")
+            # b3 mid-download stops: its requests get no answer until a resume
+            b3.timeout_s = 0.5
+            with pytest.raises(TimeoutError):
+                async with asyncio.timeout(1.2):
+                    await b3.fetch(o3["id"], 0, 0, 100)
+            res = washpay("server", "release", "resume", "--db",
+                          r["db"].removeprefix("sqlite:///"))
+            assert res.returncode == 0, res.stderr
+            b3.timeout_s = 5.0
+            await b3.download(o3)
+            for b in (b2, b3, b4):
+                b.close()
+
+        run(scenario())
+        st = wait_for(lambda: (s := RO.status(r["store"]))["devices"][2]["state"] == "staged"
+                      and s, "b3 staged")
+        assert st["state"] == "open" and st["failures"] == 0 and st["faults"] == 2
+        assert st["reason"] == "resumed by an operator"
+        assert states(st) == {"sim-0001": "refused", "sim-0002": "rolled_back",
+                              "dev-1": "staged", "dev-2": "refused"}
+        logs = "\n".join(r["logs"])
+        assert "rollout 1 halted: failure budget used up: 2 board(s) failed" in logs
