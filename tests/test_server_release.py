@@ -66,11 +66,8 @@ def pg_url():
 _db_counter = iter(range(10**6))
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def store_url(request, tmp_path):
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path}/ledger.db"
-    base = request.getfixturevalue("pg_url")
+def _pg_database(base):
+    """A fresh database on the module's PostgreSQL: its URL."""
     import psycopg
 
     name = f"rollout_{next(_db_counter)}"
@@ -78,6 +75,13 @@ def store_url(request, tmp_path):
         c.execute(f"DROP DATABASE IF EXISTS {name}")
         c.execute(f"CREATE DATABASE {name}")
     return base.rsplit("/", 1)[0] + "/" + name
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store_url(request, tmp_path):
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path}/ledger.db"
+    return _pg_database(request.getfixturevalue("pg_url"))
 
 
 def status(db, rollout=None):
@@ -729,3 +733,176 @@ def test_failures_off_the_canaries_halt_a_running_rollout(release, tmp_path, sto
                               "dev-1": "staged", "dev-2": "refused"}
         logs = "\n".join(r["logs"])
         assert "rollout 1 halted: failure budget used up: 2 board(s) failed" in logs
+
+
+# ---- two server processes on one PostgreSQL: the download slots (docs/ota.md, "Offers")
+FLEET = tuple(f"dev-{i:02d}" for i in range(12))
+
+
+def test_two_servers_on_one_postgresql_never_hand_out_more_slots_than_the_limit(release,
+                                                                                pg_url,
+                                                                                tmp_path):
+    """Two `server run`s (Server instances, each with its own connections) on one
+    PostgreSQL ledger and one broker, whose shared subscriptions split the boards' messages
+    between them; 12 boards, 3 download slots. A board holds its slot from the offer it
+    receives until it reports staged. At no moment do more than 3 boards hold one, across
+    both servers; no board is offered the release twice; both servers make offers; every
+    board stages. The advisory lock in RO.to_offer is what makes this hold: without it both
+    servers count the same free slots (docs/ota.md)."""
+    import threading
+
+    from host_tools.server.service import Server
+
+    limit = 3
+    db = _pg_database(pg_url)
+    broker = make_broker(tmp_path / "broker", FLEET).start()
+    logs = []
+    servers = []
+    try:
+        for i in range(2):
+            servers.append(Server(db, SITE_KEY, broker.url(), instance=i, log=logs.append,
+                                  max_downloads=limit,
+                                  ota_options={"poll_s": 0.05, "stall_s": 300.0}).start())
+        store = open_store(db)
+        RO.ensure_schema(store)
+        RO.store_release(store, release["dir"], release["doc"])
+        # the ledger's own count, sampled on a connection of its own while it runs
+        seen = {"max": 0}
+        done = threading.Event()
+
+        def sample():
+            watch = open_store(db)
+            try:
+                while not done.is_set():
+                    n = watch.query("SELECT count(*) FROM rollout_devices WHERE state IN "
+                                    "('offered', 'downloading')")[0][0]
+                    seen["max"] = max(seen["max"], n)
+                    time.sleep(0.005)
+            finally:
+                watch.close()
+
+        holding, peak, offered = set(), [], []
+
+        async def board(b):
+            real = b.report
+
+            async def report(offer, state, **fields):
+                if state == "staged":  # the slot is given back with this report
+                    holding.discard(b.device)
+                await real(offer, state, **fields)
+
+            b.report = report
+            offer = await b.offer(timeout=120)
+            assert b.device not in holding
+            holding.add(b.device)
+            offered.append(b.device)
+            peak.append(len(holding))
+            await b.download(offer)
+            with pytest.raises(TimeoutError):  # offered once only
+                await b.offer(timeout=0.5)
+
+        async def scenario():
+            bs = [await UpdatingBoard(d, SITE_KEY).connect("127.0.0.1", broker.port)
+                  for d in FLEET]
+            RO.create(store, release["doc"]["version"], list(FLEET))
+            try:
+                await asyncio.gather(*(board(b) for b in bs))
+            finally:
+                for b in bs:
+                    b.close()
+
+        watcher = threading.Thread(target=sample)
+        watcher.start()
+        try:
+            run(scenario())
+        finally:
+            done.set()
+            watcher.join()
+        st = wait_for(lambda: (s := RO.status(store))["counts"].get("staged") == len(FLEET)
+                      and s, "every board staged")
+        store.close()
+        print(f"\nholders at each offer: {peak}; ledger's most at once: {seen['max']}; "
+              f"offers by server: {[s.ota.counts['offers'] for s in servers]}")
+        assert sorted(offered) == sorted(FLEET)
+        assert max(peak) <= limit and seen["max"] <= limit
+        assert max(peak) == limit  # the limit was reached: the boards did compete for slots
+        assert all(s.ota.counts["offers"] for s in servers)  # both handed slots out
+        assert sum(s.ota.counts["offers"] for s in servers) == len(FLEET)
+        assert sum(s.ota.counts["chunks"] for s in servers) >= len(FLEET) * (
+            1 + len(release["doc"]["files"]))
+        assert all(d["offers"] == 1 for d in st["devices"])
+        assert not [line for line in logs if "update: " in line and "Error" in line]
+    finally:
+        for s in servers:
+            s.stop()
+        broker.stop()
+
+
+def test_two_update_workers_on_separate_connections_share_the_slots(release, pg_url):
+    """The same limit at its sharpest: two OtaService workers, each on its own PostgreSQL
+    connection, hand out slots at the same instant (a barrier before every round) while
+    boards stage one or two at a time between rounds. Offers only add holders within a
+    round, so checking after each round checks every moment: never more than the limit,
+    and never an offer to a board that holds a slot."""
+    import random
+    import threading
+
+    from host_tools.server.ota.serve import OtaService
+
+    limit, fleet = 4, [f"dev-{i:02d}" for i in range(40)]
+    db = _pg_database(pg_url)
+    store = open_store(db)
+    RO.ensure_schema(store)
+    RO.store_release(store, release["dir"], release["doc"])
+    rid = RO.create(store, release["doc"]["version"], fleet, max_failures=None)
+    offers = []  # (worker, device), in the order published
+    workers = [OtaService(db, SITE_KEY, lambda t, p, q, w=w: offers.append(
+        (w, t.split("/")[1])), log=lambda *a: None, max_downloads=limit, stall_s=3600.0)
+        for w in range(2)]
+    gate = threading.Barrier(3)
+    rounds, taken, holding, staged, errors = 0, 0, set(), set(), []
+
+    def worker(svc):
+        while True:
+            gate.wait()
+            if len(staged) == len(fleet):
+                return
+            try:
+                svc.offer_due()
+            except Exception as e:  # noqa: BLE001 - reported below
+                errors.append(e)
+            gate.wait()
+
+    threads = [threading.Thread(target=worker, args=(w,)) for w in workers]
+    for t in threads:
+        t.start()
+    pick = random.Random(14)
+    try:
+        while len(staged) < len(fleet) and rounds < 200:
+            gate.wait()  # go
+            gate.wait()  # both rounds' transactions committed
+            rounds += 1
+            new = [d for _, d in offers[taken:]]
+            taken = len(offers)
+            assert not errors, errors
+            assert len(set(new)) == len(new), (rounds, new)  # not twice in one round
+            assert not (set(new) & (holding | staged)), (rounds, new, holding)
+            holding |= set(new)
+            assert len(holding) <= limit, (rounds, holding)
+            for d in pick.sample(sorted(holding), min(len(holding), pick.choice((1, 2)))):
+                RO.report(store, d, rid, "staged")
+                holding.discard(d)
+                staged.add(d)
+    finally:
+        staged.update(fleet)  # let the workers end, whatever happened
+        gate.wait()
+        for t in threads:
+            t.join()
+        for w in workers:
+            w.stop()
+    st = RO.status(store)
+    store.close()
+    by = {w: sum(1 for x, _ in offers if x == w) for w in (0, 1)}
+    print(f"\n{rounds} rounds; offers by worker: {by}")
+    assert sorted(d for _, d in offers) == sorted(fleet)  # each board once
+    assert st["counts"] == {"staged": len(fleet)}
