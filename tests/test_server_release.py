@@ -906,3 +906,32 @@ def test_two_update_workers_on_separate_connections_share_the_slots(release, pg_
     print(f"\n{rounds} rounds; offers by worker: {by}")
     assert sorted(d for _, d in offers) == sorted(fleet)  # each board once
     assert st["counts"] == {"staged": len(fleet)}
+
+
+def test_a_ledger_from_before_the_failure_budget_is_brought_up_to_date(release, store_url):
+    """A rollouts table made before the budget existed gets its columns when the ledger is
+    opened; its rollouts have no budget (never halted by one), new ones do."""
+    store = open_store(store_url)
+    try:
+        with store.transaction() as tx:  # the table as the first version made it
+            tx.execute("CREATE TABLE rollouts (id " + (
+                "BIGSERIAL PRIMARY KEY" if store.dialect == "postgresql" else
+                "INTEGER PRIMARY KEY") + ", version TEXT NOT NULL, canary BIGINT NOT NULL "
+                "DEFAULT 0, state TEXT NOT NULL, reason TEXT, created REAL, changed REAL)")
+            tx.execute("INSERT INTO rollouts (version, canary, state) VALUES (?, 0, 'open')",
+                       (release["doc"]["version"],))
+        RO.ensure_schema(store)
+        RO.store_release(store, release["dir"], release["doc"])
+        with store.transaction() as tx:
+            tx.execute("INSERT INTO rollout_devices (rollout, device, position) "
+                       "VALUES (1, 'dev-1', 0)")
+        old = RO.status(store, 1)
+        assert (old["max_failures"], old["failures"]) == (None, 0)
+        assert "failure budget" not in RO.summary(old)
+        RO.to_offer(store, limit=8, stall_s=100)
+        RO.report(store, "dev-1", 1, "rolled_back", reason="import failed")
+        assert RO.status(store, 1)["state"] == "done"  # no budget: not halted
+        rid = RO.create(store, release["doc"]["version"], ["dev-2"])
+        assert RO.status(store, rid)["max_failures"] == int(RO.MAX_FAILURES)
+    finally:
+        store.close()
