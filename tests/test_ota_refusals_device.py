@@ -7,8 +7,7 @@ import time
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from ota_env import Release, build_release, resigned
-from test_ota_update_device import DEVICE, journal, rig, version
+from ota_env import DEVICE, Release, build_release, journal, resigned, rig, version
 
 pytestmark = pytest.mark.device
 

@@ -5,27 +5,23 @@ boot and `healthy`; a release that raises at import and one whose main loop hang
 back; a dropped link and a power cut mid-download, resumed; an offer during a wash, applied
 after the cycle."""
 
-import contextlib
-import json
 import time
 
 import pytest
 from ota_env import (
+    DEVICE,
     Release,
-    ReleaseServer,
     build_release,
     hangs_in_main_loop,
-    public_line,
+    journal,
+    pay,
     raises_at_import,
+    rig,
+    version,
 )
-from sync_env import SITE_KEY, make_broker, online, write_site_key
-
-from host_tools import journal as J
-from host_tools import keys as K
-from host_tools.sim.client import SimBoard, SimError
+from sync_env import online
 
 pytestmark = pytest.mark.device
-DEVICE = "sim-0001"
 
 
 @pytest.fixture(scope="module")
@@ -36,61 +32,6 @@ def releases(tmp_path_factory):
         "raises": Release(build_release(base, "0.2.1", raises_at_import)),
         "hangs": Release(build_release(base, "0.2.2", hangs_in_main_loop)),
     }
-
-
-@contextlib.contextmanager
-def rig(tmp, config=None, release_pub=True):
-    broker = make_broker(tmp / "broker").start()
-    url = f"mqtt://127.0.0.1:{broker.port}"
-    try:
-        server = ReleaseServer(url, SITE_KEY)
-    except Exception:
-        broker.stop()  # no Mosquitto left behind by a test that could not start
-        raise
-    st = tmp / "st"
-    (st / "provision").mkdir(parents=True)
-    cfg = {"device_id": DEVICE, "broker": url, "watchdog_ms": 2000,
-           "sync": {"keepalive_s": 5, "backoff_min_ms": 200, "backoff_max_ms": 1000},
-           "ota": {"healthy_s": 2, "trial_s": 60}, **(config or {})}
-    (st / "provision" / "config.json").write_text(json.dumps(cfg))
-    if release_pub:
-        (st / "provision" / "release.pub").write_text(public_line())
-    write_site_key(st / "site.key")
-    # 1 MiB: the sim runs the firmware from source (its bytecode in the heap) and keeps its
-    # own models there; the board's own figures are host_tools/bench/heap.py's (32-bit)
-    sim = SimBoard(st, log=tmp / "sim.log", heap="1m").start()
-    try:
-        online(sim)
-        yield sim, server, st
-    finally:
-        sim.stop()
-        server.stop()
-        broker.stop()
-
-
-def pay(sim, *coins):
-    """Insert coins; one the board rejected (a pulse train mistimed on a loaded host: the
-    board refuses what it cannot classify) is inserted again, as a customer would."""
-    for coin in coins:
-        for attempt in range(3):
-            try:
-                sim.insert_coin(coin)
-                break
-            except SimError:
-                if attempt == 2:
-                    raise
-
-
-def journal(state):
-    report = J.verify(J.load_inputs([state / "flash.bin"]),
-                      J.Keys(K.load_site_key(state / "site.key"), DEVICE))
-    assert report.ok, report.problems
-    return [(r.fields.get("type"), r.fields.get("reason")) for r in report.records]
-
-
-def version(sim):
-    return sim.wait_for(lambda s: (s.get("firmware") or {}).get("version"), timeout=30,
-                        what="the firmware's status")["firmware"]["version"]
 
 
 def test_a_whole_update_switches_and_confirms_healthy(tmp_path, releases):

@@ -66,11 +66,8 @@ def pg_url():
 _db_counter = iter(range(10**6))
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def store_url(request, tmp_path):
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path}/ledger.db"
-    base = request.getfixturevalue("pg_url")
+def _pg_database(base):
+    """A fresh database on the module's PostgreSQL: its URL."""
     import psycopg
 
     name = f"rollout_{next(_db_counter)}"
@@ -78,6 +75,13 @@ def store_url(request, tmp_path):
         c.execute(f"DROP DATABASE IF EXISTS {name}")
         c.execute(f"CREATE DATABASE {name}")
     return base.rsplit("/", 1)[0] + "/" + name
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store_url(request, tmp_path):
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path}/ledger.db"
+    return _pg_database(request.getfixturevalue("pg_url"))
 
 
 def status(db, rollout=None):
@@ -195,7 +199,7 @@ def test_the_same_version_with_another_manifest_is_refused(release, tmp_path):
 
 # ---- the running server, a real broker, simulated boards
 @contextlib.contextmanager
-def rig(tmp, release, devices, canary=0, max_downloads=8, store_url=None):
+def rig(tmp, release, devices, canary=0, max_downloads=8, store_url=None, max_failures=3):
     from host_tools.server.service import Server
 
     broker = make_broker(tmp / "broker", DEVICES).start()
@@ -211,7 +215,8 @@ def rig(tmp, release, devices, canary=0, max_downloads=8, store_url=None):
         # once the boards are subscribed: an offer to a board that never connected has no
         # session in the broker to wait in (a real board's session outlives its absence)
         if not RO.latest(store):
-            RO.create(store, release["doc"]["version"], devices, canary=canary)
+            RO.create(store, release["doc"]["version"], devices, canary=canary,
+                      max_failures=max_failures)
 
     try:
         yield {"server": server, "store": store, "port": broker.port, "logs": logs,
@@ -545,5 +550,388 @@ def test_a_silent_board_gives_its_slot_up_and_is_offered_again_less_and_less(rel
         st = RO.status(store)
         assert [(d["device"], d["offers"]) for d in st["devices"]] == [
             ("dev-1", 2), ("dev-2", 3), ("sim-0001", 1)]
+    finally:
+        store.close()
+
+
+# ---- the failure budget (docs/ota.md, "The failure budget")
+# the board's own texts (firmware/washpay/ota/release.py) for a release not meant for it
+NOT_FOR_IT = ("release 0.2.0 is for boards esp32-devkitc, not sim",
+              "release 0.2.0 is not newer than the running 0.3.0 (and not a signed downgrade)",
+              "release 0.2.0 is compiled for .mpy v6; this board loads v7",
+              "release 0.2.0 reads journal formats 1, not this board's format 2",
+              "release 0.2.0 updates from 0.1.5 or later; this board runs 0.1.0")
+
+
+def test_the_not_eligible_texts_are_the_boards_own():
+    """RO.NOT_ELIGIBLE names the board's refusals by pieces of their text: each piece is
+    in exactly one of the firmware's refusal texts, and the examples above match."""
+    source = (P.FIRMWARE_DIR / "washpay" / "ota" / "release.py").read_text()
+    refusals = [line for line in source.splitlines() if "Refused(" in line]
+    for piece in RO.NOT_ELIGIBLE:
+        assert sum(piece in line for line in refusals) == 1, piece
+    for text in NOT_FOR_IT:
+        assert not RO.is_fault("refused", text), text
+    for text in ("bad signature: not signed by this board's release key",
+                 "release 0.2.0 expired (at 1, now 2)", "flash: [Errno 28] ENOSPC (3 KiB free)",
+                 "file /washpay/app.mpy: SHA-256 differs from the manifest",
+                 "truncated chunk: file 3 offset 960 got 10 of 960 bytes",
+                 "offer refused: no release public key in /release.pub: provision the board "
+                 "with one", None):
+        assert RO.is_fault("refused", text), text
+    assert RO.is_fault("rolled_back", "import failed: ImportError")
+    assert not RO.is_fault("healthy", None)
+
+
+def test_failures_off_the_canaries_halt_the_rollout_at_the_budget(release, store_url):
+    """The ledger's side on SQLite and PostgreSQL: boards that are not eligible do not
+    count; the Nth fault halts (no offers, a late report still recorded); a resume starts
+    the budget again, with a new size if given; a halt by the last board resumes to done."""
+    store = open_store(store_url)
+    devices = [f"dev-{i}" for i in range(8)]
+    try:
+        RO.ensure_schema(store)
+        RO.store_release(store, release["dir"], release["doc"])
+        rid = RO.create(store, release["doc"]["version"], devices, max_failures=2, now=0)
+        offered = [d for _, d, _ in RO.to_offer(store, limit=8, stall_s=100, now=1)]
+        assert offered == devices
+        RO.report(store, "dev-0", rid, "refused", reason=NOT_FOR_IT[0], now=2)
+        RO.report(store, "dev-1", rid, "refused", reason=NOT_FOR_IT[1], now=3)
+        out = RO.report(store, "dev-2", rid, "rolled_back", reason="import failed: "
+                        "ImportError", now=4)
+        assert "rollout" not in out
+        st = RO.status(store, rid)
+        assert (st["state"], st["failures"], st["max_failures"], st["not_eligible"]) == \
+            ("open", 1, 2, 2)
+        assert [d["fault"] for d in st["devices"][:4]] == [False, False, True, None]
+        RO.report(store, "dev-3", rid, "downloading", 40, now=5)
+        out = RO.report(store, "dev-4", rid, "refused",
+                        reason="file /washpay/app.mpy: SHA-256 differs from the manifest",
+                        now=6)
+        why = ("failure budget used up: 2 board(s) failed (--max-failures 2), the last "
+               "dev-4 refused the release: file /washpay/app.mpy: SHA-256 differs from the "
+               "manifest")
+        assert out["rollout"] == ("halted", why)
+        st = RO.status(store, rid)
+        assert (st["state"], st["reason"], st["failures"]) == ("halted", why, 2)
+        assert "failure budget 2 of 2 used (2 not eligible, not counted)" in RO.summary(st)
+        # halted: nobody is offered it, silent boards included; reports are still recorded
+        assert RO.to_offer(store, limit=8, stall_s=100, now=500) == []
+        assert RO.report(store, "dev-3", rid, "staged", now=7)["new"] == "staged"
+        assert "rollout" not in RO.report(store, "dev-5", rid, "rolled_back",
+                                          reason="not healthy after 3 boots", now=8)
+        assert RO.status(store, rid)["state"] == "halted"
+        # a resume starts the budget again (the faults so far stay in the status)
+        assert RO.resume(store, rid, now=9) == "open"
+        st = RO.status(store, rid)
+        assert (st["failures"], st["faults"], st["max_failures"]) == (0, 3, 2)
+        RO.report(store, "dev-6", rid, "rolled_back", reason="import failed", now=10)
+        assert RO.status(store, rid)["state"] == "open"  # 1 of 2 since the resume
+        with pytest.raises(RO.RolloutError, match="give 1 or more"):
+            RO.resume(store, rid, max_failures=0)
+        RO.halt(store, rid, now=11)
+        RO.resume(store, rid, max_failures=1, now=12)  # a new size: the next fault halts
+        out = RO.report(store, "dev-7", rid, "rolled_back", reason="import failed", now=13)
+        assert out["rollout"][0] == "halted" and "the last dev-7 rolled back" in \
+            out["rollout"][1]
+        # the last board halted it: every board has ended but dev-3 (staged) ...
+        RO.report(store, "dev-3", rid, "rolled_back", reason="not healthy", now=14)
+        assert RO.resume(store, rid, now=15) == "done"  # ... so a resume has nothing to offer
+        assert RO.status(store, rid)["reason"] == "every board reached an end state"
+    finally:
+        store.close()
+
+
+def test_publish_takes_a_failure_budget_and_status_and_report_show_it(release, store_url,
+                                                                      tmp_path):
+    db = store_url if "postgresql" in store_url else str(tmp_path / "ledger.db")
+    open_store(db).close()
+    args = ("server", "release", "publish", release["dir"], "--pub", release["pub"],
+            "--db", db)
+    for bad in ("0", "-2", "many", "0%", "101%", "2.5"):
+        refused(washpay(*args, "--devices", "dev-1,dev-2", "--max-failures", bad),
+                f"--max-failures {bad}: give a number of boards")
+    store = open_store(db)
+    try:
+        RO.ensure_schema(store)
+        assert store.query("SELECT count(*) FROM rollouts")[0][0] == 0  # nothing stored
+    finally:
+        store.close()
+    r = washpay(*args, "--devices", "dev-1,dev-2,sim-0001", "--max-failures", "50%")
+    assert r.returncode == 0, r.stderr
+    assert "halts at the 2nd board that fails" in r.stdout
+    st = status(db)
+    assert (st["max_failures"], st["failures"]) == (2, 0)
+    store = open_store(db)
+    try:
+        RO.to_offer(store, limit=8, stall_s=100)
+        RO.report(store, "dev-1", 1, "refused", reason=NOT_FOR_IT[0])
+        RO.report(store, "dev-2", 1, "rolled_back", reason="import failed: ImportError")
+        RO.report(store, "sim-0001", 1, "refused", reason="bad signature: not signed by "
+                  "this board's release key")
+    finally:
+        store.close()
+    r = washpay("server", "release", "status", "--db", db)
+    assert r.returncode == 0, r.stderr
+    assert "halted (failure budget used up: 2 board(s) failed (--max-failures 2), the last " \
+           "sim-0001 refused the release: bad signature" in r.stdout
+    assert "failure budget 2 of 2 used (1 not eligible, not counted)" in r.stdout
+    assert "(not eligible: not counted as a failure)" in \
+        [line for line in r.stdout.splitlines() if "dev-1" in line][0]
+    if "postgresql" not in db:  # `server report` reads the ledger file
+        text = washpay("server", "report", "--db", db).stdout
+        assert "halted (failure budget used up: 2 board(s) failed" in text
+        assert "failure budget 2 of 2 used" in text
+    refused(washpay("server", "release", "resume", "--max-failures", "0", "--db", db),
+            "--max-failures 0")
+    assert status(db)["state"] == "halted"  # a refused resume changes nothing
+    r = washpay("server", "release", "resume", "--max-failures", "5", "--db", db)
+    assert r.returncode == 0, r.stderr
+    assert "done" in r.stdout  # every board ended: nothing left to offer
+    st = status(db)
+    assert (st["state"], st["max_failures"], st["failures"]) == ("done", 5, 0)
+
+
+def test_failures_off_the_canaries_halt_a_running_rollout(release, tmp_path, store_url):
+    """Through `server run` and a real broker: two boards fail (max 2), the rollout halts,
+    the board that was downloading is served no more chunks and the waiting one is not
+    offered; `release resume` goes on where it stopped."""
+    with rig(tmp_path, release, list(DEVICES), max_downloads=3, store_url=store_url,
+             max_failures=2) as r:
+        async def scenario():
+            b1, b2, b3, b4 = await boards(r, *DEVICES)
+            o1, o2, o3 = await b1.offer(), await b2.offer(), await b3.offer()
+            await no_offer(b4, 0.5)  # three slots
+            await b3.fetch_file(o3["id"], MANIFEST, o3["size"])  # b3 is downloading
+            await b1.report(o1, "refused", reason=NOT_FOR_IT[0])  # not counted
+            b1.close()  # its slot goes to b4
+            o4 = await b4.offer()
+            await b2.report(o2, "rolled_back", reason="import failed: ImportError")
+            wait_for(lambda: RO.status(r["store"])["failures"] == 1, "one failure")
+            assert RO.status(r["store"])["state"] == "open"
+            await b4.report(o4, "refused", reason="flash: [Errno 28] ENOSPC (2 KiB free)")
+            wait_for(lambda: RO.status(r["store"])["state"] == "halted", "the halt")
+            # b3 mid-download stops: its requests get no answer until a resume
+            b3.timeout_s = 0.5
+            with pytest.raises(TimeoutError):
+                async with asyncio.timeout(1.2):
+                    await b3.fetch(o3["id"], 0, 0, 100)
+            res = washpay("server", "release", "resume", "--db",
+                          r["db"].removeprefix("sqlite:///"))
+            assert res.returncode == 0, res.stderr
+            b3.timeout_s = 5.0
+            await b3.download(o3)
+            for b in (b2, b3, b4):
+                b.close()
+
+        run(scenario())
+        st = wait_for(lambda: (s := RO.status(r["store"]))["devices"][2]["state"] == "staged"
+                      and s, "b3 staged")
+        assert st["state"] == "open" and st["failures"] == 0 and st["faults"] == 2
+        assert st["reason"] == "resumed by an operator"
+        assert states(st) == {"sim-0001": "refused", "sim-0002": "rolled_back",
+                              "dev-1": "staged", "dev-2": "refused"}
+        logs = "\n".join(r["logs"])
+        assert "rollout 1 halted: failure budget used up: 2 board(s) failed" in logs
+
+
+# ---- two server processes on one PostgreSQL: the download slots (docs/ota.md, "Offers")
+FLEET = tuple(f"dev-{i:02d}" for i in range(12))
+
+
+def test_two_servers_on_one_postgresql_never_hand_out_more_slots_than_the_limit(release,
+                                                                                pg_url,
+                                                                                tmp_path):
+    """Two `server run`s (Server instances, each with its own connections) on one
+    PostgreSQL ledger and one broker, whose shared subscriptions split the boards' messages
+    between them; 12 boards, 3 download slots. A board holds its slot from the offer it
+    receives until it reports staged. At no moment do more than 3 boards hold one, across
+    both servers; no board is offered the release twice; both servers make offers; every
+    board stages. The advisory lock in RO.to_offer is what makes this hold: without it both
+    servers count the same free slots (docs/ota.md)."""
+    import threading
+
+    from host_tools.server.service import Server
+
+    limit = 3
+    db = _pg_database(pg_url)
+    broker = make_broker(tmp_path / "broker", FLEET).start()
+    logs = []
+    servers = []
+    try:
+        for i in range(2):
+            servers.append(Server(db, SITE_KEY, broker.url(), instance=i, log=logs.append,
+                                  max_downloads=limit,
+                                  ota_options={"poll_s": 0.05, "stall_s": 300.0}).start())
+        store = open_store(db)
+        RO.ensure_schema(store)
+        RO.store_release(store, release["dir"], release["doc"])
+        # the ledger's own count, sampled on a connection of its own while it runs
+        seen = {"max": 0}
+        done = threading.Event()
+
+        def sample():
+            watch = open_store(db)
+            try:
+                while not done.is_set():
+                    n = watch.query("SELECT count(*) FROM rollout_devices WHERE state IN "
+                                    "('offered', 'downloading')")[0][0]
+                    seen["max"] = max(seen["max"], n)
+                    time.sleep(0.005)
+            finally:
+                watch.close()
+
+        holding, peak, offered = set(), [], []
+
+        async def board(b):
+            real = b.report
+
+            async def report(offer, state, **fields):
+                if state == "staged":  # the slot is given back with this report
+                    holding.discard(b.device)
+                await real(offer, state, **fields)
+
+            b.report = report
+            offer = await b.offer(timeout=120)
+            assert b.device not in holding
+            holding.add(b.device)
+            offered.append(b.device)
+            peak.append(len(holding))
+            await b.download(offer)
+            with pytest.raises(TimeoutError):  # offered once only
+                await b.offer(timeout=0.5)
+
+        async def scenario():
+            bs = [await UpdatingBoard(d, SITE_KEY).connect("127.0.0.1", broker.port)
+                  for d in FLEET]
+            RO.create(store, release["doc"]["version"], list(FLEET))
+            try:
+                await asyncio.gather(*(board(b) for b in bs))
+            finally:
+                for b in bs:
+                    b.close()
+
+        watcher = threading.Thread(target=sample)
+        watcher.start()
+        try:
+            run(scenario())
+        finally:
+            done.set()
+            watcher.join()
+        st = wait_for(lambda: (s := RO.status(store))["counts"].get("staged") == len(FLEET)
+                      and s, "every board staged")
+        store.close()
+        print(f"\nholders at each offer: {peak}; ledger's most at once: {seen['max']}; "
+              f"offers by server: {[s.ota.counts['offers'] for s in servers]}")
+        assert sorted(offered) == sorted(FLEET)
+        assert max(peak) <= limit and seen["max"] <= limit
+        assert max(peak) == limit  # the limit was reached: the boards did compete for slots
+        assert all(s.ota.counts["offers"] for s in servers)  # both handed slots out
+        assert sum(s.ota.counts["offers"] for s in servers) == len(FLEET)
+        assert sum(s.ota.counts["chunks"] for s in servers) >= len(FLEET) * (
+            1 + len(release["doc"]["files"]))
+        assert all(d["offers"] == 1 for d in st["devices"])
+        assert not [line for line in logs if "update: " in line and "Error" in line]
+    finally:
+        for s in servers:
+            s.stop()
+        broker.stop()
+
+
+def test_two_update_workers_on_separate_connections_share_the_slots(release, pg_url):
+    """The same limit at its sharpest: two OtaService workers, each on its own PostgreSQL
+    connection, hand out slots at the same instant (a barrier before every round) while
+    boards stage one or two at a time between rounds. Offers only add holders within a
+    round, so checking after each round checks every moment: never more than the limit,
+    and never an offer to a board that holds a slot."""
+    import random
+    import threading
+
+    from host_tools.server.ota.serve import OtaService
+
+    limit, fleet = 4, [f"dev-{i:02d}" for i in range(40)]
+    db = _pg_database(pg_url)
+    store = open_store(db)
+    RO.ensure_schema(store)
+    RO.store_release(store, release["dir"], release["doc"])
+    rid = RO.create(store, release["doc"]["version"], fleet, max_failures=None)
+    offers = []  # (worker, device), in the order published
+    workers = [OtaService(db, SITE_KEY, lambda t, p, q, w=w: offers.append(
+        (w, t.split("/")[1])), log=lambda *a: None, max_downloads=limit, stall_s=3600.0)
+        for w in range(2)]
+    gate = threading.Barrier(3)
+    rounds, taken, holding, staged, errors = 0, 0, set(), set(), []
+
+    def worker(svc):
+        while True:
+            gate.wait()
+            if len(staged) == len(fleet):
+                return
+            try:
+                svc.offer_due()
+            except Exception as e:  # noqa: BLE001 - reported below
+                errors.append(e)
+            gate.wait()
+
+    threads = [threading.Thread(target=worker, args=(w,)) for w in workers]
+    for t in threads:
+        t.start()
+    pick = random.Random(14)
+    try:
+        while len(staged) < len(fleet) and rounds < 200:
+            gate.wait()  # go
+            gate.wait()  # both rounds' transactions committed
+            rounds += 1
+            new = [d for _, d in offers[taken:]]
+            taken = len(offers)
+            assert not errors, errors
+            assert len(set(new)) == len(new), (rounds, new)  # not twice in one round
+            assert not (set(new) & (holding | staged)), (rounds, new, holding)
+            holding |= set(new)
+            assert len(holding) <= limit, (rounds, holding)
+            for d in pick.sample(sorted(holding), min(len(holding), pick.choice((1, 2)))):
+                RO.report(store, d, rid, "staged")
+                holding.discard(d)
+                staged.add(d)
+    finally:
+        staged.update(fleet)  # let the workers end, whatever happened
+        gate.wait()
+        for t in threads:
+            t.join()
+        for w in workers:
+            w.stop()
+    st = RO.status(store)
+    store.close()
+    by = {w: sum(1 for x, _ in offers if x == w) for w in (0, 1)}
+    print(f"\n{rounds} rounds; offers by worker: {by}")
+    assert sorted(d for _, d in offers) == sorted(fleet)  # each board once
+    assert st["counts"] == {"staged": len(fleet)}
+
+
+def test_a_ledger_from_before_the_failure_budget_is_brought_up_to_date(release, store_url):
+    """A rollouts table made before the budget existed gets its columns when the ledger is
+    opened; its rollouts have no budget (never halted by one), new ones do."""
+    store = open_store(store_url)
+    try:
+        with store.transaction() as tx:  # the table as the first version made it
+            tx.execute("CREATE TABLE rollouts (id " + (
+                "BIGSERIAL PRIMARY KEY" if store.dialect == "postgresql" else
+                "INTEGER PRIMARY KEY") + ", version TEXT NOT NULL, canary BIGINT NOT NULL "
+                "DEFAULT 0, state TEXT NOT NULL, reason TEXT, created REAL, changed REAL)")
+            tx.execute("INSERT INTO rollouts (version, canary, state) VALUES (?, 0, 'open')",
+                       (release["doc"]["version"],))
+        RO.ensure_schema(store)
+        RO.store_release(store, release["dir"], release["doc"])
+        with store.transaction() as tx:
+            tx.execute("INSERT INTO rollout_devices (rollout, device, position) "
+                       "VALUES (1, 'dev-1', 0)")
+        old = RO.status(store, 1)
+        assert (old["max_failures"], old["failures"]) == (None, 0)
+        assert "failure budget" not in RO.summary(old)
+        RO.to_offer(store, limit=8, stall_s=100)
+        RO.report(store, "dev-1", 1, "rolled_back", reason="import failed")
+        assert RO.status(store, 1)["state"] == "done"  # no budget: not halted
+        rid = RO.create(store, release["doc"]["version"], ["dev-2"])
+        assert RO.status(store, rid)["max_failures"] == int(RO.MAX_FAILURES)
     finally:
         store.close()

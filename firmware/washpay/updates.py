@@ -78,10 +78,24 @@ def offer(app, digest, sig, size, version):
 
 def idle(app):
     # an update switches only between customers: no vend, no credit, no card payment
-    # waiting to be settled (token and remote redemptions are vends)
+    # waiting to be settled (token and remote redemptions are vends), no coin's pulse
+    # train being counted (a reset would lose the coin: it is in the cash box already)
     e = app.engine
     return (e.state in (R.IDLE, R.DONE) and not e.credit and not e.busy
-            and (app.card is None or not len(app.card.pending)))
+            and app.decoder.idle and (app.card is None or not len(app.card.pending)))
+
+
+async def quiet(app):
+    # the last look before the switch: the acceptor refuses coins from now on; a coin it
+    # took already ends its pulse train within the inhibit grace and is decoded end_ms
+    # after its last pulse. Idle then, with coins still refused (nothing released them
+    # meanwhile), and no coin can be on its way when the board resets
+    app.acceptor.inhibit(True)
+    await asyncio.sleep_ms(app.cfg["risk"]["inhibit_grace_ms"] + app.cfg["coins"]["end_ms"])
+    if app.acceptor.inhibited and idle(app):
+        return True
+    app.engine.update_inhibit()  # a customer came: coins as the engine has them
+    return False
 
 
 async def update(app, stage, fresh):
@@ -91,8 +105,8 @@ async def update(app, stage, fresh):
     checks = {"running": VERSION, "board_id": app.board.id, "journal_format": R.VERSION,
               "mpy": sys.implementation._mpy & 0xFF,
               "now": lambda: app.remote.cache.now() or None}
-    u = U.Updater("", app.sync, app.journal, checks, lambda: idle(app), app.board.reset, log,
-                  app.cfg["ota"]["trial_s"])
+    u = U.Updater("", app.sync, app.journal, checks, lambda: idle(app), lambda: quiet(app),
+                  app.board.reset, log, app.cfg["ota"]["trial_s"])
     app.update = u
     try:
         try:

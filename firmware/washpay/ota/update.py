@@ -69,14 +69,17 @@ def switch(root, slot, version, running, trial_s):
 
 
 class Updater:
-    def __init__(self, root, sync, journal, checks, idle, reset, log, trial_s):
+    def __init__(self, root, sync, journal, checks, idle, quiet, reset, log, trial_s):
         """sync: the Sync (washpay/net); checks: Stage's board facts; idle(): True when no
-        vend, card payment or redemption is in progress; reset(): restart the board."""
+        vend, card payment, redemption or coin is in progress; await quiet(): the last
+        look before the switch, True when idle with no coin on its way (updates.py);
+        reset(): restart the board."""
         self.root = root
         self.sync = sync
         self.journal = journal
         self.checks = checks
         self.idle = idle
+        self.quiet = quiet
         self.reset = reset
         self.log = log
         self.trial_s = trial_s
@@ -126,8 +129,6 @@ class Updater:
             self.sync.chunks = None
             s.finish()
             self.report("staged")
-            while not self.idle():  # a wash, a card payment, a redemption: after it
-                await asyncio.sleep_ms(_IDLE_POLL_MS)
             await self._switch(stage["slot"], s.version)
         except Refused as e:
             self._refuse(str(e))
@@ -229,16 +230,18 @@ class Updater:
     async def _switch(self, slot, version):
         from washpay import VERSION
 
-        # reported first: the board resets right after the pointer write
-        self.report("switched")
-        t = 0
-        while self.sync._outbox and t < 3000:
-            await asyncio.sleep_ms(50)
-            t += 50
-        if not self.idle():  # it became busy while the report went out: wait again
-            self.state = "staged"
-            while not self.idle():
+        while True:
+            while not self.idle():  # a wash, a payment, a redemption, a coin: after it
                 await asyncio.sleep_ms(_IDLE_POLL_MS)
+            # reported first: the board resets right after the pointer write
+            self.report("switched")
+            t = 0
+            while self.sync._outbox and t < 3000:
+                await asyncio.sleep_ms(50)
+                t += 50
+            if await self.quiet():
+                break
+            self.report("staged")  # it became busy meanwhile: not switched, waits again
         # from here to the reset nothing awaits: no payment can start in between
         switch(self.root, slot, version, VERSION, self.trial_s)
         self.log("update", version, "staged in slot", slot, "- switching")

@@ -59,9 +59,11 @@ def cmd_publish(args):
         if devices and not 0 <= args.canary <= len(devices):
             raise RO.RolloutError(f"--canary {args.canary}: give 0 to {len(devices)} (the "
                                   f"number of devices)")
+        budget = RO.failure_budget(args.max_failures, len(devices))
         boards = set(doc.get("boards") or ())
         digest = RO.store_release(store, args.release, doc)
-        rid = RO.create(store, doc["version"], devices, canary=args.canary)
+        rid = RO.create(store, doc["version"], devices, canary=args.canary,
+                        max_failures=budget)
         st = RO.status(store, rid)
     except RO.RolloutError as e:
         return _refused("publish", e)
@@ -70,9 +72,14 @@ def cmd_publish(args):
     print(f"rollout {rid}: release {doc['version']} (manifest sha256 {digest[:16]}..., "
           f"{st['size']} bytes, for boards {', '.join(sorted(boards)) or '?'}) to "
           f"{len(devices)} device(s)"
-          + (f", the first {args.canary} as canaries" if args.canary else ""))
+          + (f", the first {args.canary} as canaries" if args.canary else "")
+          + f"; halts at the {_nth(budget)} board that fails")
     print("  `washpay server run` offers it; `washpay server release status` follows it")
     return 0
+
+
+def _nth(n):
+    return f"{n}{'th' if 10 <= n % 100 <= 20 else {1: 'st', 2: 'nd', 3: 'rd'}.get(n % 10, 'th')}"
 
 
 def _refused(what, e):
@@ -90,7 +97,9 @@ def format_status(st, out):
               f"{st['canary']}\n")
     for d in st["devices"]:
         out.write(f"  {d['device']:<20} {'canary' if d['canary'] else '':<6} "
-                  f"{RO.state_text(d)}\n")
+                  f"{RO.state_text(d)}"
+                  + (" (not eligible: not counted as a failure)" if d["fault"] is False
+                     else "") + "\n")
 
 
 def cmd_status(args):
@@ -136,7 +145,13 @@ def cmd_resume(args):
     except ValueError as e:
         return _refused("resume", e)
     try:
-        RO.resume(store, args.rollout)
+        budget = None
+        if args.max_failures is not None:
+            rid = RO.latest(store) if args.rollout is None else args.rollout
+            boards = store.query("SELECT count(*) FROM rollout_devices WHERE rollout = ?",
+                                 (rid,))[0][0]
+            budget = RO.failure_budget(args.max_failures, boards)
+        RO.resume(store, args.rollout, max_failures=budget)
         st = RO.status(store, args.rollout)
     except RO.RolloutError as e:
         return _refused("resume", e)
@@ -153,7 +168,8 @@ def add_parsers(srv):
         "public key, stores it in the ledger and starts a rollout; the running `washpay "
         "server run` offers it to the boards (the canaries first: the others only after "
         "every canary reported healthy; a canary that rolls back or refuses halts the "
-        "rollout), serves their chunk requests and records each board's state."
+        "rollout, and so does the failure budget, --max-failures), serves their chunk "
+        "requests and records each board's state."
     ).add_subparsers(dest="release_command", required=True)
     pub = rel.add_parser("publish", help="verify, store and start rolling out a release")
     pub.add_argument("release", metavar="REL", help="the release directory")
@@ -164,6 +180,11 @@ def add_parsers(srv):
                      help="every board the ledger has heard from")
     pub.add_argument("--canary", type=int, default=0, metavar="N",
                      help="the first N boards get it first; the rest once they are healthy")
+    pub.add_argument("--max-failures", default=RO.MAX_FAILURES, metavar="N|P%",
+                     help="halt the rollout when N boards (or P%% of them) have failed: "
+                     "rolled back, or refused it for a fault; a board the release is not "
+                     "for (another board id, not newer, ...) does not count (default "
+                     f"{RO.MAX_FAILURES})")
     pub.add_argument("--pub", default=None, metavar="FILE",
                      help="the release public key (default: release.pub next to "
                      "$WASHPAY_RELEASE_KEY, else ~/.config/washpay/release.pub)")
@@ -181,4 +202,8 @@ def add_parsers(srv):
             p.add_argument("--json", action="store_true", help="print JSON")
         if name == "halt":
             p.add_argument("--reason", default=None, help="why (shown in status)")
+        if name == "resume":
+            p.add_argument("--max-failures", default=None, metavar="N|P%",
+                           help="a new failure budget (default: the one it had); it counts "
+                           "the failures from the resume on")
         p.set_defaults(func=fn)

@@ -6,14 +6,17 @@ board is (docs/ota.md, "The server").
     rollout_devices one row per board of a rollout: its state, progress, why it stopped
 
 A rollout is `canary` while its first N boards try the release alone, `open` once every
-canary reported healthy (the rest are offered it), `halted` (by an operator, or because a
-canary rolled back or refused: the reason says which and why), and `done` when every board
-reached an end state. The tables live in the same database as the journal ledger (SQLite
-or PostgreSQL) so that every server process sees the same rollout.
+canary reported healthy (the rest are offered it), `halted` (by an operator, because a
+canary rolled back or refused, or because its failure budget is used up: the reason says
+which and why), and `done` when every board reached an end state. The tables live in the
+same database as the journal ledger (SQLite or PostgreSQL) so that every server process
+sees the same rollout.
 """
 
 import hashlib
+import math
 import time
+from fractions import Fraction
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS releases (
@@ -41,7 +44,9 @@ CREATE TABLE IF NOT EXISTS rollouts (
     state TEXT NOT NULL,
     reason TEXT,
     created {real},
-    changed {real}
+    changed {real},
+    max_failures BIGINT,
+    failures_base BIGINT NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS rollout_devices (
     rollout BIGINT NOT NULL,
@@ -70,6 +75,18 @@ IN_FLIGHT = ("offered", "downloading", "staged", "switched")
 FINAL = ("healthy", "rolled_back", "refused")
 FAILED = ("rolled_back", "refused")
 
+# The failure budget (docs/ota.md, "The failure budget"): faults a rollout takes before it
+# halts itself. A fault is a board that rolled back, or refused the release for any reason
+# but one: the release is not meant for it. These are the board's texts for that
+# (firmware/washpay/ota/release.py, release-format.md checks 4 to 8: another board, another
+# .mpy version, another journal format, too old to update from, not newer): such a board is
+# not eligible, and neither the release nor the board is at fault.
+NOT_ELIGIBLE = (" is for boards ", " is compiled for .mpy v", " reads journal formats ",
+                " updates from ", " is not newer than the running ")
+MAX_FAILURES = "3"  # the default budget of `publish --max-failures`
+_BUDGET_COLUMNS = (("max_failures", "BIGINT"),
+                   ("failures_base", "BIGINT NOT NULL DEFAULT 0"))
+
 
 class RolloutError(Exception):
     """Refused: the message says what to do instead."""
@@ -86,10 +103,43 @@ def ensure_schema(store):
             tx.execute("SELECT pg_advisory_xact_lock(727461)")
             for stmt in filter(str.strip, sql.split(";")):
                 tx.execute(stmt)
+            for name, decl in _BUDGET_COLUMNS:  # a ledger made before the failure budget
+                tx.execute(f"ALTER TABLE rollouts ADD COLUMN IF NOT EXISTS {name} {decl}")
     else:
         store.conn.executescript(SCHEMA.format(blob="BLOB", real="REAL",
                                                serial="INTEGER PRIMARY KEY"))
+        have = {r[1] for r in store.conn.execute("PRAGMA table_info(rollouts)")}
+        for name, decl in _BUDGET_COLUMNS:
+            if name not in have:
+                store.conn.execute(f"ALTER TABLE rollouts ADD COLUMN {name} {decl}")
     store._ota_schema = True
+
+
+def is_fault(state, reason):
+    """True when a board's end state counts against the failure budget: it rolled back, or
+    it refused the release for a reason other than not being eligible for it."""
+    if state == "rolled_back":
+        return True
+    return state == "refused" and not any(p in (reason or "") for p in NOT_ELIGIBLE)
+
+
+def failure_budget(text, boards):
+    """`--max-failures` as given (`N`: that many boards; `P%`: that share of the rollout's
+    `boards`, rounded up, at least 1) -> the number of faults that halts the rollout."""
+    t = str(text).strip()
+    try:
+        if t.endswith("%"):
+            pct = Fraction(t[:-1])  # exact: 10% of 30 boards is 3, not 3.0000000000000004
+            if not 0 < pct <= 100:
+                raise ValueError
+            return max(1, math.ceil(pct * boards / 100))
+        n = int(t)
+        if n < 1:
+            raise ValueError
+        return n
+    except (ValueError, ZeroDivisionError):
+        raise RolloutError(f"--max-failures {text}: give a number of boards (1 or more) or "
+                           f"a share of them (1% to 100%)") from None
 
 
 def store_release(store, release_dir, doc, now=None):
@@ -126,9 +176,10 @@ def store_release(store, release_dir, doc, now=None):
     return digest
 
 
-def create(store, version, devices, canary=0, now=None):
+def create(store, version, devices, canary=0, max_failures=int(MAX_FAILURES), now=None):
     """A new rollout of the published `version` to `devices` (in order; the first `canary`
-    of them are the canaries). Returns its id. A board already in a rollout that goes on
+    of them are the canaries) that halts at its `max_failures`-th fault (None: never).
+    Returns its id. A board already in a rollout that goes on
     (canary or open) and has not reached an end state is refused: one update at a time per
     board. A halted rollout's boards may be given another release (a fixed one)."""
     now = time.time() if now is None else now
@@ -139,6 +190,8 @@ def create(store, version, devices, canary=0, now=None):
     if canary < 0 or canary > len(devices):
         raise RolloutError(f"--canary {canary}: give 0 to {len(devices)} (the number of "
                            f"devices)")
+    if max_failures is not None and max_failures < 1:
+        raise RolloutError(f"--max-failures {max_failures}: give 1 or more")
     with store.transaction() as tx:
         busy = tx.all(
             "SELECT d.device, r.id, r.version FROM rollout_devices d JOIN rollouts r "
@@ -153,8 +206,9 @@ def create(store, version, devices, canary=0, now=None):
                 f"{rid}`)")
         state = "canary" if canary else "open"
         rid = tx.one(
-            "INSERT INTO rollouts (version, canary, state, created, changed) "
-            "VALUES (?, ?, ?, ?, ?) RETURNING id", (version, canary, state, now, now))[0]
+            "INSERT INTO rollouts (version, canary, state, created, changed, max_failures) "
+            "VALUES (?, ?, ?, ?, ?, ?) RETURNING id",
+            (version, canary, state, now, now, max_failures))[0]
         for i, dev in enumerate(devices):
             tx.execute(
                 "INSERT INTO rollout_devices (rollout, device, position, canary, state, "
@@ -175,15 +229,17 @@ def status(store, rid=None):
     if rid is None:
         raise RolloutError("no rollout yet: `washpay server release publish REL --devices ...`")
     rows = store.query("SELECT r.id, r.version, r.canary, r.state, r.reason, r.created, "
-                       "r.changed, x.size, x.manifest_sha256 FROM rollouts r JOIN releases x "
+                       "r.changed, x.size, x.manifest_sha256, r.max_failures, "
+                       "r.failures_base FROM rollouts r JOIN releases x "
                        "ON x.version = r.version WHERE r.id = ?", (rid,))
     if not rows:
         raise RolloutError(f"no rollout {rid} (`washpay server release status` shows the "
                            f"latest)")
-    rid, version, canary, state, reason, created, changed, size, digest = rows[0]
+    (rid, version, canary, state, reason, created, changed, size, digest, budget,
+     base) = rows[0]
     devices = [
         {"device": d, "canary": bool(c), "state": s, "progress": p, "reason": why,
-         "offers": n, "updated": at}
+         "offers": n, "updated": at, "fault": is_fault(s, why) if s in FAILED else None}
         for d, c, s, p, why, n, at in store.query(
             "SELECT device, canary, state, progress, reason, offers, updated "
             "FROM rollout_devices WHERE rollout = ? ORDER BY position", (rid,))
@@ -191,9 +247,13 @@ def status(store, rid=None):
     counts = {}
     for d in devices:
         counts[d["state"]] = counts.get(d["state"], 0) + 1
+    faults = sum(1 for d in devices if d["fault"])
+    # failures: the faults the budget counts (those since the last resume)
     return {"rollout": rid, "version": version, "state": state, "reason": reason,
             "canary": canary, "created": created, "changed": changed, "size": size,
-            "manifest_sha256": digest, "counts": counts, "devices": devices}
+            "manifest_sha256": digest, "counts": counts, "devices": devices,
+            "max_failures": budget, "failures": faults - base, "faults": faults,
+            "not_eligible": sum(1 for d in devices if d["fault"] is False)}
 
 
 def all_status(store):
@@ -208,14 +268,18 @@ def halt(store, rid=None, reason="halted by an operator", now=None):
                       allowed=("canary", "open"), verb="halt")
 
 
-def resume(store, rid=None, now=None):
-    """Back to offering: canary if the canaries are not all healthy yet, else open. The
-    canaries that failed stay as they are (their reasons stay in the status)."""
+def resume(store, rid=None, max_failures=None, now=None):
+    """Back to offering: canary if the canaries are not all healthy yet, else open (done
+    if no board is left). The canaries that failed stay as they are (their reasons stay in
+    the status). The failure budget starts again: it counts the faults from now on, up to
+    `max_failures` if given (else the one the rollout had)."""
     ensure_schema(store)
     rid = latest(store) if rid is None else rid
+    if max_failures is not None and max_failures < 1:
+        raise RolloutError(f"--max-failures {max_failures}: give 1 or more")
     with store.transaction() as tx:
-        row = tx.one("SELECT state, canary FROM rollouts WHERE id = ?" + store.for_update,
-                     (rid,))
+        row = tx.one("SELECT state, canary, max_failures FROM rollouts WHERE id = ?"
+                     + store.for_update, (rid,))
         if row is None:
             raise RolloutError(f"no rollout {rid}")
         if row[0] != "halted":
@@ -224,10 +288,26 @@ def resume(store, rid=None, now=None):
                          "canary = 1 AND state IN ('healthy', 'rolled_back', 'refused')",
                          (rid,))[0]
         state = "canary" if settled < row[1] else "open"
-        tx.execute("UPDATE rollouts SET state = ?, reason = ?, changed = ? WHERE id = ?",
-                   (state, "resumed by an operator",
-                    time.time() if now is None else now, rid))
+        reason = "resumed by an operator"
+        if not _unfinished(tx, rid):  # halted by its last board: nothing left to offer
+            state, reason = "done", "every board reached an end state"
+        tx.execute("UPDATE rollouts SET state = ?, reason = ?, changed = ?, "
+                   "max_failures = ?, failures_base = ? WHERE id = ?",
+                   (state, reason, time.time() if now is None else now,
+                    row[2] if max_failures is None else max_failures,
+                    _faults(tx, rid), rid))
     return state
+
+
+def _faults(tx, rid):
+    return sum(1 for s, why in tx.all(
+        "SELECT state, reason FROM rollout_devices WHERE rollout = ? AND state IN "
+        "('rolled_back', 'refused')", (rid,)) if is_fault(s, why))
+
+
+def _unfinished(tx, rid):
+    return tx.one("SELECT count(*) FROM rollout_devices WHERE rollout = ? AND state NOT IN "
+                  "('healthy', 'rolled_back', 'refused')", (rid,))[0]
 
 
 def _set_state(store, rid, state, reason, now, allowed, verb):
@@ -318,8 +398,8 @@ def report(store, device, rid, state, progress=None, reason=None, now=None):
     if state not in STATES or state == "waiting":
         raise RolloutError(f"state {state!r} is not one of {', '.join(STATES[1:])}")
     with store.transaction() as tx:
-        r = tx.one("SELECT state, canary FROM rollouts WHERE id = ?" + store.for_update,
-                   (rid,))
+        r = tx.one("SELECT state, canary, max_failures, failures_base FROM rollouts "
+                   "WHERE id = ?" + store.for_update, (rid,))
         d = tx.one("SELECT state, canary, progress FROM rollout_devices WHERE rollout = ? "
                    "AND device = ?", (rid, device))
         if r is None or d is None:
@@ -336,11 +416,20 @@ def report(store, device, rid, state, progress=None, reason=None, now=None):
                    "updated = ? WHERE rollout = ? AND device = ?",
                    (state, progress, reason, now, rid, device))
         out = {"old": old, "new": state}
-        rstate, canaries = r
+        rstate, canaries, budget, base = r
+        what = (f"{'rolled back' if state == 'rolled_back' else 'refused the release'}: "
+                f"{reason or 'no reason given'}")
         if d[1] and state in FAILED and rstate in ("canary", "open"):
-            why = (f"canary {device} "
-                   f"{'rolled back' if state == 'rolled_back' else 'refused the release'}"
-                   f": {reason or 'no reason given'}")
+            why = f"canary {device} {what}"
+            tx.execute("UPDATE rollouts SET state = 'halted', reason = ?, changed = ? "
+                       "WHERE id = ?", (why, now, rid))
+            out["rollout"] = ("halted", why)
+        elif (budget is not None and old not in FINAL and rstate in ("canary", "open")
+              and is_fault(state, reason) and _faults(tx, rid) - base >= budget):
+            # the budget used up: no more offers or chunks (boards already staged still
+            # switch: the protocol has no recall) until an operator resumes it
+            why = (f"failure budget used up: {budget} board(s) failed (--max-failures "
+                   f"{budget}), the last {device} {what}")
             tx.execute("UPDATE rollouts SET state = 'halted', reason = ?, changed = ? "
                        "WHERE id = ?", (why, now, rid))
             out["rollout"] = ("halted", why)
@@ -354,10 +443,7 @@ def report(store, device, rid, state, progress=None, reason=None, now=None):
                 out["rollout"] = ("open", why)
         if state in FINAL and out.get("rollout", ("open",))[0] == "open" and \
                 rstate in ("canary", "open"):
-            unfinished = tx.one(
-                "SELECT count(*) FROM rollout_devices WHERE rollout = ? AND state NOT IN "
-                "('healthy', 'rolled_back', 'refused')", (rid,))[0]
-            if not unfinished:
+            if not _unfinished(tx, rid):
                 tx.execute("UPDATE rollouts SET state = 'done', reason = ?, changed = ? "
                            "WHERE id = ?", ("every board reached an end state", now, rid))
                 out["rollout"] = ("done", "every board reached an end state")
@@ -402,6 +488,10 @@ def summary(st):
     """One line about a rollout, for logs and the report."""
     c = st["counts"]
     parts = [f"{n} {s.replace('_', ' ')}" for s in STATES if (n := c.get(s))]
+    if st.get("max_failures") is not None:
+        parts.append(f"failure budget {st['failures']} of {st['max_failures']} used"
+                     + (f" ({st['not_eligible']} not eligible, not counted)"
+                        if st["not_eligible"] else ""))
     return (f"rollout {st['rollout']}: release {st['version']} {st['state']}"
             + (f" ({st['reason']})" if st["reason"] else "") + "; " + ", ".join(parts))
 
