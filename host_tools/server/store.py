@@ -7,6 +7,10 @@ for a fleet with several ingest processes.
         dev = tx.lock_device("laundry-7")   # serialises ingest of one board's batches
         ...
 
+The revenue rollup (rollup.py: revenue per UTC day, device, kind and currency) is written
+by Tx.insert_records in the transaction that stores the records, and built from the records
+when a ledger made before it is opened.
+
 Exactly once lives in the schema: UNIQUE(device, seq) on records. Ingest of one board's
 batches is serialised by a row lock on its device row (PostgreSQL) or by SQLite's single
 writer (BEGIN IMMEDIATE), so two ingest processes can never both take the same record.
@@ -205,7 +209,11 @@ class Tx:
         return bytes(row[0]) if row else None
 
     def insert_records(self, rows):
-        """rows: (device, seq, raw, verified, fields dict, received_at)."""
+        """rows: (device, seq, raw, verified, fields dict, received_at). The per-day revenue
+        rollup (rollup.py) follows in the same transaction."""
+        from host_tools.server import rollup
+
+        live = rollup.before_insert(self, rows)
         cols = ", ".join(RECORD_COLUMNS)
         marks = ", ".join("?" for _ in RECORD_COLUMNS)
         sql = self.q(
@@ -219,6 +227,7 @@ class Tx:
                 for dev, seq, raw, ok, fields, at in rows
             ],
         )
+        rollup.after_insert(self, rows, live)
 
     # ---- records that arrived ahead of a gap (another ingest process has the batch before)
     def park(self, device, seq, raw, now):
@@ -305,6 +314,14 @@ class Tx:
         )
 
 
+def _migrate_rollup(tx, existed):
+    """The per-day revenue rollup's table, backfilled from the records when it is new
+    (rollup.migrate): a one-off wait of seconds per million records."""
+    from host_tools.server import rollup
+
+    rollup.migrate(tx, existed)
+
+
 def _col(fields, name):
     v = fields.get(name)
     if isinstance(v, bool):
@@ -329,12 +346,6 @@ class Store:
     def query(self, sql, args=()):
         with self.transaction() as tx:
             return tx.all(sql, args)
-
-    def voided_card_debits(self):
-        """{(device, seq)} of the card_debit records a later record of their board voided."""
-        return {tuple(row) for row in self.query(
-            "SELECT device, seq FROM records r WHERE type = 'card_debit' AND verified = 1 "
-            "AND " + VOIDS_WRITE)}
 
     def close(self):
         self.conn.close()
@@ -367,6 +378,13 @@ class SQLiteStore(Store):
             if name not in have:
                 self.conn.execute(f"ALTER TABLE problems ADD COLUMN {name} "
                                   + decl.format(real="REAL"))
+        if not self._has_rollup():  # a ledger made before the revenue rollup
+            with self.transaction() as tx:  # checked again under the write lock
+                _migrate_rollup(tx, self._has_rollup())
+
+    def _has_rollup(self):
+        return bool(self.conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' "
+                                      "AND name = 'revenue_days'").fetchone())
 
     def __repr__(self):
         return f"sqlite:{self.path}"
@@ -409,6 +427,8 @@ class PostgresStore(Store):
             for name, decl in PROBLEM_STATE_COLUMNS:
                 cur.execute(f"ALTER TABLE problems ADD COLUMN IF NOT EXISTS {name} "
                             + decl.format(real="DOUBLE PRECISION"))
+            cur.execute("SELECT to_regclass('revenue_days') IS NOT NULL")
+            _migrate_rollup(Tx(self, cur), cur.fetchone()[0])
         self.conn.commit()
 
     def __repr__(self):

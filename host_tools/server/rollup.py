@@ -1,0 +1,190 @@
+"""The per-day revenue rollup: what `washpay server report` and the console's revenue page
+read instead of summing every payment record of a range (docs/console-money.md, "The
+per-day rollup").
+
+    revenue_days (utc_day, device, kind, currency) -> count, amount
+
+- `utc_day`: the UTC day number (unix time // 86400) of the board's trusted clock, the day
+  the report and the revenue page have always used; NO_CLOCK (-1) for a record made before
+  the board's clock was trusted (the report's "clock not set", never on the page);
+- `kind`: what the record is to the business (KINDS): a payment (cash, card, qr, app), an
+  operator start (a console remote start: a free start given by staff, counted at the
+  machine's price but no money taken), a board's refund, a washer start (vend_running);
+- `currency`: the record's ('' when it has none: a key column cannot be NULL).
+
+It is kept in the transaction that stores the records (store.Tx.insert_records, which
+every ingest path goes through: MQTT batches, `washpay server import`), so it is never
+behind the records and a redelivered batch, which stores nothing, adds nothing. A card
+debit a later record voids (store.VOIDS_WRITE) leaves the rollup when that record is
+stored. A ledger made before the rollup gets it when it is next opened (migrate()), from
+the records, by the same SQL (ROLLUP_SQL) that keeps it: one definition of what counts.
+
+Only verified records count; the rollup equals rebuild() at any time (a test checks it
+after random ingests).
+"""
+
+from host_tools.server.store import VOIDS_WRITE
+
+DAY = 86400
+NO_CLOCK = -1
+# record type -> kind. A remote_start is "app" (a phone payment's start) unless the command
+# that caused it came from an operator in the console: OPERATOR.
+RECORD_KINDS = {"coin": "cash", "card_debit": "card", "token_redeem": "qr",
+                "remote_start": "app", "refund": "refund", "vend_running": "start"}
+PAYMENT_KINDS = ("cash", "card", "qr", "app")  # revenue, in the order pages show them
+OPERATOR = "operator"
+KINDS = (*PAYMENT_KINDS, OPERATOR, "refund", "start")
+# a console remote start keeps its operator in the command's args (web/console/pages/
+# actions.py: boards.send(..., operator=..., reason=...), json.dumps'ed by the server):
+# `"operator": ` is a key there (a value or an escaped quote in a string cannot be followed
+# by `": `). A LIKE pattern goes as a parameter (psycopg reads % in SQL text as one).
+OPERATOR_ARGS = '%"operator": %'
+OPERATOR_COMMAND = ("EXISTS (SELECT 1 FROM commands c WHERE c.id = r.source AND "
+                    "c.device = r.device AND c.kind = 'start' AND c.args LIKE ?)")
+
+TABLE = """
+CREATE TABLE IF NOT EXISTS revenue_days (
+    utc_day BIGINT NOT NULL,
+    device TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    currency TEXT NOT NULL,
+    count BIGINT NOT NULL,
+    amount BIGINT NOT NULL,
+    PRIMARY KEY (utc_day, device, kind, currency)
+);
+CREATE INDEX IF NOT EXISTS revenue_days_device ON revenue_days (device, utc_day)
+"""
+
+# a record's utc_day (of the records r)
+DAY_SQL = f"CASE WHEN r.clock_ok = 1 AND r.t > 0 THEN r.t / {DAY} ELSE {NO_CLOCK} END"
+_KIND = ("CASE r.type " + " ".join(
+    f"WHEN '{t}' THEN " + (f"CASE WHEN {OPERATOR_COMMAND} THEN '{OPERATOR}' ELSE '{k}' END"
+                           if t == "remote_start" else f"'{k}'")
+    for t, k in RECORD_KINDS.items()) + " END")
+_TYPES = ", ".join(f"'{t}'" for t in RECORD_KINDS)
+# (utc_day, device, kind, currency, count, amount) of the records that count, WHERE {where}
+ROLLUP_SQL = (f"SELECT {DAY_SQL}, r.device, {_KIND}, coalesce(r.currency, ''), count(*), "
+              f"coalesce(sum(r.amount), 0) FROM records r WHERE r.verified = 1 AND "
+              f"r.type IN ({_TYPES}) AND NOT (r.type = 'card_debit' AND {VOIDS_WRITE}) "
+              "AND {where} GROUP BY 1, 2, 3, 4")
+# the card debits, counted until now, that a record just stored voids
+_VOIDED_NOW = (f"SELECT {DAY_SQL}, r.device, {_KIND}, coalesce(r.currency, ''), count(*), "
+               f"coalesce(sum(r.amount), 0) FROM records r WHERE r.type = 'card_debit' AND "
+               f"{VOIDS_WRITE} AND {{where}} GROUP BY 1, 2, 3, 4")
+_LIVE_DEBITS = ("SELECT r.seq FROM records r WHERE r.device = ? AND r.source = ? AND "
+                "r.card_counter = ? AND r.type = 'card_debit' AND r.verified = 1 AND NOT "
+                + VOIDS_WRITE)
+_UPSERT = ("INSERT INTO revenue_days (utc_day, device, kind, currency, count, amount) "
+           "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (utc_day, device, kind, currency) DO UPDATE "
+           "SET count = revenue_days.count + excluded.count, "
+           "amount = revenue_days.amount + excluded.amount")
+VOID_TYPES = ("card_cancel", "card_settled")  # records that may void a card write
+_CHUNK = 500  # sequence numbers per IN (...)
+
+
+def _seqs_where(seqs):
+    return f"r.device = ? AND r.seq IN ({', '.join('?' for _ in seqs)})"
+
+
+def _rows(tx, sql, device, seqs):
+    out = []
+    seqs = sorted(seqs)
+    for i in range(0, len(seqs), _CHUNK):
+        part = seqs[i:i + _CHUNK]
+        out += tx.all(sql.format(where=_seqs_where(part)), (OPERATOR_ARGS, device, *part))
+    return out
+
+
+def before_insert(tx, rows):
+    """What storing `rows` (store.Tx.insert_records' rows) may void: {device: {seq}} of the
+    card debits counted now at the card and counter of each voiding record among them."""
+    live = {}
+    for dev, _seq, _raw, ok, fields, _at in rows:
+        if ok and fields.get("type") in VOID_TYPES and fields.get("source") is not None:
+            for (s,) in tx.all(_LIVE_DEBITS, (dev, fields["source"],
+                                              fields.get("card_counter"))):
+                live.setdefault(dev, set()).add(s)
+    return live
+
+
+def after_insert(tx, rows, live):
+    """Count the just-stored `rows` in the rollup, and take out the card debits in `live`
+    (before_insert's) that one of them voided. In the same transaction."""
+    new = {}
+    for dev, seq, _raw, ok, fields, _at in rows:
+        if ok and fields.get("type") in RECORD_KINDS:
+            new.setdefault(dev, set()).add(seq)
+    delta = {}
+    for dev, seqs in new.items():
+        for day, d, kind, cur, n, amount in _rows(tx, ROLLUP_SQL, dev, seqs):
+            _add(delta, (day, d, kind, cur), n, amount)
+    for dev, seqs in live.items():
+        for day, d, kind, cur, n, amount in _rows(tx, _VOIDED_NOW, dev, seqs):
+            _add(delta, (day, d, kind, cur), -n, -amount)
+    apply(tx, delta)
+
+
+def _add(delta, key, n, amount):
+    v = delta.setdefault(tuple(key), [0, 0])
+    v[0] += int(n)
+    v[1] += int(amount)
+
+
+def apply(tx, delta):
+    """Add {(utc_day, device, kind, currency): [count, amount]} to the rollup; a cell whose
+    count falls to 0 (its debits all voided) is removed."""
+    ups = [(*k, n, a) for k, (n, a) in sorted(delta.items()) if n or a]
+    if not ups:
+        return
+    tx.cur.executemany(tx.q(_UPSERT), ups)
+    for k, (n, _a) in delta.items():
+        if n < 0:
+            tx.execute("DELETE FROM revenue_days WHERE utc_day = ? AND device = ? AND "
+                       "kind = ? AND currency = ? AND count <= 0", k)
+
+
+def recompute(db):
+    """{(utc_day, device, kind, currency): (count, amount)} summed from the records now."""
+    return {(int(day), d, k, c): (int(n), int(a))
+            for day, d, k, c, n, a in db.query(ROLLUP_SQL.format(where="1 = 1"),
+                                               (OPERATOR_ARGS,))}
+
+
+def stored(db):
+    """The rollup as kept: the same shape as recompute()."""
+    return {(int(day), d, k, c): (int(n), int(a)) for day, d, k, c, n, a in db.query(
+        "SELECT utc_day, device, kind, currency, count, amount FROM revenue_days")}
+
+
+def rebuild(tx):
+    """Fill the rollup from the records (the one-time backfill of an existing ledger, and
+    a repair after records were written around insert_records, e.g. a bulk load)."""
+    tx.execute("DELETE FROM revenue_days")
+    tx.execute("INSERT INTO revenue_days (utc_day, device, kind, currency, count, amount) "
+               + ROLLUP_SQL.format(where="1 = 1"), (OPERATOR_ARGS,))
+
+
+def migrate(tx, existed):
+    """Create the rollup's table; if it did not exist (`existed` False: a ledger made
+    before it), backfill it from the records, in the same transaction."""
+    for stmt in TABLE.split(";"):
+        if stmt.strip():
+            tx.execute(stmt)
+    if not existed:
+        rebuild(tx)
+
+
+def read(db, first_day, end_day, device=None, kinds=KINDS):
+    """[(utc_day, device, kind, currency or None, count, amount)] of the UTC days
+    first_day <= d < end_day (day numbers; NO_CLOCK is -1: never in a range from 1970)."""
+    sql = ("SELECT utc_day, device, kind, currency, count, amount FROM revenue_days "
+           "WHERE utc_day >= ? AND utc_day < ?")
+    args = [int(first_day), int(end_day)]
+    if device:
+        sql += " AND device = ?"
+        args.append(device)
+    if tuple(kinds) != KINDS:
+        sql += f" AND kind IN ({', '.join('?' for _ in kinds)})"
+        args += list(kinds)
+    return [(int(day), d, k, c or None, int(n), int(a))
+            for day, d, k, c, n, a in db.query(sql, args)]
