@@ -89,6 +89,25 @@ def period_of(day_number, period):
     return d.strftime("%Y-%m")
 
 
+def period_key(period, first_day, end_day):
+    """(SQL over the rollup's utc_day giving each day's period number, its args, and
+    number -> label) for the days first_day <= d < end_day: the sums per week or month are
+    made by the database. ISO weeks start on Mondays; day 0 (1970-01-01) was a Thursday."""
+    if period == "day":
+        return "utc_day", (), lambda n: period_of(n, "day")
+    if period == "week":
+        return "(utc_day + 3) / 7", (), lambda n: period_of(n * 7 - 3, "week")
+    epoch = datetime.date(1970, 1, 1)
+    firsts = [n for n in range(first_day + 1, end_day)
+              if (epoch + datetime.timedelta(days=n)).day == 1]  # each new month's first day
+    labels = [period_of(n, "month") for n in [first_day, *firsts]]
+    if not firsts:
+        return "0", (), lambda n: labels[n]
+    sql = ("CASE " + " ".join(f"WHEN utc_day < ? THEN {i}" for i in range(len(firsts)))
+           + f" ELSE {len(firsts)} END")
+    return sql, tuple(firsts), lambda n: labels[n]
+
+
 def periods_between(start, end, period):
     """Every period label from `start` to `end` (unix times), in order, none left out: a
     day without revenue is a bar of height 0, not a missing one."""
@@ -122,10 +141,11 @@ def revenue(db, start, end, period="day", device=None):
     comps = defaultdict(lambda: [0, 0])
     refunds = defaultdict(lambda: [0, 0])
     starts = defaultdict(int)
-    labels = {}
-    for day, dev, kind, currency, n, amount in rollup.read(db, start // DAY,
-                                                           -(-end // DAY), device):
-        label = labels.get(day) or labels.setdefault(day, period_of(day, period))
+    first, last = start // DAY, -(-end // DAY)
+    sql, key_args, label_of = period_key(period, first, last)
+    for key, dev, kind, currency, n, amount in rollup.read(db, first, last, device,
+                                                           key=(sql, key_args)):
+        label = label_of(key)
         if kind == "start":
             starts[label] += n
             continue
