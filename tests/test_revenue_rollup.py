@@ -71,9 +71,11 @@ def journal_steps(rng, device, n=90):
         elif roll < 0.82:
             cid = _cmd(rng)
             operator = rng.random() < 0.5
+            # a phone payment's args that say "operator" in their values are no operator's
             commands[cid] = ({"program": "quick", "amount": 0, "operator": "attendant",
                               "reason": "the \"operator\" saw a jam"} if operator else
-                             {"program": "quick", "amount": 350, "payment": "p-" + cid[:6]})
+                             {"program": "operator", "amount": 350, "payment": "p-" + cid[:6],
+                              "note": 'paid by phone, no "operator": here'})
             steps.append(("remote_start", {"amount": 350, "source": cid, "t": when}))
         elif roll < 0.9:
             steps.append(("vend_running", {"price": 250, "t": when}))

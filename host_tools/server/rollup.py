@@ -36,9 +36,10 @@ OPERATOR = "operator"
 KINDS = (*PAYMENT_KINDS, OPERATOR, "refund", "start")
 # a console remote start keeps its operator in the command's args (web/console/pages/
 # actions.py: boards.send(..., operator=..., reason=...), json.dumps'ed by the server):
-# `"operator": ` is a key there (a value or an escaped quote in a string cannot be followed
-# by `": `). A LIKE pattern goes as a parameter (psycopg reads % in SQL text as one).
-OPERATOR_ARGS = '%"operator": %'
+# `"operator":` is that key, whatever the JSON separators: a string value "operator" is
+# followed by `,` or `}`, and inside a string the quotes are escaped (`\"operator\":`).
+# A LIKE pattern goes as a parameter (psycopg reads % in SQL text as one).
+OPERATOR_ARGS = '%"operator":%'
 OPERATOR_COMMAND = ("EXISTS (SELECT 1 FROM commands c WHERE c.id = r.source AND "
                     "c.device = r.device AND c.kind = 'start' AND c.args LIKE ?)")
 
@@ -141,6 +142,19 @@ def apply(tx, delta):
         if n < 0:
             tx.execute("DELETE FROM revenue_days WHERE utc_day = ? AND device = ? AND "
                        "kind = ? AND currency = ? AND count <= 0", k)
+
+
+def operator_starts(db, keys):
+    """{(device, seq)} of the remote_start records among `keys` [(device, seq)] that an
+    operator's console command caused (a page of transactions: a few index lookups)."""
+    keys = sorted(set(keys))
+    if not keys:
+        return set()
+    pairs = " OR ".join("(r.device = ? AND r.seq = ?)" for _ in keys)
+    return {(d, int(s)) for d, s in db.query(
+        f"SELECT r.device, r.seq FROM records r WHERE r.type = 'remote_start' AND "
+        f"{OPERATOR_COMMAND} AND ({pairs})",
+        [OPERATOR_ARGS, *[v for k in keys for v in k]])}
 
 
 def recompute(db):
