@@ -361,6 +361,7 @@ def test_revenue_page_shows_the_known_ledger(served, browser):
     b.get(served.url + "/console/revenue?from=2026-11-01&to=2026-11-30")
     assert attrs(b, ".revenue-total", "currency", "amount") == [("EUR", "1150")]
     assert "11.50 EUR" in b.find_element(By.CSS_SELECTOR, ".revenue-total").text
+    assert attrs(b, ".operator-total", "count", "amount") == [("1", "300")]
     assert attrs(b, ".revenue-row", "period", "device", "kind", "count", "amount") == [
         ("2026-11-02", "laundry-a", "cash", "2", "250"),
         ("2026-11-03", "laundry-a", "card", "1", "350"),
