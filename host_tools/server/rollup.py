@@ -13,8 +13,9 @@ per-day rollup").
 - `currency`: the record's ('' when it has none: a key column cannot be NULL).
 
 It is kept in the transaction that stores the records (store.Tx.insert_records, which
-every ingest path goes through: MQTT batches, `washpay server import`), so it is never
-behind the records and a redelivered batch, which stores nothing, adds nothing. A card
+every ingest path goes through: MQTT batches, `washpay server import`, notes what it
+stores; the transaction counts it before it commits), so it is never behind the records,
+and a redelivered batch, which stores nothing, adds nothing. A card
 debit a later record voids (store.VOIDS_WRITE) leaves the rollup when that record is
 stored. A ledger made before the rollup gets it when it is next opened (migrate()), from
 the records, by the same SQL (ROLLUP_SQL) that keeps it: one definition of what counts.
@@ -96,33 +97,45 @@ def _rows(tx, sql, device, seqs):
     return out
 
 
-def before_insert(tx, rows):
-    """What storing `rows` (store.Tx.insert_records' rows) may void: {device: {seq}} of the
-    card debits counted now at the card and counter of each voiding record among them."""
-    live = {}
-    for dev, _seq, _raw, ok, fields, _at in rows:
-        if ok and fields.get("type") in VOID_TYPES and fields.get("source") is not None:
-            for (s,) in tx.all(_LIVE_DEBITS, (dev, fields["source"],
-                                              fields.get("card_counter"))):
-                live.setdefault(dev, set()).add(s)
-    return live
+class Pending:
+    """What one transaction stored and the rollup does not count yet: counted in one go
+    when the transaction commits (flush()), a query and an upsert per transaction rather
+    than per record (ingest stores a batch a record at a time)."""
 
+    def __init__(self):
+        self.new = {}  # device -> {seq} stored, to count
+        self.live = {}  # device -> {seq} counted card debits a stored record may void
 
-def after_insert(tx, rows, live):
-    """Count the just-stored `rows` in the rollup, and take out the card debits in `live`
-    (before_insert's) that one of them voided. In the same transaction."""
-    new = {}
-    for dev, seq, _raw, ok, fields, _at in rows:
-        if ok and fields.get("type") in RECORD_KINDS:
-            new.setdefault(dev, set()).add(seq)
-    delta = {}
-    for dev, seqs in new.items():
-        for day, d, kind, cur, n, amount in _rows(tx, ROLLUP_SQL, dev, seqs):
-            _add(delta, (day, d, kind, cur), n, amount)
-    for dev, seqs in live.items():
-        for day, d, kind, cur, n, amount in _rows(tx, _VOIDED_NOW, dev, seqs):
-            _add(delta, (day, d, kind, cur), -n, -amount)
-    apply(tx, delta)
+    def stored(self, tx, rows):
+        """Before `rows` (store.Tx.insert_records' rows) are stored: note the card debits
+        counted now (not stored in this transaction) at the card and counter of each
+        voiding record among them; and the rows that count."""
+        for dev, seq, _raw, ok, fields, _at in rows:
+            if not ok:
+                continue
+            rtype = fields.get("type")
+            if rtype in VOID_TYPES and fields.get("source") is not None:
+                mine = self.new.get(dev, ())
+                for (s,) in tx.all(_LIVE_DEBITS, (dev, fields["source"],
+                                                  fields.get("card_counter"))):
+                    if s not in mine:
+                        self.live.setdefault(dev, set()).add(s)
+            elif rtype in RECORD_KINDS:
+                self.new.setdefault(dev, set()).add(seq)
+
+    def flush(self, tx):
+        """Count the stored records in the rollup, and take out the card debits in `live`
+        that a stored record voided. In the transaction that stored them, before it
+        commits."""
+        delta = {}
+        for dev, seqs in self.new.items():
+            for day, d, kind, cur, n, amount in _rows(tx, ROLLUP_SQL, dev, seqs):
+                _add(delta, (day, d, kind, cur), n, amount)
+        for dev, seqs in self.live.items():
+            for day, d, kind, cur, n, amount in _rows(tx, _VOIDED_NOW, dev, seqs):
+                _add(delta, (day, d, kind, cur), -n, -amount)
+        self.new, self.live = {}, {}
+        apply(tx, delta)
 
 
 def _add(delta, key, n, amount):

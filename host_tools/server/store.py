@@ -7,9 +7,9 @@ for a fleet with several ingest processes.
         dev = tx.lock_device("laundry-7")   # serialises ingest of one board's batches
         ...
 
-The revenue rollup (rollup.py: revenue per UTC day, device, kind and currency) is written
-by Tx.insert_records in the transaction that stores the records, and built from the records
-when a ledger made before it is opened.
+The revenue rollup (rollup.py: revenue per UTC day, device, kind and currency) counts what
+Tx.insert_records stored in the transaction that stored it, before the commit, and is built
+from the records when a ledger made before it is opened.
 
 Exactly once lives in the schema: UNIQUE(device, seq) on records. Ingest of one board's
 batches is serialised by a row lock on its device row (PostgreSQL) or by SQLite's single
@@ -166,6 +166,12 @@ class Tx:
         self.store = store
         self.cur = cur
         self.q = store.q
+        self.rollup = None  # rollup.Pending: what insert_records stored, counted at commit
+
+    def finish(self):
+        """Before the commit: the revenue rollup counts what this transaction stored."""
+        if self.rollup is not None:
+            self.rollup.flush(self)
 
     def execute(self, sql, args=()):
         self.cur.execute(self.q(sql), args)
@@ -210,10 +216,12 @@ class Tx:
 
     def insert_records(self, rows):
         """rows: (device, seq, raw, verified, fields dict, received_at). The per-day revenue
-        rollup (rollup.py) follows in the same transaction."""
-        from host_tools.server import rollup
+        rollup (rollup.py) counts them in the same transaction, before it commits."""
+        if self.rollup is None:
+            from host_tools.server import rollup
 
-        live = rollup.before_insert(self, rows)
+            self.rollup = rollup.Pending()
+        self.rollup.stored(self, rows)
         cols = ", ".join(RECORD_COLUMNS)
         marks = ", ".join("?" for _ in RECORD_COLUMNS)
         sql = self.q(
@@ -227,7 +235,6 @@ class Tx:
                 for dev, seq, raw, ok, fields, at in rows
             ],
         )
-        rollup.after_insert(self, rows, live)
 
     # ---- records that arrived ahead of a gap (another ingest process has the batch before)
     def park(self, device, seq, raw, now):
@@ -394,7 +401,9 @@ class SQLiteStore(Store):
         cur = self.conn.cursor()
         cur.execute("BEGIN IMMEDIATE")  # one writer at a time, across processes
         try:
-            yield Tx(self, cur)
+            tx = Tx(self, cur)
+            yield tx
+            tx.finish()
         except BaseException:
             cur.execute("ROLLBACK")
             raise
@@ -441,7 +450,9 @@ class PostgresStore(Store):
     def transaction(self):
         cur = self.conn.cursor()
         try:
-            yield Tx(self, cur)
+            tx = Tx(self, cur)
+            yield tx
+            tx.finish()
         except BaseException:
             self.conn.rollback()
             raise
