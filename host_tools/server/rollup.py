@@ -76,25 +76,29 @@ _VOIDED_NOW = (f"SELECT {DAY_SQL}, r.device, {_KIND}, coalesce(r.currency, ''), 
 _LIVE_DEBITS = ("SELECT r.seq FROM records r WHERE r.device = ? AND r.source = ? AND "
                 "r.card_counter = ? AND r.type = 'card_debit' AND r.verified = 1 AND NOT "
                 + VOIDS_WRITE)
-_UPSERT = ("INSERT INTO revenue_days (utc_day, device, kind, currency, count, amount) "
-           "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (utc_day, device, kind, currency) DO UPDATE "
-           "SET count = revenue_days.count + excluded.count, "
-           "amount = revenue_days.amount + excluded.amount")
+_INSERT = "INSERT INTO revenue_days (utc_day, device, kind, currency, count, amount) "
+_ADD = (" ON CONFLICT (utc_day, device, kind, currency) DO UPDATE "
+        "SET count = revenue_days.count + excluded.count, "
+        "amount = revenue_days.amount + excluded.amount")
+_UPSERT = _INSERT + "VALUES (?, ?, ?, ?, ?, ?)" + _ADD
+# the stored records counted in one statement (no round trip through Python): ingest's path
+_COUNT_STORED = _INSERT + ROLLUP_SQL + _ADD
 VOID_TYPES = ("card_cancel", "card_settled")  # records that may void a card write
 _CHUNK = 500  # sequence numbers per IN (...)
 
 
-def _seqs_where(seqs):
-    return f"r.device = ? AND r.seq IN ({', '.join('?' for _ in seqs)})"
-
-
-def _rows(tx, sql, device, seqs):
-    out = []
+def _chunks(device, seqs):
+    """(WHERE over records r, its args) for the records `seqs` of `device`, a chunk at a
+    time (the args start with the operator pattern: ROLLUP_SQL's kind asks for it). The
+    range of seq makes the (device, seq) key the way in: with `seq IN (...)` alone, a
+    PostgreSQL ledger without fresh statistics read every payment of the board through
+    records_type_time (7 ms a batch at 7,500 records, growing with the ledger)."""
     seqs = sorted(seqs)
     for i in range(0, len(seqs), _CHUNK):
         part = seqs[i:i + _CHUNK]
-        out += tx.all(sql.format(where=_seqs_where(part)), (OPERATOR_ARGS, device, *part))
-    return out
+        yield (f"r.device = ? AND r.seq >= ? AND r.seq <= ? AND "
+               f"r.seq IN ({', '.join('?' for _ in part)})",
+               (OPERATOR_ARGS, device, part[0], part[-1], *part))
 
 
 class Pending:
@@ -127,13 +131,15 @@ class Pending:
         """Count the stored records in the rollup, and take out the card debits in `live`
         that a stored record voided. In the transaction that stored them, before it
         commits."""
-        delta = {}
         for dev, seqs in self.new.items():
-            for day, d, kind, cur, n, amount in _rows(tx, ROLLUP_SQL, dev, seqs):
-                _add(delta, (day, d, kind, cur), n, amount)
+            for where, args in _chunks(dev, seqs):
+                tx.execute(_COUNT_STORED.format(where=where), args)
+        delta = {}
         for dev, seqs in self.live.items():
-            for day, d, kind, cur, n, amount in _rows(tx, _VOIDED_NOW, dev, seqs):
-                _add(delta, (day, d, kind, cur), -n, -amount)
+            for where, args in _chunks(dev, seqs):
+                for day, d, kind, cur, n, amount in tx.all(_VOIDED_NOW.format(where=where),
+                                                           args):
+                    _add(delta, (day, d, kind, cur), -n, -amount)
         self.new, self.live = {}, {}
         apply(tx, delta)
 
@@ -187,8 +193,7 @@ def rebuild(tx):
     """Fill the rollup from the records (the one-time backfill of an existing ledger, and
     a repair after records were written around insert_records, e.g. a bulk load)."""
     tx.execute("DELETE FROM revenue_days")
-    tx.execute("INSERT INTO revenue_days (utc_day, device, kind, currency, count, amount) "
-               + ROLLUP_SQL.format(where="1 = 1"), (OPERATOR_ARGS,))
+    tx.execute(_INSERT + ROLLUP_SQL.format(where="1 = 1"), (OPERATOR_ARGS,))
 
 
 def migrate(tx, existed):
