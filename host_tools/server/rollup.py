@@ -170,10 +170,12 @@ def operator_starts(db, keys):
     if not keys:
         return set()
     pairs = " OR ".join("(r.device = ? AND r.seq = ?)" for _ in keys)
-    return {(d, int(s)) for d, s in db.query(
-        f"SELECT r.device, r.seq FROM records r WHERE r.type = 'remote_start' AND "
-        f"{OPERATOR_COMMAND} AND ({pairs})",
-        [OPERATOR_ARGS, *[v for k in keys for v in k]])}
+    # the type is checked here, not in SQL: `type = 'remote_start'` there can make the
+    # database walk every remote start through records_type_time instead of the keys
+    return {(d, int(s)) for d, s, rtype in db.query(
+        f"SELECT r.device, r.seq, r.type FROM records r WHERE ({pairs}) AND "
+        f"{OPERATOR_COMMAND}", [*[v for k in keys for v in k], OPERATOR_ARGS])
+        if rtype == "remote_start"}
 
 
 def recompute(db):
