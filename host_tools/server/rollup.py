@@ -12,16 +12,16 @@ per-day rollup").
   machine's price but no money taken), a board's refund, a washer start (vend_running);
 - `currency`: the record's ('' when it has none: a key column cannot be NULL).
 
-It is kept in the transaction that stores the records (store.Tx.insert_records, which
-every ingest path goes through: MQTT batches, `washpay server import`, notes what it
-stores; the transaction counts it before it commits), so it is never behind the records,
-and a redelivered batch, which stores nothing, adds nothing. A card
+It is kept in the transaction that stores the records: store.Tx.insert_records, which
+every ingest path goes through (MQTT batches, `washpay server import`), notes what it
+stores (Pending), and the transaction counts it just before it commits. So it is never
+behind the records, and a redelivered batch, which stores nothing, adds nothing. A card
 debit a later record voids (store.VOIDS_WRITE) leaves the rollup when that record is
 stored. A ledger made before the rollup gets it when it is next opened (migrate()), from
 the records, by the same SQL (ROLLUP_SQL) that keeps it: one definition of what counts.
 
-Only verified records count; the rollup equals rebuild() at any time (a test checks it
-after random ingests).
+Only verified records count; the rollup equals recompute() at any time (a test checks it
+after random deliveries, tests/test_revenue_rollup.py).
 """
 
 from host_tools.server.store import VOIDS_WRITE
