@@ -18,6 +18,7 @@ import pytest
 from console_env import PASSWORD, add_operators, open_session, request
 from web_env import headless_chromium, leave, make_web
 
+from host_tools.server import report, rollup
 from host_tools.server.store import open_store
 from host_tools.server.web.console import cards as K
 from host_tools.server.web.console import ledger_queries as Q
@@ -33,6 +34,7 @@ def utc(*a):
 DAY0 = utc(2026, 11, 2)  # a Monday
 NOW = utc(2026, 12, 3, 12)
 CARD = "04aa01"
+PHONE_CMD, OPERATOR_CMD = "636d6431", "636d6432"
 
 # (device, seq, type, t, amount, extra): the known ledger
 LEDGER = [
@@ -56,33 +58,45 @@ LEDGER = [
     ("laundry-a", 11, "card_topup", DAY0 + 8 * 86400 + 36000, 2000,
      {"source": CARD, "source_kind": "card", "card_counter": 9, "balance_before": 650,
       "balance_after": 2650}),
+    # a phone payment's remote start (the pay-by-phone flow's command): revenue
     ("laundry-b", 1, "remote_start", DAY0 + 2 * 86400 + 54000, 300,
-     {"source": "636d6431", "source_kind": "command"}),
+     {"source": PHONE_CMD, "source_kind": "command"}),
     ("laundry-b", 2, "vend_running", DAY0 + 2 * 86400 + 54060, None, {}),
     ("laundry-b", 3, "coin", DAY0 + 2 * 86400 + 57600, 100, {"verified": 0}),  # bad tag
     ("laundry-b", 4, "coin", 5000, 200, {"clock_ok": 0}),  # the board's clock not set
     ("laundry-b", 5, "coin", DAY0 + 31 * 86400, 200, {}),  # December
+    # an attendant's remote start from the console: the machine's price, no money taken
+    ("laundry-b", 6, "remote_start", DAY0 + 2 * 86400 + 61200, 300,
+     {"source": OPERATOR_CMD, "source_kind": "command"}),
+    ("laundry-b", 7, "vend_running", DAY0 + 2 * 86400 + 61260, None, {}),
+]
+# the commands behind the remote starts, with the args their senders keep (web/flow.py's
+# for a phone payment, web/console/pages/actions.py's for a console start)
+COMMANDS = [
+    (PHONE_CMD, "laundry-b", {"program": "quick", "amount": 300, "payment": "p-1"}),
+    (OPERATOR_CMD, "laundry-b", {"program": "quick", "amount": 0, "operator": "attendant",
+                                 "reason": "coin jammed, the customer had paid"}),
 ]
 # newest first, as the transactions page lists them (no vend_running, cancel, bad tag)
 TX_ORDER = [("laundry-b", 5), ("laundry-a", 11), ("laundry-a", 10), ("laundry-a", 8),
-            ("laundry-b", 1), ("laundry-a", 6), ("laundry-a", 4), ("laundry-a", 2),
-            ("laundry-a", 1), ("laundry-b", 4)]
+            ("laundry-b", 6), ("laundry-b", 1), ("laundry-a", 6), ("laundry-a", 4),
+            ("laundry-a", 2), ("laundry-a", 1), ("laundry-b", 4)]
 
 
 def load_ledger(store):
+    """The known ledger, stored the way ingest stores records (Tx.insert_records: the
+    revenue rollup follows), after the commands that caused its remote starts."""
     with store.transaction() as tx:
+        for cid, device, args in COMMANDS:
+            tx.execute("INSERT INTO commands (id, device, kind, args, created, status) "
+                       "VALUES (?, ?, 'start', ?, ?, 'started')",
+                       (cid, device, json.dumps(args), NOW))
+        rows = []
         for device, seq, rtype, t, amount, extra in LEDGER:
-            row = {"verified": 1, "clock_ok": 1, "source": None, "source_kind": "",
-                   "card_counter": None, "balance_before": None, "balance_after": None,
-                   **extra}
-            tx.execute(
-                "INSERT INTO records (device, seq, raw, verified, type, t, clock_ok, amount, "
-                "currency, program, source_kind, source, card_counter, balance_before, "
-                "balance_after, received_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'EUR', 'quick', "
-                "?, ?, ?, ?, ?, ?)",
-                (device, seq, b"x", row["verified"], rtype, t, row["clock_ok"], amount,
-                 row["source_kind"], row["source"], row["card_counter"],
-                 row["balance_before"], row["balance_after"], NOW))
+            f = {"clock_ok": 1, "source": None, "source_kind": "", **extra, "type": rtype,
+                 "t": t, "amount": amount, "currency": "EUR", "program": "quick"}
+            rows.append((device, seq, b"x", f.pop("verified", 1), f, NOW))
+        tx.insert_records(rows)
         for device in ("laundry-a", "laundry-b"):
             tx.execute("INSERT INTO devices (device, high_seq, reported_seq, first_seen, "
                        "last_seen, online) VALUES (?, 11, 11, ?, ?, 1)", (device, NOW, NOW))
@@ -108,10 +122,23 @@ def check_queries(store):
         "2026-W45": 900, "2026-W46": 250}
     month = Q.revenue(store, *nov, period="month", device="laundry-a")
     assert month["totals"] == {"EUR": 850} and month["periods"] == ["2026-11"]
+    # the console's remote start is in no revenue figure: a line of its own, at its value
+    assert rev["by_kind"] == {("cash", "EUR"): [2, 250], ("card", "EUR"): [1, 350],
+                              ("app", "EUR"): [1, 300], ("qr", "EUR"): [1, 250]}
+    assert rev["operator"]["rows"] == [{"period": "2026-11-04", "device": "laundry-b",
+                                        "currency": "EUR", "count": 1, "amount": 300}]
+    assert rev["operator"]["by_currency"] == {"EUR": [1, 300]}
     recon = {r["period"]: r for r in Q.reconciliation(rev)}
     assert (recon["2026-11-10"]["payments"], recon["2026-11-10"]["starts"],
             recon["2026-11-10"]["refunded"], recon["2026-11-10"]["net"]) == (1, 1, 100, 150)
     assert recon["2026-11-02"]["starts"] == 1 and recon["2026-11-02"]["paid"] == 250
+    # two washes started that day, one paid by phone, one explained by an operator's command
+    r4 = recon["2026-11-04"]
+    assert (r4["payments"], r4["paid"], r4["starts"], r4["operator_starts"],
+            r4["operator_value"], r4["net"]) == (1, 300, 2, 1, 300, 300)
+    # the rollup ingest kept is what the records say
+    assert rollup.stored(store) == rollup.recompute(store)
+    check_report(report.build(store))
 
     def walk(n, **f):
         out, after = [], None
@@ -130,10 +157,13 @@ def check_queries(store):
     assert walk(2, card=CARD.upper()) == [("laundry-a", 11), ("laundry-a", 6),
                                           ("laundry-a", 4)]
     assert walk(1, start=utc(2026, 11, 3), end=utc(2026, 11, 5)) == [
-        ("laundry-b", 1), ("laundry-a", 6), ("laundry-a", 4)]
+        ("laundry-b", 6), ("laundry-b", 1), ("laundry-a", 6), ("laundry-a", 4)]
     assert walk(1, device="laundry-a", kind="cards") == [("laundry-a", 6), ("laundry-a", 4)]
     first = Q.transactions(store, kind="cards")["rows"]
     assert [r["voided"] for r in first] == [True, False]
+    starts = Q.transactions(store, kind="phone")["rows"]
+    assert [(r["seq"], r["label"]) for r in starts] == [(6, "operator start (free)"),
+                                                        (1, "phone")]
     card = K.detail(store, CARD, NOW)
     assert card["seen"] and (card["card"]["balance"], card["card"]["counter"]) == (2650, 9)
     assert [r["amount"] for r in card["topups"]] == [2000]
@@ -143,25 +173,102 @@ def check_queries(store):
     assert not K.detail(store, "0badcafe", NOW)["seen"]
 
 
+def check_report(rep):
+    """`washpay server report` of the known ledger (a dict, as --format json prints it):
+    the operator start is in its own list, not in the revenue."""
+    assert [(r["device"], r["day"], r["type"], r["count"], r["amount"])
+            for r in rep["revenue"]] == [
+        ("laundry-a", "2026-11-02", "cash", 2, 250),
+        ("laundry-a", "2026-11-03", "card", 1, 350),
+        ("laundry-a", "2026-11-10", "qr", 1, 250),
+        ("laundry-b", "2026-11-04", "app", 1, 300),
+        ("laundry-b", "2026-12-03", "cash", 1, 200),
+        ("laundry-b", "clock not set", "cash", 1, 200)]
+    assert [(r["device"], r["day"], r["type"], r["count"], r["amount"])
+            for r in rep["operator_starts"]] == [
+        ("laundry-b", "2026-11-04", "operator", 1, 300)]
+    assert [(r["device"], r["day"], r["amount"]) for r in rep["refunds"]] == [
+        ("laundry-a", "2026-11-10", 100)]
+
+
+def check_report_text(text):
+    lines = text.splitlines()
+    per_device = lines[lines.index("Revenue per device"):]
+    assert per_device[2].split() == ["laundry-a", "8.50", "EUR"]
+    assert per_device[3].split() == ["laundry-b", "7.00", "EUR"]  # no 3.00 operator start
+    title = next(i for i, x in enumerate(lines) if x.startswith("Operator starts"))
+    assert "not revenue" in lines[title]
+    assert lines[title + 2].split() == ["laundry-b", "2026-11-04", "1", "operator", "start",
+                                        "3.00", "EUR"]
+    revenue = lines[:lines.index("Revenue per device")]
+    assert [x.split()[:3] for x in revenue if "laundry-b" in x] == [
+        ["laundry-b", "2026-11-04", "app"], ["laundry-b", "2026-12-03", "cash"],
+        ["laundry-b", "clock", "not"]]
+
+
+def check_report_command(url):
+    """The same through the command an operator types, on this database."""
+    from test_server_cli import washpay
+
+    r = washpay("server", "report", "--db", url, "--format", "json")
+    assert r.returncode == 0, r.stderr
+    check_report(json.loads(r.stdout))
+    r = washpay("server", "report", "--db", url)
+    assert r.returncode == 0, r.stderr
+    check_report_text(r.stdout)
+
+
+def check_http(web):
+    """The revenue page's per-type table and totals, and the CSV, served from this
+    database: the operator start is a line of its own, outside the totals."""
+    tok, _ = open_session(web, "viewer")
+    status, _h, body = request(f"{web.url}/console/revenue?from=2026-11-01&to=2026-11-30",
+                               token=tok)
+    assert status == 200
+    assert 'class="big revenue-total" data-currency="EUR" data-amount="1150"' in body
+    assert ('class="not-revenue" data-kind="operator" data-currency="EUR" data-count="1" '
+            'data-amount="300"') in body
+    status, headers, body = request(
+        f"{web.url}/console/revenue.csv?from=2026-11-01&to=2026-11-30&period=week", token=tok)
+    assert status == 200 and headers["Content-Type"].startswith("text/csv")
+    assert 'filename="revenue-week-2026-11-01-2026-11-30.csv"' in headers["Content-Disposition"]
+    assert list(csv.reader(io.StringIO(body))) == [
+        ["period", "device", "type", "currency", "payments", "amount", "amount_minor",
+         "revenue"],
+        ["2026-W45", "laundry-a", "coins", "EUR", "2", "2.50", "250", "yes"],
+        ["2026-W45", "laundry-a", "cards", "EUR", "1", "3.50", "350", "yes"],
+        ["2026-W45", "laundry-b", "phone", "EUR", "1", "3.00", "300", "yes"],
+        ["2026-W46", "laundry-a", "QR tokens", "EUR", "1", "2.50", "250", "yes"],
+        ["2026-W45", "laundry-b", "operator starts (free)", "EUR", "1", "3.00", "300", "no"]]
+
+
 def test_queries_on_sqlite(tmp_path):
-    store = open_store(f"sqlite:///{tmp_path / 'ledger.db'}")
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    store = open_store(url)
     try:
         load_ledger(store)
         check_queries(store)
     finally:
         store.close()
+    check_report_command(url)
 
 
-def test_queries_on_postgresql():
+def test_queries_report_and_csv_on_postgresql(tmp_path):
     from sync_env import postgres_cluster
+    from web_env import Clock
 
     with postgres_cluster() as url:
-        store = open_store(url)
+        web = make_web(tmp_path, clock=Clock(NOW), store_url=url)
         try:
-            load_ledger(store)
-            check_queries(store)
+            load_ledger(web.side)
+            check_queries(web.side)
+            check_report_command(url)
+            add_operators(web)
+            web.start("127.0.0.1", 0)
+            check_http(web)
         finally:
-            store.close()
+            web.stop()
+            web.side.close()
 
 
 @pytest.mark.parametrize(("args", "why"), [
@@ -254,6 +361,7 @@ def test_revenue_page_shows_the_known_ledger(served, browser):
     b.get(served.url + "/console/revenue?from=2026-11-01&to=2026-11-30")
     assert attrs(b, ".revenue-total", "currency", "amount") == [("EUR", "1150")]
     assert "11.50 EUR" in b.find_element(By.CSS_SELECTOR, ".revenue-total").text
+    assert attrs(b, ".operator-total", "count", "amount") == [("1", "300")]
     assert attrs(b, ".revenue-row", "period", "device", "kind", "count", "amount") == [
         ("2026-11-02", "laundry-a", "cash", "2", "250"),
         ("2026-11-03", "laundry-a", "card", "1", "350"),
@@ -262,7 +370,11 @@ def test_revenue_page_shows_the_known_ledger(served, browser):
     kinds = {k: (n, a) for k, n, a in attrs(b, "#revenue-kinds tr[data-kind]", "kind",
                                             "count", "amount")}
     assert kinds == {"cash": ("2", "250"), "card": ("1", "350"), "qr": ("1", "250"),
-                     "app": ("1", "300")}
+                     "app": ("1", "300"), "operator": ("1", "300")}
+    free = b.find_element(By.CSS_SELECTOR, "#revenue-operator tr").text
+    assert "operator starts (free): not revenue" in free and "3.00 EUR" in free
+    assert attrs(b, ".operator-row", "period", "device", "count", "amount") == [
+        ("2026-11-04", "laundry-b", "1", "300")]
     assert attrs(b, "#revenue-devices tr[data-device]", "device", "amount") == [
         ("laundry-a", "850"), ("laundry-b", "300")]
     # the chart says the same: one bar per (day, kind) with money, 30 days on the axis
@@ -272,11 +384,12 @@ def test_revenue_page_shows_the_known_ledger(served, browser):
     assert attrs(b, "#chart-device-EUR rect.hbar", "label", "amount") == [
         ("laundry-a", "850"), ("laundry-b", "300")]
     recon = {r[0]: r[1:] for r in attrs(b, ".recon-row", "period", "payments", "paid",
-                                         "starts", "refunds", "refunded", "net")}
-    assert recon == {"2026-11-02": ("2", "250", "1", "0", "0", "250"),
-                     "2026-11-03": ("1", "350", "1", "0", "0", "350"),
-                     "2026-11-04": ("1", "300", "1", "0", "0", "300"),
-                     "2026-11-10": ("1", "250", "1", "1", "100", "150")}
+                                         "starts", "operator-starts", "refunds", "refunded",
+                                         "net")}
+    assert recon == {"2026-11-02": ("2", "250", "1", "0", "0", "0", "250"),
+                     "2026-11-03": ("1", "350", "1", "0", "0", "0", "350"),
+                     "2026-11-04": ("1", "300", "2", "1", "0", "0", "300"),
+                     "2026-11-10": ("1", "250", "1", "0", "1", "100", "150")}
     shot(b, "7-revenue")
     # per week, through the form
     Select(b.find_element(By.NAME, "period")).select_by_visible_text("week")
@@ -293,17 +406,7 @@ def test_revenue_page_shows_the_known_ledger(served, browser):
 
 
 def test_revenue_csv_holds_the_tables_figures(served):
-    tok, _ = open_session(served, "viewer")
-    status, headers, body = request(
-        f"{served.url}/console/revenue.csv?from=2026-11-01&to=2026-11-30&period=week", token=tok)
-    assert status == 200 and headers["Content-Type"].startswith("text/csv")
-    assert 'filename="revenue-week-2026-11-01-2026-11-30.csv"' in headers["Content-Disposition"]
-    assert list(csv.reader(io.StringIO(body))) == [
-        ["period", "device", "type", "currency", "payments", "amount", "amount_minor"],
-        ["2026-W45", "laundry-a", "coins", "EUR", "2", "2.50", "250"],
-        ["2026-W45", "laundry-a", "cards", "EUR", "1", "3.50", "350"],
-        ["2026-W45", "laundry-b", "phone", "EUR", "1", "3.00", "300"],
-        ["2026-W46", "laundry-a", "QR tokens", "EUR", "1", "2.50", "250"]]
+    check_http(served)
 
 
 def test_transactions_filters_and_paging_in_the_browser(served, browser):
@@ -338,8 +441,10 @@ def test_transactions_filters_and_paging_in_the_browser(served, browser):
         ("laundry-a", "6", "card_debit", "350"), ("laundry-a", "4", "card_debit", "350")]
     # a date range (the end day included)
     b.get(served.url + "/console/transactions?from=2026-11-03&to=2026-11-04")
-    assert attrs(b, ".tx-row", "device", "seq") == [("laundry-b", "1"), ("laundry-a", "6"),
-                                                    ("laundry-a", "4")]
+    assert attrs(b, ".tx-row", "device", "seq") == [("laundry-b", "6"), ("laundry-b", "1"),
+                                                    ("laundry-a", "6"), ("laundry-a", "4")]
+    free = b.find_element(By.CSS_SELECTOR, '.tx-row[data-device="laundry-b"][data-seq="6"]')
+    assert "operator start (free)" in free.text
     # a filter that cannot be used says what to give, and keeps what was typed
     b.get(served.url + "/console/transactions?card=nothex")
     assert "a UID in hex" in b.find_element(By.ID, "tx-error").text

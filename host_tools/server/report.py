@@ -1,7 +1,10 @@
 """`washpay server report`: what the ledger says, for the operator.
 
 - revenue per device, day (UTC, from the board's clock; "clock not set" when the board had
-  no trusted time) and payment type (cash, card, qr, app), verified records only;
+  no trusted time) and payment type (cash, card, qr, app), verified records only, read
+  from the per-day rollup ingest keeps (rollup.py);
+- operator starts: the console's remote starts, free starts given by staff (counted, with
+  the machine's price as their value), apart from the revenue and in none of its totals;
 - refunds, the same way;
 - offline backlog per device: records the board said it had that the server does not,
   when it was last heard from, whether it is online;
@@ -18,47 +21,50 @@ from collections import defaultdict
 from datetime import datetime, timezone
 
 from host_tools.money import money
+from host_tools.server import rollup
 
-PAYMENT_TYPES = {"coin": "cash", "card_debit": "card", "token_redeem": "qr",
-                 "remote_start": "app"}
 DEVICE_FAULTS = ("fault", "coin_rejected", "start_failed", "card_refused", "card_fraud",
                  "card_unresolved")
 
 
+NO_CLOCK = "clock not set"
+
+
 def _day(t, clock_ok):
     if not clock_ok or not t:
-        return "clock not set"
+        return NO_CLOCK
     return datetime.fromtimestamp(t, timezone.utc).strftime("%Y-%m-%d")
+
+
+def _utc_day(n):
+    return NO_CLOCK if n == rollup.NO_CLOCK else _day(n * rollup.DAY, True)
 
 
 def build(store, since=None):
     """The report as a dict (what --format json prints)."""
-    types = tuple(PAYMENT_TYPES) + ("refund",) + DEVICE_FAULTS
-    marks = ", ".join("?" for _ in types)
-    rows = store.query(
-        f"SELECT device, seq, type, t, clock_ok, currency, amount, verified FROM records "
-        f"WHERE type IN ({marks})",
-        types,
-    )
-    voided = store.voided_card_debits()  # cancelled: the card was never charged
     revenue = defaultdict(lambda: [0, 0])  # (device, day, kind, currency) -> [count, sum]
+    operator = defaultdict(lambda: [0, 0])
     refunds = defaultdict(lambda: [0, 0])
+    # verified records only: bad tags are in problems, never in the money; voided card
+    # debits are not in the rollup (the card was never charged)
+    for n, device, kind, currency, count, amount in rollup.read(
+            store, rollup.NO_CLOCK, 2**40, kinds=(*rollup.PAYMENT_KINDS, rollup.OPERATOR,
+                                                   "refund")):
+        day = _utc_day(n)
+        if since and day != NO_CLOCK and day < since:
+            continue
+        r = (revenue if kind in rollup.PAYMENT_KINDS else
+             operator if kind == rollup.OPERATOR else refunds)[(device, day, kind, currency)]
+        r[0] += count
+        r[1] += amount
     faults = defaultdict(int)  # (device, type) -> count
-    for device, seq, rtype, t, clock_ok, currency, amount, verified in rows:
-        if not verified or (device, seq) in voided:
-            continue  # bad tags are in problems, never in the money
-        day = _day(t, clock_ok)
-        if since and day != "clock not set" and day < since:
-            continue
-        if rtype in PAYMENT_TYPES:
-            r = revenue[(device, day, PAYMENT_TYPES[rtype], currency)]
-        elif rtype == "refund":
-            r = refunds[(device, day, "refund", currency)]
-        else:
-            faults[(device, rtype)] += 1
-            continue
-        r[0] += 1
-        r[1] += amount or 0
+    marks = ", ".join("?" for _ in DEVICE_FAULTS)
+    for device, rtype, n, count in store.query(
+            f"SELECT r.device, r.type, {rollup.DAY_SQL}, count(*) FROM records r "
+            f"WHERE r.type IN ({marks}) AND r.verified = 1 GROUP BY 1, 2, 3", DEVICE_FAULTS):
+        day = _utc_day(int(n))
+        if not (since and day != NO_CLOCK and day < since):
+            faults[(device, rtype)] += int(count)
     for device, at, currency, amount in _manual_refunds(store):
         # given back by hand in the console (docs/alerts.md): no board record says so
         day = _day(at, True)
@@ -107,6 +113,7 @@ def build(store, since=None):
         **({"rollouts": rollouts} if rollouts else {}),
         **({"phone_payments": phone} if phone is not None else {}),
         "revenue": money(revenue),
+        "operator_starts": money(operator),
         "refunds": money(refunds),
         "devices": [
             {"device": d, "stored": hi, "board_newest": rep, "backlog": max(0, rep - hi),
@@ -148,7 +155,8 @@ def _manual_refunds(store):
 # what one record of each kind of payment is: a cash figure counts coins, not washes
 COUNTED = {"cash": ("coin", "coins"), "card": ("card payment", "card payments"),
            "qr": ("QR token", "QR tokens"), "app": ("remote start", "remote starts"),
-           "refund": ("refund", "refunds"), "manual": ("manual refund", "manual refunds")}
+           "refund": ("refund", "refunds"), "manual": ("manual refund", "manual refunds"),
+           rollup.OPERATOR: ("operator start", "operator starts")}
 
 
 def _counted(kind, n):
@@ -189,6 +197,11 @@ def format_text(rep, out):
         totals[(r["device"], r["currency"])] += r["amount"]
     table("Revenue per device", ["device", "amount"],
           [[d, money(v, c)] for (d, c), v in sorted(totals.items())])
+    if rep["operator_starts"]:
+        table("Operator starts from the console (free: not revenue; value at the machine's "
+              "price)", ["device", "day", "starts", "value"],
+              [[r["device"], r["day"], _counted(rollup.OPERATOR, r["count"]),
+                money(r["amount"], r["currency"])] for r in rep["operator_starts"]])
     if rep["refunds"]:
         table("Refunds", ["device", "day", "refunds", "amount"],
               [[r["device"], r["day"], _counted("refund", r["count"]),

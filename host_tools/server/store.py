@@ -7,6 +7,10 @@ for a fleet with several ingest processes.
         dev = tx.lock_device("laundry-7")   # serialises ingest of one board's batches
         ...
 
+The revenue rollup (rollup.py: revenue per UTC day, device, kind and currency) counts what
+Tx.insert_records stored in the transaction that stored it, before the commit, and is built
+from the records when a ledger made before it is opened.
+
 Exactly once lives in the schema: UNIQUE(device, seq) on records. Ingest of one board's
 batches is serialised by a row lock on its device row (PostgreSQL) or by SQLite's single
 writer (BEGIN IMMEDIATE), so two ingest processes can never both take the same record.
@@ -162,6 +166,12 @@ class Tx:
         self.store = store
         self.cur = cur
         self.q = store.q
+        self.rollup = None  # rollup.Pending: what insert_records stored, counted at commit
+
+    def finish(self):
+        """Before the commit: the revenue rollup counts what this transaction stored."""
+        if self.rollup is not None:
+            self.rollup.flush(self)
 
     def execute(self, sql, args=()):
         self.cur.execute(self.q(sql), args)
@@ -205,7 +215,13 @@ class Tx:
         return bytes(row[0]) if row else None
 
     def insert_records(self, rows):
-        """rows: (device, seq, raw, verified, fields dict, received_at)."""
+        """rows: (device, seq, raw, verified, fields dict, received_at). The per-day revenue
+        rollup (rollup.py) counts them in the same transaction, before it commits."""
+        if self.rollup is None:
+            from host_tools.server import rollup
+
+            self.rollup = rollup.Pending()
+        self.rollup.stored(self, rows)
         cols = ", ".join(RECORD_COLUMNS)
         marks = ", ".join("?" for _ in RECORD_COLUMNS)
         sql = self.q(
@@ -305,6 +321,14 @@ class Tx:
         )
 
 
+def _migrate_rollup(tx, existed):
+    """The per-day revenue rollup's table, backfilled from the records when it is new
+    (rollup.migrate): a one-off wait of seconds per million records."""
+    from host_tools.server import rollup
+
+    rollup.migrate(tx, existed)
+
+
 def _col(fields, name):
     v = fields.get(name)
     if isinstance(v, bool):
@@ -329,12 +353,6 @@ class Store:
     def query(self, sql, args=()):
         with self.transaction() as tx:
             return tx.all(sql, args)
-
-    def voided_card_debits(self):
-        """{(device, seq)} of the card_debit records a later record of their board voided."""
-        return {tuple(row) for row in self.query(
-            "SELECT device, seq FROM records r WHERE type = 'card_debit' AND verified = 1 "
-            "AND " + VOIDS_WRITE)}
 
     def close(self):
         self.conn.close()
@@ -367,6 +385,13 @@ class SQLiteStore(Store):
             if name not in have:
                 self.conn.execute(f"ALTER TABLE problems ADD COLUMN {name} "
                                   + decl.format(real="REAL"))
+        if not self._has_rollup():  # a ledger made before the revenue rollup
+            with self.transaction() as tx:  # checked again under the write lock
+                _migrate_rollup(tx, self._has_rollup())
+
+    def _has_rollup(self):
+        return bool(self.conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' "
+                                      "AND name = 'revenue_days'").fetchone())
 
     def __repr__(self):
         return f"sqlite:{self.path}"
@@ -376,7 +401,9 @@ class SQLiteStore(Store):
         cur = self.conn.cursor()
         cur.execute("BEGIN IMMEDIATE")  # one writer at a time, across processes
         try:
-            yield Tx(self, cur)
+            tx = Tx(self, cur)
+            yield tx
+            tx.finish()
         except BaseException:
             cur.execute("ROLLBACK")
             raise
@@ -409,6 +436,8 @@ class PostgresStore(Store):
             for name, decl in PROBLEM_STATE_COLUMNS:
                 cur.execute(f"ALTER TABLE problems ADD COLUMN IF NOT EXISTS {name} "
                             + decl.format(real="DOUBLE PRECISION"))
+            cur.execute("SELECT to_regclass('revenue_days') IS NOT NULL")
+            _migrate_rollup(Tx(self, cur), cur.fetchone()[0])
         self.conn.commit()
 
     def __repr__(self):
@@ -421,7 +450,9 @@ class PostgresStore(Store):
     def transaction(self):
         cur = self.conn.cursor()
         try:
-            yield Tx(self, cur)
+            tx = Tx(self, cur)
+            yield tx
+            tx.finish()
         except BaseException:
             self.conn.rollback()
             raise

@@ -2,10 +2,13 @@
 "Revenue and transactions"): one portable SQL per question, on SQLite and PostgreSQL.
 
 - **Revenue**: verified payment records (coins, card payments, QR tokens, phone starts: the
-  types of `washpay server report`, host_tools/server/report.py) by UTC day of the board's
-  trusted clock, device, type and currency, summed in SQL; weeks (ISO, Monday first) and
-  months are rolled up from the days here. A card debit a later record of its board voided
-  (store.VOIDS_WRITE) is no revenue. Refunds and starts beside them: reconciliation.
+  kinds of `washpay server report`) by UTC day of the board's trusted clock, device, type
+  and currency, read from the per-day rollup ingest keeps (host_tools/server/rollup.py:
+  a year of a fleet is some 100,000 cells, not 700,000 records); weeks (ISO, Monday first)
+  and months are rolled up from the days here. A card debit a later record of its board
+  voided (store.VOIDS_WRITE) is no revenue. A console remote start (an operator's free
+  start) is no revenue either: counted apart, with the machine's price as its value.
+  Refunds and starts beside them: reconciliation.
 - **Transactions**: the verified money records (payments, card top-ups, refunds), newest
   first by (t, device, seq), filtered by device, type, date range and card, paged by keyset
   (the page's last row is the cursor): page 1000 costs what page 1 does. Each filter has
@@ -19,23 +22,25 @@ LockedStore.
 import datetime
 from collections import defaultdict
 
-from host_tools.server.report import PAYMENT_TYPES
+from host_tools.server import rollup
 from host_tools.server.store import VOIDS_WRITE
 
 DAY = 86400
-# what the console calls each kind of payment (report.py's cash/card/qr/app)
+# what the console calls each kind of payment (rollup.py's cash/card/qr/app), in the order
+# the pages show them, and a console remote start (free: no payment)
 KIND_LABELS = {"cash": "coins", "card": "cards", "qr": "QR tokens", "app": "phone"}
-PAYMENT_KINDS = tuple(KIND_LABELS)  # in the order the pages show them
+PAYMENT_KINDS = rollup.PAYMENT_KINDS
+OPERATOR_LABEL = "operator starts (free)"
 # the transactions page's types: the payments, and the other money moves
 TX_KINDS = {"coins": ("coin",), "cards": ("card_debit",), "qr": ("token_redeem",),
             "phone": ("remote_start",), "topups": ("card_topup",), "refunds": ("refund",)}
 TX_TYPES = tuple(t for ts in TX_KINDS.values() for t in ts)
 TX_LABELS = {"coin": "coins", "card_debit": "card", "token_redeem": "QR token",
              "remote_start": "phone", "card_topup": "card top-up", "refund": "refund"}
+TX_OPERATOR_LABEL = "operator start (free)"  # a remote_start an operator's command caused
 PERIODS = ("day", "week", "month")
 PAGE_MAX = 500
-# a range longer than this is refused: the page sums every record in it (a year of a big
-# fleet is a few seconds; say so rather than hang a request thread)
+# a range longer than this is refused: a chart of more days than this is no longer read
 RANGE_MAX_DAYS = 3 * 366
 
 VOIDED = "(r.type = 'card_debit' AND " + VOIDS_WRITE + ")"
@@ -84,6 +89,25 @@ def period_of(day_number, period):
     return d.strftime("%Y-%m")
 
 
+def period_key(period, first_day, end_day):
+    """(SQL over the rollup's utc_day giving each day's period number, its args, and
+    number -> label) for the days first_day <= d < end_day: the sums per week or month are
+    made by the database. ISO weeks start on Mondays; day 0 (1970-01-01) was a Thursday."""
+    if period == "day":
+        return "utc_day", (), lambda n: period_of(n, "day")
+    if period == "week":
+        return "(utc_day + 3) / 7", (), lambda n: period_of(n * 7 - 3, "week")
+    epoch = datetime.date(1970, 1, 1)
+    firsts = [n for n in range(first_day + 1, end_day)
+              if (epoch + datetime.timedelta(days=n)).day == 1]  # each new month's first day
+    labels = [period_of(n, "month") for n in [first_day, *firsts]]
+    if not firsts:
+        return "0", (), lambda n: labels[n]
+    sql = ("CASE " + " ".join(f"WHEN utc_day < ? THEN {i}" for i in range(len(firsts)))
+           + f" ELSE {len(firsts)} END")
+    return sql, tuple(firsts), lambda n: labels[n]
+
+
 def periods_between(start, end, period):
     """Every period label from `start` to `end` (unix times), in order, none left out: a
     day without revenue is a bar of height 0, not a missing one."""
@@ -97,42 +121,42 @@ def periods_between(start, end, period):
 
 # ---- revenue
 def revenue(db, start, end, period="day", device=None):
-    """Revenue in [start, end) by `period`: a dict with
+    """Revenue in [start, end) by `period`, read from the per-day rollup (rollup.py): a
+    dict with
 
     periods  [label, ...] every period of the range
     rows     [{"period", "device", "kind", "currency", "count", "amount"}] (kind: cash,
              card, qr, app), sorted
     by_period {(label, currency): {kind: amount}}; by_device {(device, currency): amount};
     by_kind {(kind, currency): [count, amount]}; totals {currency: amount}
+    operator {"rows": [{"period", "device", "currency", "count", "amount"}],
+             "by_currency": {currency: [count, amount]}, "by_period": {(label, currency):
+             [count, amount]}}: console remote starts, free (amount: the machine's price,
+             no money taken), in no figure above
     refunds  {(label, currency): [count, amount]}; starts {label: count} (vend_running)
     """
     if period not in PERIODS:
         raise QueryError(f"period {period!r}: one of {', '.join(PERIODS)}")
-    types = tuple(PAYMENT_TYPES) + ("refund", "vend_running")
-    marks = ", ".join("?" for _ in types)
-    sql = (f"SELECT r.t / {DAY}, r.device, r.type, r.currency, count(*), "
-           f"sum(r.amount) FROM records r WHERE r.type IN ({marks}) AND r.verified = 1 "
-           f"AND r.clock_ok = 1 AND r.t >= ? AND r.t < ?")
-    args = [*types, int(start), int(end)]
-    if device:
-        sql += " AND r.device = ?"
-        args.append(device)
-    sql += f" AND NOT {VOIDED} GROUP BY r.t / {DAY}, r.device, r.type, r.currency"
     cells = defaultdict(lambda: [0, 0])
+    comps = defaultdict(lambda: [0, 0])
     refunds = defaultdict(lambda: [0, 0])
     starts = defaultdict(int)
-    for day, dev, rtype, currency, n, amount in db.query(sql, args):
-        label = period_of(int(day), period)
-        if rtype == "vend_running":
-            starts[label] += int(n)
-        elif rtype == "refund":
-            r = refunds[(label, currency)]
-            r[0] += int(n)
-            r[1] += int(amount or 0)
+    first, last = start // DAY, -(-end // DAY)
+    sql, key_args, label_of = period_key(period, first, last)
+    for key, dev, kind, currency, n, amount in rollup.read(db, first, last, device,
+                                                           key=(sql, key_args)):
+        label = label_of(key)
+        if kind == "start":
+            starts[label] += n
+            continue
+        if kind == "refund":
+            c = refunds[(label, currency)]
+        elif kind == rollup.OPERATOR:
+            c = comps[(label, dev, currency)]
         else:
-            c = cells[(label, dev, PAYMENT_TYPES[rtype], currency)]
-            c[0] += int(n)
-            c[1] += int(amount or 0)
+            c = cells[(label, dev, kind, currency)]
+        c[0] += n
+        c[1] += amount
     rows = [{"period": p, "device": d, "kind": k, "currency": c, "count": v[0],
              "amount": v[1]}
             for (p, d, k, c), v in sorted(cells.items(), key=lambda kv: (
@@ -148,19 +172,32 @@ def revenue(db, start, end, period="day", device=None):
         k[0] += r["count"]
         k[1] += r["amount"]
         totals[r["currency"]] += r["amount"]
+    op_rows = [{"period": p, "device": d, "currency": c, "count": v[0], "amount": v[1]}
+               for (p, d, c), v in sorted(comps.items())]
+    op_currency = defaultdict(lambda: [0, 0])
+    op_period = defaultdict(lambda: [0, 0])
+    for r in op_rows:
+        for acc in (op_currency[r["currency"]], op_period[(r["period"], r["currency"])]):
+            acc[0] += r["count"]
+            acc[1] += r["amount"]
     return {"start": start, "end": end, "period": period, "device": device,
             "periods": periods_between(start, end, period), "rows": rows,
             "by_period": dict(by_period), "by_device": dict(by_device),
             "by_kind": dict(by_kind), "totals": dict(totals), "refunds": dict(refunds),
-            "starts": dict(starts)}
+            "starts": dict(starts),
+            "operator": {"rows": op_rows, "by_currency": dict(op_currency),
+                         "by_period": dict(op_period)}}
 
 
 def reconciliation(rev):
-    """Per period and currency: payments (count, amount), machine starts, refunds (count,
-    amount), and what stays (payments - refunds). Starts are counted per period across
-    currencies (a start has no currency)."""
+    """Per period and currency: payments (count, amount), machine starts, operator starts
+    (count and value: starts without a payment, each explained by an operator's command in
+    the console), refunds (count, amount), and what stays (payments - refunds). Starts are
+    counted per period across currencies (a start has no currency)."""
     out = []
-    currencies = sorted(set(rev["totals"]) | {c for _p, c in rev["refunds"]})
+    ops = rev["operator"]["by_period"]
+    currencies = sorted(set(rev["totals"]) | {c for _p, c in rev["refunds"]}
+                        | {c for _p, c in ops})
     payments = defaultdict(lambda: [0, 0])
     for r in rev["rows"]:
         pay = payments[(r["period"], r["currency"])]
@@ -170,10 +207,12 @@ def reconciliation(rev):
         for c in currencies:
             paid = payments.get((p, c), [0, 0])
             ref = rev["refunds"].get((p, c), [0, 0])
+            op = ops.get((p, c), [0, 0])
             starts = rev["starts"].get(p, 0)
-            if paid[0] or ref[0] or starts:
+            if paid[0] or ref[0] or op[0] or starts:
                 out.append({"period": p, "currency": c, "payments": paid[0],
-                            "paid": paid[1], "starts": starts, "refunds": ref[0],
+                            "paid": paid[1], "starts": starts, "operator_starts": op[0],
+                            "operator_value": op[1], "refunds": ref[0],
                             "refunded": ref[1], "net": paid[1] - ref[1]})
     return out
 
@@ -237,8 +276,15 @@ def transactions(db, device=None, kind=None, start=None, end=None, card=None, af
     rows = [{"device": d, "seq": s, "type": ty, "label": TX_LABELS.get(ty, ty), "t": t,
              "amount": a, "currency": c, "program": p, "source_kind": sk, "source": src,
              "balance_before": bb, "balance_after": ba, "reason": why, "clock_ok": bool(ok),
-             "voided": bool(v)}
+             "voided": bool(v), "operator": False}
             for d, s, ty, t, a, c, p, sk, src, bb, ba, why, ok, v in db.query(sql, args)]
+    # asked apart for the page's few remote starts: in the select list, PostgreSQL may
+    # hash the whole commands table for every page
+    ops = rollup.operator_starts(db, [(r["device"], r["seq"]) for r in rows
+                                      if r["type"] == "remote_start"])
+    for r in rows:
+        if (r["device"], r["seq"]) in ops:
+            r["operator"], r["label"] = True, TX_OPERATOR_LABEL
     nxt = encode_cursor(rows[limit - 1]) if len(rows) > limit else None
     return {"rows": rows[:limit], "next": nxt}
 

@@ -1,6 +1,7 @@
 """Revenue (viewer and up): per day, week or month, per device and per payment type, as
 server-drawn SVG charts and tables, the reconciliation of payments, starts and refunds
-(and the phone payments', web/reconcile.py), and the same figures as CSV."""
+(and the phone payments', web/reconcile.py), and the same figures as CSV. The operators'
+free starts from the console are shown apart: counted, valued, in no revenue figure."""
 
 import csv
 import io
@@ -63,6 +64,7 @@ def revenue():
                  "anomalies": [a for a in phone["anomalies"] if a["day"] <= end_day]}
     return render_template("console/revenue.html", form=form, error=None, rev=rev,
                            charts=charts_, labels=labels, kinds=Q.PAYMENT_KINDS,
+                           operator_label=Q.OPERATOR_LABEL,
                            recon=Q.reconciliation(rev), phone=phone, devices=Q.devices(db),
                            detail_max=DETAIL_MAX, first_day=Q.day_text(rev["start"]),
                            last_day=Q.day_text(rev["end"] - 1), money=money)
@@ -79,12 +81,17 @@ def revenue_csv():
         abort(400, str(e))
     out = io.StringIO()
     w = csv.writer(out, lineterminator="\r\n")
-    # amounts in major units under a column that names the currency, and in minor units
+    # amounts in major units under a column that names the currency, and in minor units;
+    # "revenue" says whether a line is money taken: an operator's free starts (their value
+    # at the machine's price) are lines of their own, "no"
     w.writerow(["period", "device", "type", "currency", "payments", "amount",
-                "amount_minor"])
+                "amount_minor", "revenue"])
     for r in rev["rows"]:
         w.writerow([r["period"], r["device"], Q.KIND_LABELS[r["kind"]], r["currency"],
-                    r["count"], major(r["amount"], r["currency"]), r["amount"]])
+                    r["count"], major(r["amount"], r["currency"]), r["amount"], "yes"])
+    for r in rev["operator"]["rows"]:
+        w.writerow([r["period"], r["device"], Q.OPERATOR_LABEL, r["currency"], r["count"],
+                    major(r["amount"], r["currency"]), r["amount"], "no"])
     name = f"revenue-{rev['period']}-{Q.day_text(rev['start'])}-{Q.day_text(rev['end'] - 1)}"
     return Response(out.getvalue(), mimetype="text/csv",
                     headers={"Content-Disposition": f'attachment; filename="{name}.csv"'})
