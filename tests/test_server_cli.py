@@ -105,16 +105,20 @@ def test_operator_flow_from_broker_to_report(tmp_path):
     cash = [x for x in rep["revenue"] if x["type"] == "cash"]
     assert cash == [{"device": "sim-0001", "day": cash[0]["day"], "type": "cash",
                      "currency": "EUR", "count": 1, "amount": 200}]
-    app = [x for x in rep["revenue"] if x["type"] == "app"]
-    assert [(x["count"], x["amount"]) for x in app] == [(1, 300)]  # the remote start
+    # the terminal's start paid nothing: an operator's free start at the machine's price,
+    # apart from revenue
+    assert not [x for x in rep["revenue"] if x["type"] == "app"]
+    assert [(x["count"], x["amount"]) for x in rep["operator_starts"]] == [(1, 300)]
     (dev,) = rep["devices"]
     assert dev["device"] == "sim-0001" and dev["backlog"] == 0 and dev["stored"] == last
     r = washpay("server", "report", "--db", db)
-    assert r.returncode == 0 and "Revenue per device" in r.stdout and "5.00" in r.stdout
+    assert r.returncode == 0 and "Revenue per device" in r.stdout and "2.00" in r.stdout
     store = open_store(db)
-    rows = store.query("SELECT kind, status FROM commands ORDER BY created")
+    rows = store.query("SELECT kind, status, args FROM commands ORDER BY created")
     store.close()
-    assert rows == [("price", "done"), ("start", "started"), ("start", "refused")]
+    assert [r[:2] for r in rows] == [("price", "done"), ("start", "started"),
+                                     ("start", "refused")]
+    assert json.loads(rows[1][2])["operator"].startswith("cli:")
 
 
 def test_report_without_a_ledger_says_what_to_do(tmp_path):

@@ -406,6 +406,15 @@ def _table_args(args):
     return {"table": table, "config": config}
 
 
+def _login_name():
+    import getpass
+
+    try:
+        return getpass.getuser()
+    except Exception:  # noqa: BLE001 - no login name (a container): still an operator
+        return "unknown"
+
+
 def _command_args(args):
     """The command's arguments from the words after its name."""
     kind, words = args.kind, args.words
@@ -536,6 +545,10 @@ def cmd_server_command(args):
         payload, cid = C.build(key, args.device, kind, ttl_s=args.ttl, **cmd_args)
         # the ledger keeps the table sent (the config was only for the check)
         cmd_args.pop("config", None)
+        if kind == "start" and not args.amount:
+            # nothing paid: a free start at the machine's price, given by whoever runs this
+            # command, counted as an operator start, not revenue (host_tools/server/rollup.py)
+            cmd_args["operator"] = "cli:" + _login_name()
         res = send_command(args.db, key, args.broker, args.device, payload, cid.hex(),
                            kind, cmd_args, ca=args.ca, wait_s=args.wait)
     except (C.CommandError, ValueError, ServiceError, StoreError) as e:

@@ -12,6 +12,7 @@ import time
 
 from flask import abort, current_app, flash, g, redirect, render_template, request, url_for
 
+from host_tools.server.rollup import OPERATOR_ARGS
 from host_tools.server.web.console import refunds as R
 from host_tools.server.web.console.auth import audit, console, operator_route
 from host_tools.server.web.console.boards import BoardsError
@@ -75,7 +76,7 @@ def remote_start_page():
     db = console().accounts
     recent = db.query("SELECT id, device, args, status, created FROM commands WHERE "
                       "kind = 'start' AND args LIKE ? ORDER BY created DESC LIMIT 20",
-                      ('%"operator"%',))
+                      (OPERATOR_ARGS,))
     return render_template("console/remote_start.html", machines=listed, recent=recent)
 
 
