@@ -76,14 +76,6 @@ class Link:
         self.last_error = None
         self._task = None
 
-    def status(self):
-        return {
-            "state": self.state,
-            "connects": self.connects,
-            "failures": self.failures,
-            "error": self.last_error,
-        }
-
     async def run(self):
         while True:
             await self._network()

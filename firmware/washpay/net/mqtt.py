@@ -106,7 +106,6 @@ class MQTTClient:
         self._one = bytearray(1)
         self._head = bytearray(HEADROOM)
         self._puback = bytearray(b"\x40\x02\x00\x00")
-        self._ping = b"\xc0\x00"
         self._want = [0] * _WAITERS  # kind << 16 | packet id awaited in each slot; 0: free
         self._got = [0] * _WAITERS  # its acknowledgement's value, _PENDING or _LOST
         self._event = asyncio.Event()
@@ -469,7 +468,7 @@ class MQTTClient:
                 ticks_diff(now, self._last_tx) >= quiet or ticks_diff(now, self._last_rx) >= quiet
             ) and not self._wlock.locked():
                 try:
-                    await self._send(-1, self._ping)
+                    await self._send(-1, b"\xc0\x00")  # PINGREQ
                 except Exception as e:  # noqa: BLE001
                     self._fail(str(e) or type(e).__name__)
                     return
