@@ -27,6 +27,10 @@ COMMAND_MAX = const(1024)
 _SETUP = ("washpay.net.setup",)
 
 
+def _quiet(*a):
+    pass
+
+
 class Sync:
     def __init__(self, wlan, cfg, secret, journal, device_id, wifi_password=None, log=None):
         # its parts (MQTT client, uploader, link) are built by net/setup.py's build()
