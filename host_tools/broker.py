@@ -64,7 +64,7 @@ def check_device_id(device_id):
 def device_password(site_key, device_id):
     """The MQTT password of one board: 128 bits of its secret's HKDF output, as hex.
 
-    The board derives the same from its device secret (washpay/net/__init__.py).
+    The board derives the same from its device secret (washpay/net/setup.py).
     """
     secret = K.device_secret(site_key, check_device_id(device_id))
     return K.derive(secret, MQTT_PASSWORD_INFO)[:16].hex()

@@ -315,12 +315,13 @@ def test_fleet_bench_refuses_bad_arguments():
 
 def test_the_simulated_boards_sync_settings_are_the_firmwares():
     """One definition of the board's defaults: the fleet's copy (host code imports no
-    firmware module) must not drift from washpay/net SETTINGS, read under micropython."""
+    firmware module) must not drift from washpay/net/setup.py SETTINGS, read under
+    micropython."""
     from conftest import run_micropython
 
     from host_tools.fleet.board import SETTINGS
 
-    out = run_micropython("import json\nfrom washpay.net import SETTINGS\n"
+    out = run_micropython("import json\nfrom washpay.net.setup import SETTINGS\n"
                           "print(json.dumps(SETTINGS))")[1]
     assert json.loads(out.strip().splitlines()[-1]) == SETTINGS
 

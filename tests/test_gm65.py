@@ -19,6 +19,7 @@ if not hasattr(time, "ticks_ms"):  # the driver's clock calls, for CPython
     time.ticks_diff = lambda a, b: a - b
 
 from washpay.drivers import gm65 as G  # noqa: E402
+from washpay.drivers import gm65_setup as S  # noqa: E402
 
 assert E.DOCS  # token_env is imported for its sys.path set-up
 
@@ -46,16 +47,16 @@ def test_documented_frames_carry_their_crc():
         body = f[2:-2]
         crc = int.from_bytes(f[-2:], "big")
         assert ref_crc(body) == crc, name
-        assert G.crc16_xmodem(body) == crc, name
+        assert S.crc16_xmodem(body) == crc, name
         assert sim_gm65.crc16(body) == crc, name
 
 
 def test_baud_codes_are_3mhz_over_baud():
-    for baud, code in G.BAUD_CODES:
+    for baud, code in S.BAUD_CODES:
         assert code == int(3_000_000 / baud + 0.5), baud
-    assert G.BAUD_CODES[0] == (9600, 0x0139)
+    assert S.BAUD_CODES[0] == (9600, 0x0139)
     with pytest.raises(ValueError):
-        G.baud_code(9601)
+        S.baud_code(9601)
 
 
 # ---- the line assembler
@@ -159,6 +160,7 @@ bench = simhw.Bench(board, None, None, 1)
 simhw.bench = bench
 import asyncio, machine, time
 from washpay.drivers.gm65 import GM65
+from washpay.drivers import gm65_setup as S
 module = bench.scanner
 def uart():
     return machine.UART(1, baudrate=9600, tx=machine.Pin(17), rx=machine.Pin(16))
@@ -241,9 +243,9 @@ rec = Recorder()
 bench.uart_devices["qr_tx"] = rec
 async def main():
     g = GM65(uart())
-    await g.save()
-    await g.read(0x2A, 2)
-    out["write_ok"] = await g.write(0x2A, bytes((0x39, 0x01)))
+    await S.save(g)
+    await S.read(g, 0x2A, 2)
+    out["write_ok"] = await S.write(g, 0x2A, bytes((0x39, 0x01)))
     out["frames"] = rec.frames
 asyncio.run(main())
 """)
@@ -260,12 +262,11 @@ async def main():
     g = GM65(u)
     for name, hexdata in (("good", "020000013C"), ("bad", "020000013C")):
         body = bytes.fromhex(hexdata)
-        from washpay.drivers.gm65 import crc16_xmodem
-        c = crc16_xmodem(body[2:])
+        c = S.crc16_xmodem(body[2:])
         if name == "bad":
             c ^= 1
         u._deliver(body + bytes((c >> 8, c & 0xFF)), 9600, simhw.now_us() + 5000)
-        r = await g.read(0x0000)
+        r = await S.read(g, 0x0000)
         out[name] = None if r is None else r.hex()
 asyncio.run(main())
 """)

@@ -19,6 +19,7 @@ import sys
 sys.path.append('boards/sim')
 from sim_mfrc522 import SimMFRC522
 from washpay.drivers.mfrc522 import *
+from washpay.drivers.mifare import *
 
 class Bus:
     def __init__(self, chip):
@@ -71,7 +72,7 @@ def test_access_bits_round_trip_and_known_values():
 
 
 def test_chip_version_and_no_card():
-    out = mpy("print(hex(rd.version), rd.poll(), rd.poll(True), attempt(rd.activate))")
+    out = mpy("print(hex(rd.version), rd.poll(), rd.poll(True), attempt(activate, rd))")
     assert out == ["0x92 False False NoCard: no card on the reader"]
 
 
@@ -84,12 +85,12 @@ def test_select_4_and_7_byte_uids_and_read_write():
     out = mpy("""
 for uid in ('04a1b2c3', '04112233445566'):
     chip.handle({'action': 'tap', 'uid': uid})
-    print(rd.poll(), rd.select(), bytes(rd.uid[:rd.uid_len]).hex())
-    rd.auth(8, FF)                       # key A, transport configuration
-    rd.write_block(9, b'0123456789abcdef')
-    rd.read_block(9, buf)
+    print(rd.poll(), select(rd), bytes(rd.uid[:rd.uid_len]).hex())
+    auth(rd, 8, FF)                       # key A, transport configuration
+    write_block(rd, 9, b'0123456789abcdef')
+    read_block(rd, 9, buf)
     print(bytes(buf))
-    rd.read_block(11, buf)               # trailer: key A reads back as zeros
+    read_block(rd, 11, buf)               # trailer: key A reads back as zeros
     print(bytes(buf).hex())
     rd.halt()
     print(rd.poll(), rd.poll(True))     # halted: only WUPA wakes it
@@ -105,17 +106,17 @@ for uid in ('04a1b2c3', '04112233445566'):
 def test_authentication_failures_and_refusals():
     out = mpy("""
 chip.handle({'action': 'tap', 'uid': '04a1b2c3'})
-rd.activate()
-print(attempt(rd.auth, 4, b'\\x00' * 6))               # wrong key A
-rd.activate()
-rd.auth(4, FF, True)                                   # key B is readable here: not a key
-print(attempt(rd.read_block, 4, buf))
-rd.activate()
-rd.auth(0, FF)
-print(attempt(rd.write_block, 0, bytes(16)))           # the manufacturer block
-rd.activate()
-rd.auth(4, FF)
-print(attempt(rd.read_block, 8, buf))                  # another sector than authenticated
+activate(rd)
+print(attempt(auth, rd, 4, b'\\x00' * 6))               # wrong key A
+activate(rd)
+auth(rd, 4, FF, True)                                   # key B is readable here: not a key
+print(attempt(read_block, rd, 4, buf))
+activate(rd)
+auth(rd, 0, FF)
+print(attempt(write_block, rd, 0, bytes(16)))           # the manufacturer block
+activate(rd)
+auth(rd, 4, FF)
+print(attempt(read_block, rd, 8, buf))                  # another sector than authenticated
 """)
     assert out == [
         "AuthFailed: sector 1 refused key A",
@@ -129,20 +130,20 @@ def test_wallet_access_bits_need_key_b_to_write():
     # sector 2 set up like a wallet sector: key A reads, only key B writes
     out = mpy("""
 chip.handle({'action': 'tap', 'uid': '04a1b2c3'})
-rd.activate()
-rd.auth(11, FF)
+activate(rd)
+auth(rd, 11, FF)
 KA = b'\\xa0\\xa1\\xa2\\xa3\\xa4\\xa5'
 KB = b'\\xb0\\xb1\\xb2\\xb3\\xb4\\xb5'
-rd.write_block(11, KA + b'\\x78\\x77\\x88\\x00' + KB)
-rd.activate()
-rd.auth(8, KA)
-rd.read_block(8, buf)
-print(attempt(rd.write_block, 8, bytes(16)))
-rd.activate()
-print(attempt(rd.auth, 8, FF))
-rd.activate()
-rd.auth(8, KB, True)
-print(attempt(rd.write_block, 8, b'B' * 16), attempt(rd.read_block, 8, buf), bytes(buf[:2]))
+write_block(rd, 11, KA + b'\\x78\\x77\\x88\\x00' + KB)
+activate(rd)
+auth(rd, 8, KA)
+read_block(rd, 8, buf)
+print(attempt(write_block, rd, 8, bytes(16)))
+activate(rd)
+print(attempt(auth, rd, 8, FF))
+activate(rd)
+auth(rd, 8, KB, True)
+print(attempt(write_block, rd, 8, b'B' * 16), attempt(read_block, rd, 8, buf), bytes(buf[:2]))
 """)
     assert out == [
         "CardRefused: the card refused the command (NAK 0x4)",
@@ -154,23 +155,23 @@ print(attempt(rd.write_block, 8, b'B' * 16), attempt(rd.read_block, 8, buf), byt
 def test_value_block_operations():
     out = mpy("""
 chip.handle({'action': 'tap', 'uid': '04a1b2c3'})
-rd.activate()
-rd.auth(4, FF)
-rd.write_value(5, 1000)
-rd.decrement(5, 250)
-rd.transfer(5)
-print(rd.read_value(5))
-rd.increment(5, 50)
-rd.transfer(6)
-print(rd.read_value(6), rd.read_value(5))
-rd.restore(6)
-rd.transfer(4)
-print(rd.read_value(4))
-rd.write_block(4, b'not a value blk!')
-print(attempt(rd.read_value, 4))
-rd.activate()
-rd.auth(4, FF)
-print(attempt(rd.decrement, 4, 1))
+activate(rd)
+auth(rd, 4, FF)
+write_value(rd, 5, 1000)
+decrement(rd, 5, 250)
+transfer(rd, 5)
+print(read_value(rd, 5))
+increment(rd, 5, 50)
+transfer(rd, 6)
+print(read_value(rd, 6), read_value(rd, 5))
+restore(rd, 6)
+transfer(rd, 4)
+print(read_value(rd, 4))
+write_block(rd, 4, b'not a value blk!')
+print(attempt(read_value, rd, 4))
+activate(rd)
+auth(rd, 4, FF)
+print(attempt(decrement, rd, 4, 1))
 """)
     assert out == [
         "(750, 5)", "(800, 5) (750, 5)", "(800, 5)",
@@ -187,18 +188,18 @@ def test_card_leaving_mid_write_is_reported(mode, expect):
     out = mpy(f"""
 chip.handle({{'action': 'tap', 'uid': '04a1b2c3'}})
 card = chip.card                 # the physical card, to hold it to the reader again
-rd.activate()
-rd.auth(4, FF)
-rd.write_block(5, b'.' * 16)
+activate(rd)
+auth(rd, 4, FF)
+write_block(rd, 5, b'.' * 16)
 # the WRITE command is exchange 1 from now, its data exchange 2: the card leaves during it
 chip.handle({{'action': 'remove', 'after_exchanges': 1, 'torn': {mode!r}}})
-print(attempt(rd.write_block, 5, b'NEWNEWNEWNEWNEW!'))
-print(attempt(rd.read_block, 5, buf))
+print(attempt(write_block, rd, 5, b'NEWNEWNEWNEWNEW!'))
+print(attempt(read_block, rd, 5, buf))
 chip.card = card
 card.power_up()
-rd.activate()
-rd.auth(4, FF)
-rd.read_block(5, buf)
+activate(rd)
+auth(rd, 4, FF)
+read_block(rd, 5, buf)
 print(bytes(buf))
 """)
     assert out[0] == "CardLeftMidWrite: the card left during the write of block 5: its " \
@@ -210,10 +211,10 @@ print(bytes(buf))
 def test_write_command_not_acknowledged_means_nothing_written():
     out = mpy("""
 chip.handle({'action': 'tap', 'uid': '04a1b2c3'})
-rd.activate()
-rd.auth(4, FF)
+activate(rd)
+auth(rd, 4, FF)
 chip.handle({'action': 'remove', 'after_exchanges': 0})
-print(attempt(rd.write_block, 5, b'X' * 16))
+print(attempt(write_block, rd, 5, b'X' * 16))
 """)
     assert out == ["NoCard: the card left the field"]
 
@@ -221,13 +222,13 @@ print(attempt(rd.write_block, 5, b'X' * 16))
 def test_crc_error_on_noise():
     out = mpy("""
 chip.handle({'action': 'tap', 'uid': '04a1b2c3'})
-rd.activate()
-rd.auth(4, FF)
+activate(rd)
+auth(rd, 4, FF)
 chip.handle({'action': 'noise', 'count': 1})
-print(attempt(rd.read_block, 4, buf))
-rd.activate()
-rd.auth(4, FF)
-print(attempt(rd.read_block, 4, buf))
+print(attempt(read_block, rd, 4, buf))
+activate(rd)
+auth(rd, 4, FF)
+print(attempt(read_block, rd, 4, buf))
 """)
     assert out == ["CRCError: a frame from the card failed its CRC check", "ok"]
 
@@ -312,9 +313,9 @@ def test_two_cards_at_once_are_a_collision():
     out = mpy("""
 chip.handle({'action': 'tap', 'uid': '04a1b2c3'})
 chip.handle({'action': 'tap', 'uid': '04d1e2f3', 'second': True})
-print(rd.poll(), attempt(rd.select))
+print(rd.poll(), attempt(select, rd))
 chip.handle({'action': 'remove', 'second': True})
-print(rd.poll(True), rd.select(), bytes(rd.uid[:rd.uid_len]).hex())
+print(rd.poll(True), select(rd), bytes(rd.uid[:rd.uid_len]).hex())
 """)
     assert out == ["True Collision: more than one card in the field: hold one card",
                    "True 8 04a1b2c3"]

@@ -15,7 +15,8 @@ pytestmark = pytest.mark.device
 PRELUDE = """
 import asyncio, json
 from washpay.net.mqtt import MQTTClient, MQTTError
-from washpay.net.link import Link, Backoff, tls_context
+from washpay.net.link import Link, Backoff
+from washpay.net.setup import tls_context
 CFG = json.loads(%r)
 def ev(**kw):
     print(json.dumps(kw))

@@ -9,7 +9,7 @@ from conftest import run_micropython
 CHECK = """
 import json
 from washpay import config
-from washpay.net import parse_broker
+from washpay.net.setup import parse_broker
 out = []
 for raw in json.loads(%r):
     try:

@@ -43,7 +43,7 @@ FIRMWARE_SIDE = """
 import json
 from binascii import hexlify, unhexlify
 from washpay.keys import device_secret, derive, command_key
-from washpay.net import mqtt_password, parse_broker
+from washpay.net.setup import mqtt_password, parse_broker
 from washpay.net.uploader import Uploader
 from washpay.net import Commands
 from washpay.net.commands import _verify

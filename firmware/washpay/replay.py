@@ -26,15 +26,15 @@ import time
 from micropython import const
 
 MAGIC = b"WPRC"
-VERSION = const(2)
-ID_LEN = const(8)
-HEADER_SIZE = const(28)
-ENTRY_SIZE = const(12)  # id (8) + expiry (u32)
+_VERSION = const(2)
+_ID_LEN = const(8)
+_HEADER_SIZE = const(28)
+_ENTRY_SIZE = const(12)  # id (8) + expiry (u32)
 PAYMENT = const(0)
 ADMIN = const(1)
-MIN_TRUSTED_T = const(1704067200)  # 2024-01-01, as the journal: an earlier clock was never set
+_MIN_TRUSTED_T = const(1704067200)  # 2024-01-01, as the journal: an earlier clock was never set
 MAX_VALIDITY_S = const(604800)  # 7 days: the longest window a token or command may have
-FUTURE_SKEW_S = const(3600)  # a trusted clock refuses anything issued further ahead than this
+_FUTURE_SKEW_S = const(3600)  # a trusted clock refuses anything issued further ahead than this
 
 
 class CacheFull(Exception):
@@ -55,7 +55,7 @@ class ReplayCache:
         self.floor = 0  # newest authenticated issue time seen: time is at least this
         self.damaged = False
         # the file's image: header, then each pool's slots at a fixed place
-        self._buf = bytearray(HEADER_SIZE + (capacity + admin) * ENTRY_SIZE)
+        self._buf = bytearray(_HEADER_SIZE + (capacity + admin) * _ENTRY_SIZE)
         self._mv = memoryview(self._buf)
         self._load()
 
@@ -67,7 +67,7 @@ class ReplayCache:
     def clock_trusted(self):
         t = self._trusted() if self._trusted else None
         if t is None:
-            return self.clock() >= MIN_TRUSTED_T
+            return self.clock() >= _MIN_TRUSTED_T
         return bool(t)
 
     def now(self):
@@ -80,7 +80,7 @@ class ReplayCache:
         """None if the window [issued, expires) is acceptable now, else a reason code."""
         if expires <= issued or expires - issued > MAX_VALIDITY_S:
             return "window"
-        if self.clock_trusted() and issued > int(self.clock()) + FUTURE_SKEW_S:
+        if self.clock_trusted() and issued > int(self.clock()) + _FUTURE_SKEW_S:
             return "future"
         if expires <= self.now() or expires <= self.expired_to[pool]:
             return "expired"
@@ -88,10 +88,10 @@ class ReplayCache:
 
     # ---- ids
     def _at(self, pool, i):
-        return HEADER_SIZE + (self.cap[0] * pool + i) * ENTRY_SIZE
+        return _HEADER_SIZE + (self.cap[0] * pool + i) * _ENTRY_SIZE
 
     def _exp(self, o):
-        return struct.unpack_from(">I", self._buf, o + ID_LEN)[0]
+        return struct.unpack_from(">I", self._buf, o + _ID_LEN)[0]
 
     def _find(self, tid):
         b = self._buf
@@ -100,9 +100,9 @@ class ReplayCache:
             o = self._at(pool, 0)
             for i in range(self.n[pool]):
                 # the first byte before a slice: a miss allocates nothing
-                if b[o] == first and b[o : o + ID_LEN] == tid:
+                if b[o] == first and b[o : o + _ID_LEN] == tid:
                     return o
-                o += ENTRY_SIZE
+                o += _ENTRY_SIZE
         return -1
 
     def used(self, tid):
@@ -114,10 +114,10 @@ class ReplayCache:
         for _ in range(self.n[pool]):
             if self._exp(o) > now:
                 if o != j:
-                    b[j : j + ENTRY_SIZE] = self._mv[o : o + ENTRY_SIZE]
-                j += ENTRY_SIZE
-            o += ENTRY_SIZE
-        self.n[pool] = (j - self._at(pool, 0)) // ENTRY_SIZE
+                    b[j : j + _ENTRY_SIZE] = self._mv[o : o + _ENTRY_SIZE]
+                j += _ENTRY_SIZE
+            o += _ENTRY_SIZE
+        self.n[pool] = (j - self._at(pool, 0)) // _ENTRY_SIZE
 
     def room(self, pool=PAYMENT):
         """True if add() can take an id of `pool`: always, unless the pool has no slots."""
@@ -125,8 +125,8 @@ class ReplayCache:
 
     def add(self, tid, issued, expires, pool=PAYMENT):
         """Remember `tid` as used until `expires`; durable in flash when this returns."""
-        if len(tid) != ID_LEN:
-            raise ValueError("ids are %d bytes" % ID_LEN)
+        if len(tid) != _ID_LEN:
+            raise ValueError("ids are %d bytes" % _ID_LEN)
         if not self.cap[pool]:
             raise CacheFull("replay cache has no room for this kind of id")
         self.floor = max(self.floor, issued)
@@ -146,7 +146,7 @@ class ReplayCache:
             for _ in range(n):
                 if self._exp(o) < self._exp(first):
                     first = o
-                o += ENTRY_SIZE
+                o += _ENTRY_SIZE
             gone = self._exp(first)
             self.evicted += 1
             if expires <= gone:
@@ -155,10 +155,10 @@ class ReplayCache:
             self.expired_to[pool] = max(self.expired_to[pool], gone)
             n -= 1
             last = self._at(pool, n)
-            self._buf[first : first + ENTRY_SIZE] = self._mv[last : last + ENTRY_SIZE]
+            self._buf[first : first + _ENTRY_SIZE] = self._mv[last : last + _ENTRY_SIZE]
         o = self._at(pool, n)
-        self._buf[o : o + ID_LEN] = tid
-        struct.pack_into(">I", self._buf, o + ID_LEN, expires)
+        self._buf[o : o + _ID_LEN] = tid
+        struct.pack_into(">I", self._buf, o + _ID_LEN, expires)
         self.n[pool] = n + 1
 
     # ---- flash
@@ -166,20 +166,20 @@ class ReplayCache:
         b = self._buf
         mv = self._mv
         b[0:4] = MAGIC
-        b[4] = VERSION
-        b[5] = ID_LEN
+        b[4] = _VERSION
+        b[5] = _ID_LEN
         b[6] = self.cap[PAYMENT]
         b[7] = self.cap[ADMIN]
         struct.pack_into(">IIBBHII", b, 8, self.floor, 0, self.n[PAYMENT], self.n[ADMIN], 0,
                          self.expired_to[PAYMENT], self.expired_to[ADMIN])
-        pay = mv[HEADER_SIZE : self._at(PAYMENT, self.n[PAYMENT])]
+        pay = mv[_HEADER_SIZE : self._at(PAYMENT, self.n[PAYMENT])]
         adm = mv[self._at(ADMIN, 0) : self._at(ADMIN, self.n[ADMIN])]
-        crc = binascii.crc32(adm, binascii.crc32(pay, binascii.crc32(mv[16:HEADER_SIZE],
+        crc = binascii.crc32(adm, binascii.crc32(pay, binascii.crc32(mv[16:_HEADER_SIZE],
                                                                      binascii.crc32(mv[0:12]))))
         struct.pack_into(">I", b, 12, crc & 0xFFFFFFFF)
         # LittleFS commits a file on close: after a power cut it is the old or the new list
         with open(self.path, "wb") as f:
-            f.write(mv[:HEADER_SIZE])
+            f.write(mv[:_HEADER_SIZE])
             f.write(pay)
             f.write(adm)
 
@@ -190,18 +190,18 @@ class ReplayCache:
         except OSError:
             return  # never written: a new board
         n = len(data)
-        ok = n >= 16 and data[0:4] == MAGIC and data[5] == ID_LEN
+        ok = n >= 16 and data[0:4] == MAGIC and data[5] == _ID_LEN
         if ok and data[4] == 1:  # version 1: one pool, header of 16 bytes
             counts = (data[7], 0)
             at, floors = 16, (0, 0)
-        elif ok and data[4] == VERSION and n >= HEADER_SIZE:
+        elif ok and data[4] == _VERSION and n >= _HEADER_SIZE:
             _, counts0, counts1, _, f0, f1 = struct.unpack_from(">IBBHII", data, 12)
-            counts, at, floors = (counts0, counts1), HEADER_SIZE, (f0, f1)
+            counts, at, floors = (counts0, counts1), _HEADER_SIZE, (f0, f1)
         else:
             ok = False
         if ok:
             crc = binascii.crc32(data[16:], binascii.crc32(data[0:12])) & 0xFFFFFFFF
-            ok = (n == at + (counts[0] + counts[1]) * ENTRY_SIZE
+            ok = (n == at + (counts[0] + counts[1]) * _ENTRY_SIZE
                   and struct.unpack_from(">I", data, 12)[0] == crc)
         if not ok:
             # flash damage, not a power cut (LittleFS keeps whole files): start empty; the
@@ -215,9 +215,9 @@ class ReplayCache:
         for pool in (PAYMENT, ADMIN):
             into = pool if self.cap[pool] else PAYMENT
             for _ in range(counts[pool]):
-                self._insert(into, data[at : at + ID_LEN],
-                             struct.unpack_from(">I", data, at + ID_LEN)[0])
-                at += ENTRY_SIZE
+                self._insert(into, data[at : at + _ID_LEN],
+                             struct.unpack_from(">I", data, at + _ID_LEN)[0])
+                at += _ENTRY_SIZE
         if self.expired_to[PAYMENT] < self.expired_to[ADMIN] and not self.cap[ADMIN]:
             self.expired_to[PAYMENT] = self.expired_to[ADMIN]
 

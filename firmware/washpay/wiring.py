@@ -100,9 +100,10 @@ def _card(app, secrets):
     b = app.board
     if not b.has_pin("card_cs"):
         return None
-    from washpay.payments.wallet import CardKeys, load_card_key
+    from washpay.keys import load_secret
+    from washpay.payments.card_state import CardKeys
 
-    key = load_card_key(secrets)
+    key = load_secret(secrets, "card_key")
     if key is None:
         log("card payments off: /secrets.json has no card_key (washpay provision)")
         return None

@@ -37,7 +37,7 @@ from host_tools.fleet.mqtt import MQTTClient
 from host_tools.fleet.seal import BoardJournal
 from host_tools.server import wire
 
-# docs/sync.md, settings: the firmware's defaults (washpay/net/__init__.py SETTINGS; host
+# docs/sync.md, settings: the firmware's defaults (washpay/net/setup.py SETTINGS; host
 # code does not import firmware modules: tests/test_fleet.py holds the two equal)
 SETTINGS = {
     "keepalive_s": 30,

@@ -2,6 +2,7 @@
 #
 #   scanner = GM65(uart)                   a machine.UART wired to the module (9600 8N1)
 #   await scanner.configure()              probe (any baud), set mode/same-code delay/baud
+#                                          (gm65_setup.py, loaded for it and dropped)
 #   await scanner.run(on_line, on_error)   on_line(memoryview of printable ASCII, no CR)
 #                                          on_error("noise" | "too_long" | "partial")
 #
@@ -15,31 +16,17 @@ import time
 
 from micropython import const
 
-_HEAD1 = const(0x7E)  # command frame: 7E 00 | type | len | addr hi, lo | data | crc hi, lo
+from washpay import use
+
 _REPLY1 = const(0x02)  # reply frame: 02 00 | 00 | len | data | crc hi, lo
-T_READ = const(0x07)  # data = how many registers to read
-T_WRITE = const(0x08)  # data = the values, written from addr on
-T_SAVE = const(0x09)  # addr 0000, data 00: keep the registers over a power cycle
-
-REG_MODE = const(0x0000)  # bits 1..0: read mode (the other bits: light, aimer, sound)
-REG_SAME_CODE = const(0x0013)  # bit 7: same-code delay on; bits 6..0: the delay in 100 ms
-REG_BAUD = const(0x002A)  # 2 registers, low byte first: the baud code below
-
 MODE_MANUAL = const(0)  # scans while its trigger input is held
 MODE_COMMAND = const(1)  # scans when told to over the UART
 MODE_CONTINUOUS = const(2)  # scans all the time
 MODE_SENSE = const(3)  # scans when the picture in front of it changes (a phone comes up)
-_MODE_MASK = const(0x03)
-
-# baud rate -> the module's code for it (3 MHz / baud, rounded); the default comes first
-BAUD_CODES = (
-    (9600, 0x0139), (115200, 0x001A), (57600, 0x0034), (38400, 0x004E), (19200, 0x009C),
-    (14400, 0x00D0), (4800, 0x0271), (1200, 0x09C4),
-)
+_SETUP = ("washpay.drivers.gm65_setup",)
 
 MAX_LINE = const(128)  # longest code taken; a token is at most 79 characters
 _IDLE_MS = const(300)  # a code's bytes come in one burst: a pause this long ends a stub
-_REPLY_MS = const(300)  # the module answers a frame within a few ms at any baud
 _CR = const(0x0D)
 _LF = const(0x0A)
 
@@ -59,19 +46,6 @@ def crc16_step(crc, b):
     for _ in range(8):
         crc = ((crc << 1) ^ 0x1021) if crc & 0x8000 else (crc << 1)
     return crc & 0xFFFF
-
-
-def crc16_xmodem(data, crc=0):
-    for b in data:
-        crc = crc16_step(crc, b)
-    return crc
-
-
-def baud_code(baud):
-    for b, code in BAUD_CODES:
-        if b == baud:
-            return code
-    raise ValueError("the GM65 has no baud rate %d" % baud)
 
 
 class LineAssembler:
@@ -197,7 +171,7 @@ class LineAssembler:
 class GM65:
     def __init__(self, uart, baudrate=9600, mode=MODE_SENSE, same_code_ms=3000,
                  idle_ms=_IDLE_MS, log=None):
-        baud_code(baudrate)  # refuse a rate the module cannot do, now
+        use(_SETUP, "baud_code", baudrate)  # refuse a rate the module cannot do, now
         if not 0 <= same_code_ms <= 12700:
             raise ValueError("same-code delay must be 0..12700 ms")
         self.uart = uart
@@ -207,132 +181,18 @@ class GM65:
         self.log = log or (lambda *a: None)
         self.lines = LineAssembler(idle_ms=idle_ms)
         self._reader = asyncio.StreamReader(uart)
-        self._writer = asyncio.StreamWriter(uart, {})
         self._rx = bytearray(32)
         self._rxv = memoryview(self._rx)
-        self._frame = bytearray(8 + 16)  # header 6, data up to 16, CRC 2
         self.found = False
         self.found_baud = None  # the rate the module answered at, before configure changed it
         self.writes = 0  # registers written by configure (0 once the module is set up)
         self.saved = False
         self.reading = False  # run() is taking codes
 
-    # ---- configuration frames
-    def _drain(self):
-        while self.uart.any():
-            self.uart.readinto(self._rx)
-
-    async def _command(self, ftype, addr, data):
-        """Send one frame and wait for the reply: its data (bytes), or None on silence."""
-        n = len(data)
-        if n > len(self._frame) - 8:
-            raise ValueError("a GM65 frame carries at most %d data bytes" % (len(self._frame) - 8))
-        f = self._frame
-        f[0] = _HEAD1
-        f[1] = 0
-        f[2] = ftype
-        f[3] = n
-        f[4] = addr >> 8
-        f[5] = addr & 0xFF
-        f[6 : 6 + n] = data
-        crc = crc16_xmodem(memoryview(f)[2 : 6 + n])
-        f[6 + n] = crc >> 8
-        f[7 + n] = crc & 0xFF
-        la = self.lines
-        self._drain()
-        la.reply_len = -1
-        la.awaiting = True
-        try:
-            self._writer.write(memoryview(f)[: 8 + n])
-            await self._writer.drain()
-            t0 = time.ticks_ms()
-            while la.reply_len < 0:
-                left = _REPLY_MS - time.ticks_diff(time.ticks_ms(), t0)
-                if left <= 0:
-                    return None
-                try:
-                    k = await asyncio.wait_for_ms(self._reader.readinto(self._rxv), left)
-                except asyncio.TimeoutError:
-                    return None
-                if k:
-                    la.feed(self._rxv[:k])
-            return bytes(la.reply[: la.reply_len])
-        finally:
-            la.awaiting = False
-
-    async def read(self, addr, count=1):
-        r = await self._command(T_READ, addr, bytes((count,)))
-        return r if r is not None and len(r) == count else None
-
-    async def write(self, addr, data):
-        r = await self._command(T_WRITE, addr, data)
-        return r is not None
-
-    async def save(self):
-        r = await self._command(T_SAVE, 0, b"\x00")
-        return r is not None
-
-    # ---- boot
-    async def probe(self):
-        """Find the module at any baud rate; leave the UART at the rate it answered."""
-        rates = [self.baudrate] + [b for b, _ in BAUD_CODES if b != self.baudrate]
-        for baud in rates:
-            self.uart.init(baudrate=baud)
-            await asyncio.sleep_ms(20)  # let a byte in flight at the old rate pass
-            if await self.read(REG_BAUD, 2) is not None:
-                self.found = True
-                self.found_baud = baud
-                return baud
-        self.found = False
-        self.uart.init(baudrate=self.baudrate)
-        return None
-
-    async def configure(self):
-        """Probe, then set baud rate, read mode and same-code delay; save only if changed.
-
-        Returns True when the module answers with the wanted settings. A board without a
-        scanner (or a dead one) returns False after trying every rate once.
-        """
-        baud = await self.probe()
-        if baud is None:
-            self.log("QR scanner: no answer at any baud rate")
-            return False
-        self.writes = 0
-        if baud != self.baudrate:
-            code = baud_code(self.baudrate)
-            # the module answers at the old rate, then switches
-            if not await self.write(REG_BAUD, bytes((code & 0xFF, code >> 8))):
-                return False
-            self.writes += 1
-            self.uart.init(baudrate=self.baudrate)
-            await asyncio.sleep_ms(20)
-            if await self.read(REG_BAUD, 2) is None:
-                self.log("QR scanner: lost after switching to", self.baudrate, "baud")
-                self.found = False
-                return False
-        mode = await self.read(REG_MODE)
-        if mode is None:
-            return False
-        want = (mode[0] & ~_MODE_MASK) | self.mode
-        if want != mode[0]:
-            if not await self.write(REG_MODE, bytes((want,))):
-                return False
-            self.writes += 1
-        same = await self.read(REG_SAME_CODE)
-        if same is None:
-            return False
-        units = self.same_code_ms // 100
-        want = (0x80 | units) if units else 0
-        if want != same[0]:
-            if not await self.write(REG_SAME_CODE, bytes((want,))):
-                return False
-            self.writes += 1
-        # the module's flash wears: write it only when something changed
-        self.saved = False
-        if self.writes:
-            self.saved = await self.save()
-        self.log("QR scanner: found at", baud, "baud; settings written:", self.writes)
-        return True
+    # ---- set-up: gm65_setup.py's, loaded for it and dropped after (washpay.use)
+    def configure(self):
+        """Probe, then set baud rate, read mode and same-code delay (gm65_setup.py)."""
+        return use(_SETUP, "configure", self)
 
     # ---- scanning
     async def run(self, on_line, on_error=None):

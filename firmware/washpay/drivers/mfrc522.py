@@ -1,21 +1,19 @@
-# MFRC522 contactless reader on SPI: ISO 14443A activation (REQA/WUPA, anticollision and
-# SELECT over every cascade level, so 4- and 7-byte UIDs) and MIFARE Classic commands
-# (authentication with key A or B, block read/write, value-block operations).
+# MFRC522 contactless reader on SPI: the chip (registers, FIFO, CRC coprocessor, its timer)
+# and one ISO 14443A frame out and back. What a card tap does with it (anticollision and
+# SELECT over every cascade level, MIFARE Classic authentication and block commands) is
+# mifare.py's, loaded for a tap and dropped after (issue 13): between taps the board only
+# polls (REQA) and halts.
 #
 #   reader = MFRC522(spi, cs_pin, rst_pin)    pins already built as outputs
 #   reader.init()                             raises ReaderFault when no chip answers
 #   if reader.poll():                         REQA: False when no card answers (a poll)
-#       reader.select()                       the UID is in reader.uid[:reader.uid_len]
-#       reader.auth(7, key_b, key_b=True)
-#       reader.read_block(4, buf16)
-#       reader.write_block(5, data16)
+#       mifare.select(reader)                 the UID is in reader.uid[:reader.uid_len]
+#       ...                                   (mifare.py)
 #       reader.halt()
 #
-# Failures are exceptions a caller can act on: NoCard (nothing answered), AuthFailed,
-# CardLeftMidWrite (the card went away after the data of a write left the reader: the block
-# holds the old data, the new data or anything in between), CRCError, Collision, CardRefused
-# (the card answered NAK: nothing was written), ReaderFault (the chip itself). A write whose
-# command phase gets no answer raises NoCard: the data never left the reader.
+# Failures are exceptions a caller can act on, all CardError: CRCError (a garbled frame),
+# Collision (more than one card answered), ReaderFault (the chip itself); mifare.py adds
+# those of a card's answers.
 #
 # Register access allocates nothing: two preallocated 2-byte buffers per access, FIFO bytes
 # moved one at a time through a 1-byte buffer inside a single chip-select. The chip computes
@@ -73,23 +71,10 @@ _START_SEND = const(0x80)  # BitFramingReg
 _FLUSH = const(0x80)  # FIFOLevelReg
 _ANTENNA = const(0x03)  # TxControlReg: Tx1RFEn | Tx2RFEn
 
-# ISO 14443-3 and MIFARE Classic commands
+# ISO 14443-3 commands (mifare.py has the rest)
 _REQA = const(0x26)
 _WUPA = const(0x52)
-_CASCADE_TAG = const(0x88)
-_NVB_ANTICOLL = const(0x20)  # 2 bytes sent, no UID bits known: every card sends its UID
-_NVB_SELECT = const(0x70)  # 7 bytes sent: the whole UID part of this level
-_SAK_MORE = const(0x04)  # SAK bit: the UID continues on the next cascade level
 _HLTA = const(0x50)
-_AUTH_A = const(0x60)
-_AUTH_B = const(0x61)
-_READ = const(0x30)
-_WRITE = const(0xA0)
-_DECREMENT = const(0xC0)
-_INCREMENT = const(0xC1)
-_RESTORE = const(0xC2)
-_TRANSFER = const(0xB0)
-_ACK = const(0x0A)  # 4-bit answer; anything else in 4 bits is a NAK
 
 _WAIT_MS = const(60)  # the chip's own timer (25 ms) ends every command well before this
 
@@ -98,28 +83,12 @@ class CardError(Exception):
     """Something went wrong talking to a card; the subclass says what."""
 
 
-class NoCard(CardError):
-    """No card answered: none in the field, or it left before the command reached it."""
-
-
-class AuthFailed(CardError):
-    """The card refused the key for that sector (wrong key, or access bits forbid it)."""
-
-
-class CardLeftMidWrite(CardError):
-    """The card left after a write's data was sent: the block's content is unknown."""
-
-
 class CRCError(CardError):
     """A frame arrived with a wrong checksum: noise, or a card leaving the field."""
 
 
 class Collision(CardError):
     """More than one card answered at once."""
-
-
-class CardRefused(CardError):
-    """The card answered NAK: it did not carry out the command (nothing was written)."""
 
 
 class ReaderFault(CardError):
@@ -254,11 +223,6 @@ class MFRC522:
         f[n + 1] = c >> 8
         return n + 2
 
-    def _check_crc(self, n):
-        r = self._resp
-        if n < 3 or self._crc(r, n - 2) != r[n - 2] | (r[n - 1] << 8):
-            raise CRCError("a frame from the card failed its CRC check")
-
     # ---- one frame out, one frame back
     def _transceive(self, n, bits=0):
         """Send self._frame[:n] (the last byte has `bits` valid bits, 0 = 8); return the
@@ -291,14 +255,6 @@ class MFRC522:
         self._fifo_read(self._resp, level)
         return level
 
-    def _nak(self, n):
-        """Raise if the answer of n bytes is not a MIFARE ACK."""
-        if n == 1 and self._bits == 4 and self._resp[0] & 0x0F == _ACK:
-            return
-        if n == 1 and self._bits == 4:
-            raise CardRefused("the card refused the command (NAK 0x%x)" % (self._resp[0] & 0x0F))
-        raise CRCError("no valid ACK from the card (%d bytes)" % n)
-
     # ---- ISO 14443A activation
     def poll(self, wake=False):
         """REQA (or WUPA: halted cards answer it too). True if a card answered and is now
@@ -314,57 +270,6 @@ class MFRC522:
         except CRCError:
             return False
         return n == 2 and self._bits == 0
-
-    def select(self):
-        """Anticollision and SELECT on every cascade level. Fills self.uid/uid_len and
-        returns the SAK (0x08: MIFARE Classic 1K). Call after poll() returned True."""
-        f = self._frame
-        r = self._resp
-        self.uid_len = 0
-        for sel in (0x93, 0x95, 0x97):  # cascade levels 1, 2, 3
-            f[0] = sel
-            f[1] = _NVB_ANTICOLL
-            n = self._transceive(2)
-            if n < 0:
-                raise NoCard("the card left the field")
-            if n != 5:
-                raise CRCError("anticollision answer of %d bytes, not 5" % n)
-            if r[0] ^ r[1] ^ r[2] ^ r[3] != r[4]:
-                raise CRCError("UID check byte (BCC) does not match")
-            f[1] = _NVB_SELECT
-            for i in range(5):
-                f[2 + i] = r[i]
-            n = self._transceive(self._append_crc(7))
-            if n < 0:
-                raise NoCard("the card left the field")
-            if n != 3:
-                raise CRCError("SELECT answer of %d bytes, not 3" % n)
-            self._check_crc(3)
-            sak = r[0]
-            u = self.uid
-            k = self.uid_len
-            if sak & _SAK_MORE:
-                if f[2] != _CASCADE_TAG:
-                    raise CRCError("SAK announces more UID, but no cascade tag came")
-                u[k] = f[3]
-                u[k + 1] = f[4]
-                u[k + 2] = f[5]
-                self.uid_len = k + 3
-                continue
-            for i in range(4):
-                u[k + i] = f[2 + i]
-            self.uid_len = k + 4
-            self.sak = sak
-            return sak
-        raise CRCError("the UID does not end after three cascade levels")
-
-    def activate(self, wake=True):
-        """poll() + select() for one operation on a card that must be there: raises NoCard.
-        A card still in an authenticated session takes the first (plain) request as garbage
-        and drops to idle without answering; the second one wakes it."""
-        if not self.poll(wake) and not self.poll(wake):
-            raise NoCard("no card on the reader")
-        return self.select()
 
     def halt(self):
         """HLTA: the card stays silent until it leaves the field (or WUPA). A card that
@@ -382,138 +287,16 @@ class MFRC522:
         self._wr(_STATUS2, self._rd(_STATUS2) & (0xFF ^ _CRYPTO1_ON))
         self._crypto = False
 
-    # ---- MIFARE Classic
-    def auth(self, block, key, key_b=False):
-        """Authenticate the sector of `block` with a 6-byte key (A, or B if key_b). On
-        failure the card drops back to idle: poll(wake=True) and select() again."""
-        f = self._frame
-        f[0] = _AUTH_B if key_b else _AUTH_A
-        f[1] = block
-        for i in range(6):
-            f[2 + i] = key[i]
-        k = self.uid_len - 4  # the last four UID bytes (the last cascade level's) seed Crypto1
-        for i in range(4):
-            f[8 + i] = self.uid[k + i]
+    def _authent(self):
+        """MFAuthent with self._frame[:12] (command, block, key, UID): True if the card took
+        the key (Crypto1 on). mifare.py's auth() fills the frame."""
         self._wr(_COMMAND, _CMD_IDLE)
         self._wr(_COM_IRQ, _IRQ_ALL)
         self._wr(_FIFO_LEVEL, _FLUSH)
-        self._fifo_write(f, 12)
+        self._fifo_write(self._frame, 12)
         self._wr(_COMMAND, _CMD_MF_AUTHENT)
         self.exchanges += 1
         self._wait(_COM_IRQ, _IRQ_IDLE | _IRQ_TIMER)
         self._wr(_COMMAND, _CMD_IDLE)
-        if not self._rd(_STATUS2) & _CRYPTO1_ON:
-            self._crypto = False
-            raise AuthFailed("sector %d refused key %s" % (block // 4, "B" if key_b else "A"))
-        self._crypto = True
-
-    def _command_ack(self, cmd, block):
-        """First phase of a two-phase command: NoCard or CardRefused if the card did not
-        take it (so nothing that follows was sent)."""
-        f = self._frame
-        f[0] = cmd
-        f[1] = block
-        n = self._transceive(self._append_crc(2))
-        if n < 0:
-            raise NoCard("the card left the field")
-        self._nak(n)
-
-    def read_block(self, block, out):
-        """Read 16 bytes of `block` into `out`."""
-        f = self._frame
-        f[0] = _READ
-        f[1] = block
-        n = self._transceive(self._append_crc(2))
-        if n < 0:
-            raise NoCard("the card left the field")
-        if n == 1:
-            self._nak(n)
-        if n != 18:
-            raise CRCError("READ answer of %d bytes, not 18" % n)
-        self._check_crc(18)
-        r = self._resp
-        for i in range(16):
-            out[i] = r[i]
-
-    def write_block(self, block, data):
-        """Write 16 bytes to `block`. NoCard/CardRefused: nothing written; CardLeftMidWrite:
-        the data went out but no ACK came back, so the block's content is unknown."""
-        self._command_ack(_WRITE, block)
-        f = self._frame
-        for i in range(16):
-            f[i] = data[i]
-        n = self._transceive(self._append_crc(16))
-        if n < 0:
-            raise CardLeftMidWrite(
-                "the card left during the write of block %d: its content is unknown" % block
-            )
-        self._nak(n)
-
-    # ---- value blocks: value, ~value, value (little-endian int32), addr, ~addr, addr, ~addr
-    def _operand(self, cmd, block, operand):
-        self._command_ack(cmd, block)
-        f = self._frame
-        v = operand & 0xFFFFFFFF
-        f[0] = v & 0xFF
-        f[1] = (v >> 8) & 0xFF
-        f[2] = (v >> 16) & 0xFF
-        f[3] = v >> 24
-        n = self._transceive(self._append_crc(4))
-        if n < 0:
-            return  # the card acknowledges an operand by staying silent
-        self._nak(n)
-        raise CRCError("unexpected answer to a value operand")
-
-    def decrement(self, block, amount):
-        """Value in `block` minus `amount` into the card's transfer buffer (see transfer)."""
-        self._operand(_DECREMENT, block, amount)
-
-    def increment(self, block, amount):
-        self._operand(_INCREMENT, block, amount)
-
-    def restore(self, block):
-        """Value of `block` into the transfer buffer, unchanged (to copy a value block)."""
-        self._operand(_RESTORE, block, 0)
-
-    def transfer(self, block):
-        """Write the transfer buffer to `block`. No answer: the card may have been writing
-        when it left, so this raises CardLeftMidWrite."""
-        f = self._frame
-        f[0] = _TRANSFER
-        f[1] = block
-        n = self._transceive(self._append_crc(2))
-        if n < 0:
-            raise CardLeftMidWrite(
-                "the card left during the transfer to block %d: its content is unknown" % block
-            )
-        self._nak(n)
-
-    def write_value(self, block, value, addr=None):
-        """Format `block` as a value block holding `value` (int32)."""
-        buf = bytearray(16)
-        v = value & 0xFFFFFFFF
-        for i in range(4):
-            b = (v >> (8 * i)) & 0xFF
-            buf[i] = b
-            buf[4 + i] = b ^ 0xFF
-            buf[8 + i] = b
-        a = block if addr is None else addr
-        buf[12] = a
-        buf[13] = a ^ 0xFF
-        buf[14] = a
-        buf[15] = a ^ 0xFF
-        self.write_block(block, buf)
-
-    def read_value(self, block):
-        """(value, addr) of a value block; CardError if the block is not one."""
-        buf = bytearray(16)
-        self.read_block(block, buf)
-        for i in range(4):
-            if buf[i] != buf[8 + i] or buf[i] ^ buf[4 + i] != 0xFF:
-                raise CardError("block %d is not a value block" % block)
-        if buf[12] != buf[14] or buf[12] ^ buf[13] != 0xFF or buf[14] ^ buf[15] != 0xFF:
-            raise CardError("block %d is not a value block (address bytes)" % block)
-        v = buf[0] | (buf[1] << 8) | (buf[2] << 16) | (buf[3] << 24)
-        if v & 0x80000000:
-            v -= 0x100000000
-        return v, buf[12]
+        self._crypto = bool(self._rd(_STATUS2) & _CRYPTO1_ON)
+        return self._crypto

@@ -12,103 +12,29 @@
 # key to write the broker's password file.
 import asyncio
 import time
-from binascii import hexlify
 
 from micropython import const
 
 from washpay import use
-from washpay.keys import derive
-from washpay.net.link import Link, tls_context
-from washpay.net.mqtt import MQTTClient
-from washpay.net.uploader import Uploader, batch_bytes
 
-CA_PATH = "/broker_ca.der"  # the site CA, DER, for mqtts:// (provisioned with the config)
 _OUTBOX = const(8)  # replies waiting for the link; older ones are dropped first
 # the longest command from the server, bytes (commands.py; docs/sync.md, "Commands"): a
 # price table of 4 rules and 4 tiers is about 520 bytes of its 976-byte body
 COMMAND_MAX = const(1024)
-
-SETTINGS = {
-    "keepalive_s": 30,
-    "connect_timeout_ms": 10000,
-    "backoff_min_ms": 1000,
-    "backoff_max_ms": 60000,
-    "stable_ms": 30000,
-    "batch": 8,
-    "max_batch": 16,  # the MQTT buffer batches are built in: max_batch * 128 bytes, for ever
-    "window": 2,
-    "ack_timeout_ms": 15000,
-}
+# what runs only when the sync is built (at boot) and when its link (re)connects: the
+# defaults, the broker URL, the MQTT password, the TLS context and the MQTT sign-in; loaded
+# for that and dropped after (washpay.use)
+_SETUP = ("washpay.net.setup",)
 
 
-def mqtt_password(secret):
-    return hexlify(derive(secret, b"mqtt-password")[:16])
-
-
-def parse_broker(url):
-    """{"host", "port", "tls"} from config.json's broker URL (mqtt:// or mqtts://)."""
-    scheme, _, rest = url.partition("://")
-    rest = rest.rstrip("/")
-    tls = scheme == "mqtts"
-    if rest.startswith("["):  # [IPv6]:port
-        host, _, port = rest[1:].partition("]")
-        port = port[1:]
-    else:
-        host, _, port = rest.partition(":")
-    if port and not port.isdigit():
-        raise ValueError("broker %r: the port must be a number" % url)
-    if not host:
-        raise ValueError("broker %r has no host" % url)
-    return {"host": host, "port": int(port) if port else (8883 if tls else 1883), "tls": tls}
+def _quiet(*a):
+    pass
 
 
 class Sync:
     def __init__(self, wlan, cfg, secret, journal, device_id, wifi_password=None, log=None):
-        self.log = log or (lambda *a: None)
-        s = dict(SETTINGS)
-        s.update(cfg.get("sync") or {})
-        self.settings = s
-        dev = device_id.encode()
-        self.device_id = dev
-        broker = parse_broker(cfg["broker"])
-        broker.update(s)
-        self.t_ack = b"wp/" + dev + b"/ack"
-        self.t_cmd = b"wp/" + dev + b"/cmd"
-        self.t_res = b"wp/" + dev + b"/res"
-        self.t_state = b"wp/" + dev + b"/state"
-        # (topic, handler) of an update's chunks while one runs (washpay/ota/update.py)
-        self.chunks = None
-        # the receive buffer holds the longest command with its PUBLISH header (topic
-        # length, topic, packet id); a longer message is dropped and refused (mqtt.py). The
-        # uploader builds its batches in it between packets: one buffer, not two
-        self.client = MQTTClient(dev, user=dev, password=mqtt_password(secret),
-                                 keepalive=s["keepalive_s"],
-                                 max_packet=COMMAND_MAX + 4 + len(self.t_cmd),
-                                 lend=batch_bytes(s["max_batch"]))
-        self.client.on_message = self._message
-        self.uploader = Uploader(journal, dev, derive(secret, b"sync-ack"),
-                                 max_batch=s["max_batch"], first_batch=s["batch"],
-                                 window=s["window"], ack_timeout_ms=s["ack_timeout_ms"],
-                                 log=self.log, borrow=True)
-        ssl = None
-        self.disabled = None  # why this board cannot sync at all (status shows it)
-        if broker["tls"]:
-            path = cfg.get("broker_ca") or CA_PATH
-            try:
-                with open(path, "rb") as f:
-                    ssl = tls_context(f.read())
-            except OSError:
-                self.disabled = "%s is missing: an mqtts:// broker needs the site CA" % path
-            except ValueError as e:
-                self.disabled = "%s is not a DER certificate (%s): provision the site CA" % (
-                    path, str(e).strip() or "refused")
-        wifi = (cfg["wifi"], wifi_password or "") if cfg.get("wifi") else None
-        self.link = Link(wlan, broker, self.client, self._session, ssl=ssl, wifi=wifi,
-                         will=(self.t_state, b"offline", True), log=self.log)
-        self.commands = None  # set by the app: .on_command(payload) -> reply bytes or None
-        self._outbox = []
-        self._task = None
-        self._ready = False
+        # its parts (MQTT client, uploader, link) are built by net/setup.py's build()
+        use(_SETUP, "build", self, wlan, cfg, secret, journal, device_id, wifi_password, log)
 
     def start(self):
         if self.disabled:

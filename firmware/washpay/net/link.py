@@ -54,16 +54,6 @@ class Backoff:
         self.attempt = 0
 
 
-def tls_context(ca_der):
-    """A TLS client context that verifies the broker against the site CA (DER bytes)."""
-    import tls
-
-    ctx = tls.SSLContext(tls.PROTOCOL_TLS_CLIENT)
-    ctx.verify_mode = tls.CERT_REQUIRED
-    ctx.load_verify_locations(ca_der)  # positional: MicroPython refuses the keyword
-    return ctx
-
-
 class Link:
     def __init__(self, wlan, broker, client, session, ssl=None, wifi=None, will=None, log=None):
         self.wlan = wlan
@@ -85,14 +75,6 @@ class Link:
         self.failures = 0
         self.last_error = None
         self._task = None
-
-    def status(self):
-        return {
-            "state": self.state,
-            "connects": self.connects,
-            "failures": self.failures,
-            "error": self.last_error,
-        }
 
     async def run(self):
         while True:

@@ -41,7 +41,8 @@ from time import ticks_diff, ticks_ms
 
 from micropython import const
 
-_CONNECT = const(0x10)
+from washpay import use
+
 _CONNACK = const(0x20)
 _PUBLISH = const(0x30)
 _PUBACK = const(0x40)
@@ -60,16 +61,7 @@ _WAITERS = const(8)  # tasks waiting for an acknowledgement at once; more wait f
 _PENDING = const(-1)  # a waiter slot's value until its acknowledgement comes
 _LOST = const(-2)  # ... or its connection ends
 _ACK_WAIT_MS = const(10000)
-
-CONNACK_ERRORS = (
-    "",
-    "the broker refused protocol level 4 (MQTT 3.1.1)",
-    "the broker refused the client id",
-    "the broker is unavailable",
-    "bad user name or password",
-    "not authorised",
-)
-
+_SETUP = ("washpay.net.setup",)
 
 class MQTTError(Exception):
     pass
@@ -114,7 +106,6 @@ class MQTTClient:
         self._one = bytearray(1)
         self._head = bytearray(HEADROOM)
         self._puback = bytearray(b"\x40\x02\x00\x00")
-        self._ping = b"\xc0\x00"
         self._want = [0] * _WAITERS  # kind << 16 | packet id awaited in each slot; 0: free
         self._got = [0] * _WAITERS  # its acknowledgement's value, _PENDING or _LOST
         self._event = asyncio.Event()
@@ -127,73 +118,12 @@ class MQTTClient:
         self.sent = self.received = 0  # bytes on the wire, as MQTT sees them
 
     # ---- connection
-    async def connect(self, reader, writer, clean=True, will=None, timeout_ms=_ACK_WAIT_MS):
-        """Send CONNECT on an open stream pair; return the broker's session-present flag.
-
-        `will` is (topic, message, retain): published at QoS 1 by the broker if this
-        connection dies without a DISCONNECT.
-        """
-        if self._w is not None or self._tasks:
-            self._fail("replaced by a new connection")  # its reader must not read on
-        self._r = reader
-        self.lost = asyncio.Event()
-        self.error = None
-        self.connack = -1
-        flags = 0x02 if clean else 0
-        size = 10 + 2 + len(self.client_id)
-        if will:
-            flags |= 0x04 | 0x08 | (0x20 if will[2] else 0)  # will, QoS 1, retain
-            size += 4 + len(will[0]) + len(will[1])
-        if self.user is not None:
-            flags |= 0x80
-            size += 2 + len(self.user)
-        if self.password is not None:
-            flags |= 0x40
-            size += 2 + len(self.password)
-        pkt = bytearray(size + 5)
-        pkt[0] = _CONNECT
-        pos = _put_len(pkt, 1, size)
-        pos = _put_str(pkt, pos, b"MQTT")
-        pkt[pos] = 4  # protocol level: 3.1.1
-        pkt[pos + 1] = flags
-        pkt[pos + 2] = self.keepalive >> 8
-        pkt[pos + 3] = self.keepalive & 0xFF
-        pos = _put_str(pkt, pos + 4, self.client_id)
-        if will:
-            pos = _put_str(pkt, pos, will[0])
-            pos = _put_str(pkt, pos, will[1])
-        if self.user is not None:
-            pos = _put_str(pkt, pos, self.user)
-        if self.password is not None:
-            pos = _put_str(pkt, pos, self.password)
-        self._last_rx = ticks_ms()
-        slot = await self._slot(_K_CONNACK << 16)
-        try:
-            try:
-                async with self._wlock:
-                    # the writer is published under the lock, with CONNECT written first:
-                    # a task waiting to publish can follow CONNECT, never precede it
-                    self._w = writer
-                    self._write(slot, (memoryview(pkt)[:pos],))
-                    await self._drain(writer)
-            except (OSError, ValueError) as e:
-                # the TLS layer reports a certificate it refuses as ValueError, with the reason
-                why = "cannot reach the broker: %s" % (str(e).strip() or type(e).__name__)
-                self._fail(why)
-                self.error = why
-                raise MQTTError(why)
-            self._tasks.append(asyncio.create_task(self._reader()))
-            await self._wait(slot, timeout_ms, "CONNACK")
-        finally:
-            self._free(slot)
-        code = self.connack & 0xFF
-        if code:
-            why = CONNACK_ERRORS[code] if code < len(CONNACK_ERRORS) else "code %d" % code
-            self._fail("connection refused: " + why)
-            raise MQTTError("connection refused: " + why)
-        if self.keepalive:
-            self._tasks.append(asyncio.create_task(self._keepalive()))
-        return bool(self.connack & 0x100)
+    def connect(self, reader, writer, clean=True, will=None, timeout_ms=_ACK_WAIT_MS):
+        """Send CONNECT on an open stream pair; return (await) the broker's session-present
+        flag. `will` is (topic, message, retain): published at QoS 1 by the broker if this
+        connection dies without a DISCONNECT. The sign-in's code is net/setup.py's, loaded
+        for each connection and dropped after it (washpay.use)."""
+        return use(_SETUP, "connect", self, reader, writer, clean, will, timeout_ms)
 
     def close(self):
         """Drop the connection now (no DISCONNECT): tasks first, then the socket."""
@@ -538,7 +468,7 @@ class MQTTClient:
                 ticks_diff(now, self._last_tx) >= quiet or ticks_diff(now, self._last_rx) >= quiet
             ) and not self._wlock.locked():
                 try:
-                    await self._send(-1, self._ping)
+                    await self._send(-1, b"\xc0\x00")  # PINGREQ
                 except Exception as e:  # noqa: BLE001
                     self._fail(str(e) or type(e).__name__)
                     return

@@ -10,15 +10,16 @@ import time
 from micropython import const
 
 from washpay import forget, use
-from washpay.drivers.mfrc522 import CardError, Collision
+from washpay.drivers.mfrc522 import CardError
 from washpay.journal import JournalError
 from washpay.journal import records as R
-from washpay.payments import wallet as W
-from washpay.payments.card_state import PendingPayments, SeenCounters
+from washpay.payments.card_state import PendingPayments, SeenCounters, WalletError
 
 _NOTICE_MS = const(3000)
 _FAULT_RETRY_MS = const(5000)
-_TAP = ("washpay.payments.card_tap",)
+# a tap's code: the payment's (card_tap.py), the card commands' (drivers/mifare.py) and
+# the wallet's (wallet.py)
+_TAP = ("washpay.payments.card_tap", "washpay.drivers.mifare", "washpay.payments.wallet")
 
 
 class CardPayment:
@@ -95,7 +96,7 @@ class CardPayment:
         r = self.reader
         try:
             if r.poll(True):
-                r.select()
+                use(_TAP[1:], "select", r)
         except CardError:
             pass
         r.halt()
@@ -112,16 +113,8 @@ class CardPayment:
         t0 = time.ticks_us()
         self._ex0 = ex0
         try:
-            try:
-                sak = r.select()
-            except Collision:
-                self.say("One card only", "please")
-                return
-            if not sak & 0x08 or sak & 0x10:
-                self.say("Card type not", "accepted")
-                return
-            await self._tap(bytes(r.uid[: r.uid_len]), t0)
-        except (CardError, W.WalletError) as e:
+            await self._tap(t0)
+        except (CardError, WalletError) as e:
             self.counts["read_errors"] += 1
             self.last = {"result": "read failed: %s" % e}
             if self.waiting is None:
@@ -130,14 +123,16 @@ class CardPayment:
             r.halt()
             self.counts["taps"] += 1  # counted once handled: status shows whole taps
 
-    async def _tap(self, uid, t0):
-        # the payment's code for this tap only, through the washer's start (washpay.use)
+    async def _tap(self, t0):
+        # the tap's code for this tap only: SELECT, the payment, through the washer's start
+        # (washpay.use)
         from washpay.payments import card_tap
 
         try:
-            await card_tap.on_tap(self, uid, t0)
+            await card_tap.tap(self, t0)
         finally:
-            forget(_TAP[0])
+            for m in _TAP:
+                forget(m)
 
     def recover_unconfirmed(self, last):
         """Boot recovery found a card_debit in STARTING (card_tap.py says what follows)."""

@@ -5,16 +5,47 @@
 #   /card_pending  payments whose card write was never confirmed (torn, then the card did
 #                  not come back, or the power went): settled at the card's next tap
 #   /card_seen     the highest counter seen per card, to notice an older dump restored
+#
+# and the site's card keys (CardKeys: docs/wallet-format.md, "Keys of one card"), with the wallet's
+# error: wallet.py has the rest of the wallet and is loaded for a tap only.
 import struct
 from hashlib import sha256
 
 from micropython import const
+
+from washpay.crypto import MacKey, hkdf_extract
 
 _PENDING_SLOTS = const(4)
 _PENDING_SIZE = const(32)
 _SEEN_SLOTS = const(16)
 _SEEN_SIZE = const(8)
 _UID_MAX = const(10)
+CARD_SALT = b"washpay/v1/card"
+_ONE = b"\x01"
+
+
+class WalletError(Exception):
+    pass
+
+
+class CardKeys:
+    """The site card key (from /secrets.json) and what each card's keys are made of.
+
+    HKDF-Extract is done once here; every per-card key is then one HKDF-Expand block
+    (HMAC(prk, info | 0x01)), the same bytes docs/wallet-format.md's HKDF(...) gives.
+    """
+
+    def __init__(self, card_key):
+        if len(card_key) != 32:
+            raise WalletError("the site card key must be 32 bytes")
+        self._prk = MacKey(hkdf_extract(CARD_SALT, card_key))
+        self.site_id = self._prk.mac(b"card/site-id", _ONE)[:4]
+
+    def key_b(self, uid):
+        return self._prk.mac(b"card/key-b/", uid, _ONE)[:6]
+
+    def mac_key(self, uid):
+        return MacKey(self._prk.mac(b"card/wallet-mac/", uid, _ONE))
 
 
 def _store(path, buf):

@@ -26,7 +26,9 @@ import time
 
 from micropython import const
 
-from washpay.drivers.mfrc522 import AuthFailed, CardError, CardRefused, NoCard
+from washpay.drivers import mifare as M
+from washpay.drivers.mfrc522 import CardError, Collision
+from washpay.drivers.mifare import AuthFailed, CardRefused, NoCard
 from washpay.journal import JournalError
 from washpay.journal import records as R
 from washpay.payments import wallet as W
@@ -54,6 +56,20 @@ def _low_balance(text):
 
 
 # ---- a tap
+async def tap(cp, t0):
+    """A card answered card.py's poll (at ticks_us t0): select it, then on_tap()."""
+    r = cp.reader
+    try:
+        sak = M.select(r)
+    except Collision:
+        cp.say("One card only", "please")
+        return
+    if not sak & 0x08 or sak & 0x10:
+        cp.say("Card type not", "accepted")
+        return
+    await on_tap(cp, bytes(r.uid[: r.uid_len]), t0)
+
+
 async def on_tap(cp, uid, t0):
     w = cp.waiting
     if w is not None:
@@ -173,11 +189,11 @@ def _read_wallet(cp, uid):
     """Authenticate with key B and read blocks 4..6. Returns (MAC key, copy 5, copy 6),
     each copy (balance, counter, tag) or None if it does not verify."""
     r = cp.reader
-    r.auth(W.TRAILER_BLOCK, cp.keys.key_b(uid), True)
+    M.auth(r, W.TRAILER_BLOCK, cp.keys.key_b(uid), True)
     head = cp._head
-    r.read_block(W.HEADER_BLOCK, head)
-    r.read_block(W.COPY_A, cp._copies[0])
-    r.read_block(W.COPY_B, cp._copies[1])
+    M.read_block(r, W.HEADER_BLOCK, head)
+    M.read_block(r, W.COPY_A, cp._copies[0])
+    M.read_block(r, W.COPY_B, cp._copies[1])
     _, site, _ = W.parse_header(head)
     if site != cp.keys.site_id:
         raise W.WalletError("card of another site")
@@ -188,7 +204,7 @@ def _read_wallet(cp, uid):
 async def _write_and_start(cp, w, t0):
     r = cp.reader
     try:
-        r.write_block(w["target"], w["new"])
+        M.write_block(r, w["target"], w["new"])
     except NoCard:  # the WRITE was not acknowledged: its data never left the reader
         _cancel(cp, w, "card left before the write")
         return
@@ -200,7 +216,7 @@ async def _write_and_start(cp, w, t0):
         return
     for _ in range(_READ_TRIES):
         try:
-            r.read_block(w["target"], cp._check)
+            M.read_block(r, w["target"], cp._check)
         except NoCard:
             break
         except CardError:
@@ -345,14 +361,14 @@ def _foreign_or_blank(cp, uid):
     read key, then the transport key, what it is."""
     r = cp.reader
     try:
-        r.activate(True)
-        r.auth(W.TRAILER_BLOCK, W.key_a(uid))
-        r.read_block(W.HEADER_BLOCK, cp._head)
+        M.activate(r, True)
+        M.auth(r, W.TRAILER_BLOCK, W.key_a(uid))
+        M.read_block(r, W.HEADER_BLOCK, cp._head)
         _, site, _ = W.parse_header(cp._head)
     except AuthFailed:
         try:
-            r.activate(True)
-            r.auth(W.TRAILER_BLOCK, W.TRANSPORT_KEY)
+            M.activate(r, True)
+            M.auth(r, W.TRAILER_BLOCK, W.TRANSPORT_KEY)
             cp.say("Card not issued", "ask staff")
         except CardError:
             cp.say("Card unknown", "")

@@ -20,7 +20,9 @@ import json
 import time
 from binascii import hexlify, unhexlify
 
-from washpay.drivers.mfrc522 import CardError, NoCard
+from washpay.drivers import mifare as M
+from washpay.drivers.mfrc522 import CardError
+from washpay.drivers.mifare import NoCard
 
 
 class StepError(Exception):
@@ -52,7 +54,7 @@ def _select(reader, uid, wait_ms, result):
     deadline = time.ticks_add(time.ticks_ms(), wait_ms)
     while True:
         try:
-            sak = reader.activate(True)
+            sak = M.activate(reader, True)
             break
         except NoCard:
             if time.ticks_diff(deadline, time.ticks_ms()) <= 0:
@@ -77,16 +79,16 @@ def execute(reader, steps, journal=None):
             elif op == "select":
                 _select(reader, step[1], step[2] if len(step) > 2 else 0, result)
             elif op == "auth":
-                reader.auth(step[1], unhexlify(step[3]), step[2] == "B")
+                M.auth(reader, step[1], unhexlify(step[3]), step[2] == "B")
             elif op == "read":
-                reader.read_block(step[1], buf)
+                M.read_block(reader, step[1], buf)
                 result["reads"][str(step[1])] = hexlify(buf).decode()
             elif op == "expect":
-                reader.read_block(step[1], buf)
+                M.read_block(reader, step[1], buf)
                 if bytes(buf) != unhexlify(step[2]):
                     raise StepError("block %d changed since it was read" % step[1])
             elif op == "write":
-                reader.write_block(step[1], unhexlify(step[2]))
+                M.write_block(reader, step[1], unhexlify(step[2]))
             elif op == "halt":
                 reader.halt()
             elif op == "journal":

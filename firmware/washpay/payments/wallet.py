@@ -8,6 +8,10 @@ from micropython import const
 
 from washpay.crypto import MacKey, constant_time_eq, hkdf_extract
 
+# the site's card keys and the wallet's error are card_state.py's: the board keeps them
+# between taps, and this module only for a tap (payments/card.py)
+from washpay.payments.card_state import CARD_SALT, CardKeys, WalletError  # noqa: F401
+
 SECTOR = const(1)
 HEADER_BLOCK = const(4)
 COPY_A = const(5)
@@ -21,7 +25,6 @@ COUNTER_MAX = const(0xFFFFFF)
 # with B), general purpose byte 0, key B
 ACCESS = b"\x78\x77\x88\x00"
 TRANSPORT_KEY = b"\xff\xff\xff\xff\xff\xff"
-CARD_SALT = b"washpay/v1/card"
 READ_SALT = b"washpay/v1/card-read"
 
 # outcome of a payment whose write was torn, once the card is read again
@@ -30,30 +33,6 @@ NOT_LANDED = const(0)  # the card is where it was before: it did not pay
 UNKNOWN = const(2)  # the card moved on since (paid elsewhere twice): the server settles
 
 _ONE = b"\x01"
-
-
-class WalletError(Exception):
-    pass
-
-
-class CardKeys:
-    """The site card key (from /secrets.json) and what each card's keys are made of.
-
-    HKDF-Extract is done once here; every per-card key is then one HKDF-Expand block
-    (HMAC(prk, info | 0x01)), the same bytes docs/wallet-format.md's HKDF(...) gives.
-    """
-
-    def __init__(self, card_key):
-        if len(card_key) != 32:
-            raise WalletError("the site card key must be 32 bytes")
-        self._prk = MacKey(hkdf_extract(CARD_SALT, card_key))
-        self.site_id = self._prk.mac(b"card/site-id", _ONE)[:4]
-
-    def key_b(self, uid):
-        return self._prk.mac(b"card/key-b/", uid, _ONE)[:6]
-
-    def mac_key(self, uid):
-        return MacKey(self._prk.mac(b"card/wallet-mac/", uid, _ONE))
 
 
 def key_a(uid):

@@ -3,7 +3,8 @@
 # a reply is awaited, a verified reply frame followed by anything (another frame, a line)
 # is the reply read; a frame with one byte changed is no reply; nothing raises.
 from fzlib import below, chance, mutate, pick, rbytes
-from washpay.drivers.gm65 import MAX_LINE, LineAssembler, crc16_xmodem
+from washpay.drivers.gm65 import MAX_LINE, LineAssembler
+from washpay.drivers.gm65_setup import crc16_xmodem
 
 STATS = {"lines": 0, "replies": 0, "bad_frames": 0, "garbage": 0}
 

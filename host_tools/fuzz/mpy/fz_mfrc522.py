@@ -1,8 +1,9 @@
-# MFRC522 answers (drivers/mfrc522.py): the reader's registers and FIFO answer at random
+# MFRC522 answers (drivers/mfrc522.py, mifare.py): the reader's registers and FIFO answer at random
 # (answers of any length, most with a right CRC_A or BCC so that parsing goes deep, error
 # and IRQ bits anywhere, ACKs and NAKs); every operation must end in its result or a
 # CardError, with a UID of 4, 7 or 10 bytes after a select.
 from fzlib import below, chance, pick, rbytes, rnd
+from washpay.drivers import mifare as M
 from washpay.drivers.mfrc522 import MFRC522, CardError
 
 STATS = {"ops": 0, "card_errors": 0, "selected": 0}
@@ -132,24 +133,24 @@ def run(req, count, found):
                 elif op == 1:
                     r.poll(chance(2))
                 elif op < 4:
-                    r.select() if op == 2 else r.activate()
+                    M.select(r) if op == 2 else M.activate(r)
                     STATS["selected"] += 1
                     if r.uid_len not in (4, 7, 10):
                         found.add("uid of " + str(r.uid_len) + " bytes", bytes(ops), bytes(r.uid))
                 elif op == 4:
-                    r.auth(4 + below(4), key, chance(2))
+                    M.auth(r, 4 + below(4), key, chance(2))
                 elif op == 5:
-                    r.read_block(4 + below(4), out)
+                    M.read_block(r, 4 + below(4), out)
                 elif op == 6:
-                    r.write_block(5, data)
+                    M.write_block(r, 5, data)
                 elif op == 7:
-                    r.read_value(6)
+                    M.read_value(r, 6)
                 elif op == 8:
-                    r.decrement(6, below(1000))
+                    M.decrement(r, 6, below(1000))
                 elif op == 9:
-                    r.transfer(6)
+                    M.transfer(r, 6)
                 elif op == 10:
-                    r.write_value(6, rnd(31) - (1 << 30))
+                    M.write_value(r, 6, rnd(31) - (1 << 30))
                 else:
                     r.halt()
             except CardError:
