@@ -7,15 +7,12 @@
 import asyncio
 import time
 
-from washpay.journal import JournalError
+from washpay.journal import _SOURCE_OF, JournalError
 from washpay.journal import records as R
 from washpay.vend import watch as W
 from washpay.vend.prices import is_timed, price_table
 
 _POLL_MS = 50
-# the payer's kind for the not_collected record, by the record that paid
-_SOURCE_OF = {R.CARD_DEBIT: R.SOURCE_CARD, R.TOKEN_REDEEM: R.SOURCE_TOKEN,
-              R.REMOTE_START: R.SOURCE_COMMAND}
 
 
 class VendEngine:
@@ -296,7 +293,7 @@ class VendEngine:
             price = self._timed().commit(self, price, tier, seconds)
         self.state = R.STARTING
         self.vend_price = price
-        src = fields.get("source")
+        src = fields.get("source")  # the payer's kind, by the record that paid (journal's)
         self.vend_source = (_SOURCE_OF.get(rtype, 0), src) if src is not None else None
         self.laundry = None
         self.acceptor.inhibit(True)
