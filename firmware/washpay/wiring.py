@@ -92,6 +92,9 @@ def build(app):
     app.tokens, app.remote = _signed_payments(app, secret)
     del config, secrets
     forget("washpay.config")
+    forget("washpay.keys")  # every key is derived (net keeps its `derive`)
+    # the pin map and buses are boot's: every driver is built (Washer keeps its profile)
+    b.pins = b.buses = b.coin = b.display_spec = None
 
 
 def _card(app, secrets):
