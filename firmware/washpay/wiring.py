@@ -240,6 +240,8 @@ async def start(app):
     # (until the slot is reused), and with it the Board, its class and all of board.py
     app.boot_board = b = None
     forget("washpay.board")
+    # the config's parts only boot reads: the decoder and the journal hold their own
+    del app.cfg["coins"], app.cfg["journal"]
 
 
 def _restore_card_risk(app):
