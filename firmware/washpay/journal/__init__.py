@@ -3,7 +3,7 @@
 # flash, durable before anyone acts on it. docs/journal-format.md is the format.
 #
 #   seq = journal.append(rtype, **fields)   durable when it returns; only then act on it
-#   journal.last()                          the newest record (a dict), or None
+#   journal.last()                          the newest record (a new dict), or None
 #   journal.count, .last_seq, .unsynced     records stored, newest seq, not yet acknowledged
 #   journal.ack(seq)                        the server has every record up to seq
 #   journal.synced_seq                      the sync cursor: the highest seq acknowledged
@@ -93,7 +93,6 @@ class Journal:
         self._stage_fmt = root + "/stage/%02d"  # a name made when used: no list of 30 kept
         self._next = 1  # sequence number of the next record
         self._last_ok = 0  # newest record that verified (what last() returns)
-        self._last = None
         self._oldest = 0  # first seq of the oldest and the newest completed segment
         self._newest = 0
         self.synced_seq = 0
@@ -178,9 +177,9 @@ class Journal:
         return self.clock_trusted
 
     def last(self):
-        if self._last is None and self._last_ok:
-            self._last = unpack(self._last_ok, self._body)
-        return self._last
+        # a new dict each time, not a cached one: a board would keep ~0.3 KiB for it, and
+        # the vend engine's appends do not need it (they give credit and state)
+        return unpack(self._last_ok, self._body) if self._last_ok else None
 
     # ---- paths and small files
     def _group(self, first):
@@ -228,12 +227,13 @@ class Journal:
             raise JournalFull("journal full: sync required (%d records stored)" % self.count)
         if free <= self.reserve and rtype in R.CASHLESS:
             raise JournalFull("journal full: sync required before cashless payments")
-        last = self.last()
-        if last is not None:  # an event that does not move money keeps credit and state
-            if "credit" not in fields:
-                fields["credit"] = last["credit"]
-            if "state" not in fields:
-                fields["state"] = last["state"]
+        if "credit" not in fields or "state" not in fields:
+            last = self.last()
+            if last is not None:  # an event that does not move money keeps credit and state
+                if "credit" not in fields:
+                    fields["credit"] = last["credit"]
+                if "state" not in fields:
+                    fields["state"] = last["state"]
         if "source" in fields and "source_kind" not in fields:
             # every card_* record's source is the card's UID (docs/journal-format.md)
             fields["source_kind"] = _SOURCE_OF.get(
@@ -265,7 +265,6 @@ class Journal:
         self._prev_tag[:] = memoryview(rec)[_TAG:]
         self._body, self._pending = self._pending, self._body
         self._last_ok = seq
-        self._last = None
         return seq
 
     def _close_segment(self, first):

@@ -131,4 +131,3 @@ def _recover_stage(j):
 def _accept(j, rec, seq):
     j._sealer.open_into(rec, j._body)
     j._last_ok = seq
-    j._last = None
