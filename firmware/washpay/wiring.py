@@ -241,7 +241,8 @@ async def start(app):
     app.boot_board = b = None
     forget("washpay.board")
     # the config's parts only boot reads: the decoder and the journal hold their own
-    del app.cfg["coins"], app.cfg["journal"]
+    app.cfg.pop("coins", None)
+    app.cfg.pop("journal", None)
 
 
 def _restore_card_risk(app):
