@@ -45,7 +45,7 @@ hmac_keys = st.one_of(st.binary(max_size=64), st.binary(min_size=65, max_size=20
 
 @given(key=hmac_keys, data=messages)
 def test_hmac_matches_cryptography(key, data):
-    assert crypto.hmac_sha256(key, data) == ref_hmac(key, data)
+    assert crypto.MacKey(key).mac(data) == ref_hmac(key, data)
 
 
 @given(key=hmac_keys, data=messages, cuts=st.lists(st.integers(0, 600)))
@@ -57,13 +57,6 @@ def test_incremental_forms_match_one_shot(key, data, cuts):
     assert mac_key.mac(*pieces) == expected
     # A MacKey is reusable: a second MAC under it is unaffected by the first.
     assert mac_key.mac(data) == expected
-    mac = crypto.HMAC_SHA256(mac_key)
-    for piece in pieces:
-        mac.update(piece)
-    assert mac.digest() == expected
-    assert mac.digest() == expected
-    with pytest.raises(ValueError):
-        mac.update(b"")
 
 
 @given(

@@ -174,3 +174,81 @@ def test_a_price_table_keeps_no_parser(romfs, bits):
     # the table itself: its programs, rules and tiers (0.6 KiB on the 64-bit build); with
     # the parser and config.py kept it was over 5 KiB
     assert got["table"] <= 1024, f"a price table holds {got['table']} bytes"
+
+
+BOOT_AND_FAULTS = """
+import asyncio, gc, json, sys, vfs
+f = open(%(romfs)r, "rb")
+img = f.read()
+f.close()
+vfs.mount(vfs.VfsRom(img), "/rom")
+sys.path.insert(0, "/rom")
+from washpay.journal import Journal
+from washpay.keys import device_secret, journal_keys
+from washpay.vend.engine import VendEngine
+
+keys = journal_keys(device_secret(bytes(range(32)), "sim-0001"))
+out = {}
+def loaded(mods):
+    return [m for m in mods if m in sys.modules]
+# boot recovery of the journal (journal/boot.py) runs in Journal() and is dropped
+Journal(%(dir)r + "/journal", keys).append("coin", amount=50, credit=50, state="credit")
+journal = Journal(%(dir)r + "/journal", keys)
+out["boot"] = {"loaded": loaded(["washpay.journal.boot"]), "last": journal.last()["type"],
+               "next": journal.last_seq}
+
+class Screen:
+    lines = ["", ""]
+    def show(self, a, b=""): self.lines = [a, b]
+    def money(self, v): return str(v)
+class Washer:
+    mode = "contact"
+    def door_closed(self): return True
+class Acceptor:
+    inhibited = False
+    def inhibit(self, on): self.inhibited = on
+cfg = {"programs": [{"name": "quick", "price": 250}], "max_credit": 1000, "risk": {}}
+engine = VendEngine(cfg, journal, Washer(), Acceptor(), Screen())
+
+def heap():
+    gc.collect()
+    return gc.mem_alloc()
+
+async def main():
+    # the first of each kind interns its names: measured from the second on
+    for kind, result in (("reject", ("reject", "short pulse", 1)), ("stuck", ("stuck", 900)),
+                         ("released", ("released", 0))):
+        await engine.on_coin(result)
+        before = heap()
+        await engine.on_coin(result)
+        out[kind] = {"left": heap() - before, "loaded": loaded(["washpay.vend.watch"]),
+                     "inhibited": engine.acceptor.inhibited}
+asyncio.run(main())
+out["records"] = [r["type"] + ":" + r["reason"] for r in journal.records(1)]
+print("RESULT", json.dumps(out))
+"""
+
+
+@pytest.mark.parametrize("bits", ["64", "32"])
+def test_journal_recovery_and_coin_faults_leave_no_code_behind(romfs, tmp_path, bits):
+    # the journal's boot recovery (journal/boot.py) runs once, in Journal(); a rejected
+    # coin train and a coin line fault load vend/watch.py for the event: none stays
+    interp = None
+    if bits == "32":
+        interp = micropython_i386()
+        if interp is None:
+            pytest.skip("no 32-bit micropython ($WASHPAY_MICROPYTHON_I386)")
+    code = BOOT_AND_FAULTS % {"romfs": str(romfs), "dir": str(tmp_path)}
+    out = run_micropython(code, heap="256k", interpreter=interp)[1]
+    got = json.loads([x for x in out.splitlines() if x.startswith("RESULT ")][-1][7:])
+    print(got)
+    # the second Journal found the first one's record
+    assert got["boot"] == {"loaded": [], "last": "coin", "next": 1}
+    # each was journaled and did its work: a stuck line inhibits coins, its release lets
+    # them in again
+    assert got["records"] == ["coin_rejected:short pulse"] * 2 + [
+        "fault:coin line stuck active"] * 2 + ["fault:coin line released"] * 2
+    assert [got[k]["inhibited"] for k in ("stuck", "released")] == [True, False]
+    for k in ("reject", "stuck", "released"):
+        assert got[k]["loaded"] == [], f"{k} left {got[k]['loaded']} loaded"
+        assert got[k]["left"] <= LEFT_MAX, f"{k} kept {got[k]['left']} bytes of heap"

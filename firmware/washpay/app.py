@@ -6,7 +6,7 @@ import sys
 import time
 
 from washpay import VERSION, forget
-from washpay import board as boardmod
+from washpay.chip import BoardError
 
 _FEED_MS = 500
 
@@ -89,7 +89,7 @@ def run():
     try:
         try:
             app = App()
-        except boardmod.BoardError as e:
+        except BoardError as e:
             log("cannot start:", e)
             return
         try:

@@ -1,18 +1,18 @@
-# The board layer: builds machine objects (pins, pulse counter, I2C, watchdog) from the board
-# description in /board.json and hands them to drivers. It is the only firmware module that
-# imports `machine`; on the simulated board, `machine` is the simulator's.
+# The board layer: builds machine objects (pins, pulse counter, I2C, SPI, UART) from the
+# board description in /board.json and hands them to drivers. Boot's (wiring.py) and the
+# card tool's: the running app keeps only chip.py's Chip (watchdog, clock, reset), and this
+# module is dropped after boot. With chip.py, the only firmware modules that import
+# `machine`; on the simulated board, `machine` is the simulator's.
 import json
 
 import machine
 
+from washpay.chip import BoardError, Chip
+
 BOARD_PATH = "/board.json"
 
 
-class BoardError(Exception):
-    pass
-
-
-class Board:
+class Board(Chip):
     def __init__(self, spec):
         # only the parts used are kept: the rest of board.json (names, flash layout, the
         # simulator's section) goes back to the heap
@@ -99,9 +99,6 @@ class Board:
         port = getattr(machine, "command_port", None)
         return port() if port else None
 
-    def watchdog(self, timeout_ms):
-        return machine.WDT(timeout=timeout_ms)
-
     def wlan(self):
         """The Wi-Fi station interface, switched on (on the sim, it follows the net flag)."""
         import network
@@ -109,13 +106,6 @@ class Board:
         w = network.WLAN(network.STA_IF)
         w.active(True)
         return w
-
-    def set_time(self, unix_time):
-        """Set the RTC from the server's authenticated time (docs/sync.md, clock command)."""
-        import time
-
-        t = time.gmtime(unix_time)
-        machine.RTC().datetime((t[0], t[1], t[2], t[6], t[3], t[4], t[5], 0))
 
     def unique_id(self):
         return machine.unique_id()
@@ -128,9 +118,6 @@ class Board:
             machine.SOFT_RESET: "soft reset",
         }
         return causes.get(machine.reset_cause(), "other")
-
-    def reset(self):
-        machine.reset()
 
     def attach_status(self, fn):
         # The simulator's control channel reads the firmware's status through this port;

@@ -1,7 +1,7 @@
 """Crypto primitives of the firmware, written once and tested against RFC/NIST vectors.
 
-- HMAC-SHA256 (`MacKey`, `HMAC_SHA256`, `hmac_sha256`): authenticates journal records
-  (encrypt-then-MAC), card wallet blocks and QR/command token tags.
+- HMAC-SHA256 (`MacKey`; its mac() takes the message in parts): authenticates journal
+  records (encrypt-then-MAC), card wallet blocks and QR/command token tags.
 - HKDF-SHA256 (`hkdf_sha256`, `hkdf_extract`, `hkdf_expand`): derives the journal, MAC and
   token keys and the per-card keys from provisioned key material.
 - AES-256-CTR (`AesCtr`): encrypts journal record payloads. Stock ESP32 MicroPython has only
@@ -54,40 +54,6 @@ class MacKey:
         outer = sha256(self._opad)
         outer.update(inner.digest())
         return outer.digest()
-
-
-class HMAC_SHA256:
-    """Incremental HMAC-SHA256 for messages that arrive in pieces (records read in chunks).
-
-    `key` is bytes or a `MacKey`. digest() may be called more than once; update() after it
-    raises, as MicroPython's sha256 refuses updates once finalised.
-    """
-
-    def __init__(self, key, msg=None):
-        if not isinstance(key, MacKey):
-            key = MacKey(key)
-        self._opad = key._opad
-        self._inner = sha256(key._ipad)
-        self._digest = None
-        if msg is not None:
-            self._inner.update(msg)
-
-    def update(self, data):
-        if self._digest is not None:
-            raise ValueError("HMAC already finished: start a new HMAC_SHA256")
-        self._inner.update(data)
-
-    def digest(self):
-        if self._digest is None:
-            outer = sha256(self._opad)
-            outer.update(self._inner.digest())
-            self._digest = outer.digest()
-        return self._digest
-
-
-def hmac_sha256(key, msg):
-    """One-shot HMAC-SHA256 (RFC 2104) -> 32 bytes. Use a MacKey for repeated MACs."""
-    return MacKey(key).mac(msg)
 
 
 def hkdf_extract(salt, ikm):

@@ -9,6 +9,7 @@ import sys
 from washpay import VERSION, forget
 from washpay import board as boardmod
 from washpay.app import log
+from washpay.chip import Chip
 from washpay.drivers.coin_acceptor import CoinAcceptor
 from washpay.drivers.keypad import Keypad
 from washpay.drivers.washer import Washer
@@ -41,14 +42,17 @@ def device_id(cfg, board):
 
 
 def build(app):
-    app.board = boardmod.load()
+    b = boardmod.load()
+    # the running app keeps the board's Chip (watchdog, clock, reset); the rest of the
+    # board (board.py: pins, buses) is boot's, dropped at the end of start()
+    app.board = Chip(b.id)
+    app.boot_board = b
     # config.py checks the files once, at boot: it is unloaded after (forget)
     from washpay import config
 
     app.cfg, app.config_error = config.load()
     secrets = config.load_secrets()
-    app.device_id = device_id(app.cfg, app.board)
-    b = app.board
+    app.device_id = device_id(app.cfg, b)
     app.screen = Screen(_display(b), app.cfg["decimals"])
     # the journal is sealed with keys derived from this board's provisioned secret
     from washpay.keys import journal_keys, load_device_secret
@@ -92,12 +96,13 @@ def build(app):
     app.tokens, app.remote = _signed_payments(app, secret)
     del config, secrets
     forget("washpay.config")
+    forget("washpay.keys")  # every key is derived (net keeps its `derive`)
 
 
 def _card(app, secrets):
     # card payments (payments/card.py) when the board has a reader and the site's card
     # key is provisioned; a reader that does not answer is logged, and coins go on
-    b = app.board
+    b = app.boot_board
     if not b.has_pin("card_cs"):
         return None
     from washpay.keys import load_secret
@@ -134,11 +139,11 @@ def _signed_payments(app, secret):
 
     trusted = app.clock_trusted  # not a function of this module's: it is dropped
     tokens = None
-    if app.board.has_pin("qr_tx"):
+    if app.boot_board.has_pin("qr_tx"):
         from washpay.drivers.gm65 import GM65
 
         try:
-            app.qr = GM65(app.board.uart("qr"), log=log)
+            app.qr = GM65(app.boot_board.uart("qr"), log=log)
         except (OSError, ValueError, boardmod.BoardError) as e:
             log("QR payments off:", e)
     if app.qr is not None:
@@ -174,7 +179,7 @@ def _sync(app, secret, wifi_password):
     from washpay.net import Sync
 
     try:
-        return Sync(app.board.wlan(), app.cfg, secret, app.journal, app.device_id,
+        return Sync(app.boot_board.wlan(), app.cfg, secret, app.journal, app.device_id,
                     wifi_password=wifi_password, log=log)
     except (OSError, ValueError, ImportError) as e:
         log("sync disabled:", e)
@@ -182,15 +187,15 @@ def _sync(app, secret, wifi_password):
 
 
 async def start(app):
-    log("version", VERSION, "board", app.board.id, "device", app.device_id,
-        "reset:", app.board.reset_cause())
+    b = app.boot_board
+    log("version", VERSION, "board", b.id, "device", app.device_id, "reset:", b.reset_cause())
     # a token or remote start journaled just before a power cut, whose id did not reach
     # its replay cache, is put there before boot recovery journals anything
     last = app.journal.last()
     for src in (app.tokens, app.remote):
         if src is not None:
             src.recover(last)
-    await app.engine.recover(app.board.reset_cause())
+    await app.engine.recover(b.reset_cause())
     if app.card:
         _restore_card_risk(app)
     for src in (app.tokens, app.remote):
@@ -219,7 +224,7 @@ async def start(app):
         asyncio.create_task(app.card.run())
     if app.tokens:
         asyncio.create_task(app.scanner())
-    port = app.board.command_port()
+    port = b.command_port()
     if port is not None:
         asyncio.create_task(app.remote.serve(port))
     if app.sync:
@@ -228,10 +233,17 @@ async def start(app):
         from washpay import updates
 
         updates.on_boot(app, sys.modules["bootslot"])
-    app.board.attach_status(app.status)
+    b.attach_status(app.status)
     log("ready; journal", app.journal.count, "records, credit", app.engine.credit)
     # one machine-readable line: `washpay provision` reads it to see the board came up
     log("boot", json.dumps(boot_report(app)))
+    # None, not del: MicroPython keeps a deleted attribute's value in the instance's table
+    # (until the slot is reused), and with it the Board, its class and all of board.py
+    app.boot_board = b = None
+    forget("washpay.board")
+    # the config's parts only boot reads: the decoder and the journal hold their own
+    app.cfg.pop("coins", None)
+    app.cfg.pop("journal", None)
 
 
 def _restore_card_risk(app):
@@ -255,7 +267,7 @@ def boot_report(app):
     j = app.journal
     return {
         "device_id": app.device_id, "version": VERSION, "board": app.board.id,
-        "reset": app.board.reset_cause(), "state": app.engine.state,
+        "reset": app.boot_board.reset_cause(), "state": app.engine.state,
         "config_error": app.config_error,
         "journal": {"count": j.count, "last_seq": j.last_seq, "unsynced": j.unsynced,
                     "level": j.level},

@@ -3,7 +3,7 @@
 # flash, durable before anyone acts on it. docs/journal-format.md is the format.
 #
 #   seq = journal.append(rtype, **fields)   durable when it returns; only then act on it
-#   journal.last()                          the newest record (a dict), or None
+#   journal.last()                          the newest record (a new dict), or None
 #   journal.count, .last_seq, .unsynced     records stored, newest seq, not yet acknowledged
 #   journal.ack(seq)                        the server has every record up to seq
 #   journal.synced_seq                      the sync cursor: the highest seq acknowledged
@@ -93,7 +93,6 @@ class Journal:
         self._stage_fmt = root + "/stage/%02d"  # a name made when used: no list of 30 kept
         self._next = 1  # sequence number of the next record
         self._last_ok = 0  # newest record that verified (what last() returns)
-        self._last = None
         self._oldest = 0  # first seq of the oldest and the newest completed segment
         self._newest = 0
         self.synced_seq = 0
@@ -106,7 +105,13 @@ class Journal:
                 os.mkdir(d)
             except OSError:
                 pass
-        self._recover()
+        # boot recovery (journal/boot.py): run once here, so its code is not kept
+        from washpay import forget
+        from washpay.journal import boot
+
+        boot.recover(self)
+        del boot
+        forget("washpay.journal.boot")
 
     # ---- what the rest of the firmware reads
     @property
@@ -172,9 +177,9 @@ class Journal:
         return self.clock_trusted
 
     def last(self):
-        if self._last is None and self._last_ok:
-            self._last = unpack(self._last_ok, self._body)
-        return self._last
+        # a new dict each time, not a cached one: a board would keep ~0.3 KiB for it, and
+        # the vend engine's appends do not need it (they give credit and state)
+        return unpack(self._last_ok, self._body) if self._last_ok else None
 
     # ---- paths and small files
     def _group(self, first):
@@ -207,120 +212,6 @@ class Journal:
         with open(self.root + "/head", "wb") as f:
             f.write(memoryview(h)[: R.HEAD_SIZE])
 
-    def _read_head(self):
-        h = memoryview(self._scratch)[: R.HEAD_SIZE]
-        if not self._read_at(self.root + "/head", 0, h) or bytes(h[0:4]) != R.HEAD_MAGIC:
-            return False
-        self._oldest, self._newest, self.synced_seq, limit = struct.unpack_from(">IIII", h, 4)
-        self._limit = limit or None
-        return True
-
-    # ---- boot recovery: a bounded number of reads, whatever the size of the journal
-    def _recover(self):
-        if not self._read_head():
-            self._scan_segments()  # no head yet (new journal) or lost: the one slow path
-        # segments closed after the head was last written: normally none, at most one
-        while True:
-            first = self._newest + R.SEGMENT_RECORDS if self._newest else 1
-            path = self._seg(first)
-            size = self._size(path)
-            if size is None:
-                break
-            if size != R.SEGMENT_SIZE or not self._segment_header_ok(path, first):
-                # its write was cut off: the stage still holds its records
-                os.remove(path)
-                self.discarded += 1
-                break
-            self._newest = first
-            if not self._oldest:
-                self._oldest = first
-        if self._newest and (
-            self._size(self._seg(self._oldest)) is None
-            or self._size(self._seg(self._newest)) is None
-        ):
-            self._scan_segments()  # the head names a missing segment
-        self._next = 1
-        self._prev_tag[:] = bytes(R.TAG_SIZE)
-        if self._newest:
-            self._recover_segment(self._newest)
-        self._anchor[:] = self._prev_tag
-        self._recover_stage()
-        last = self.last()
-        if last is not None:
-            self.boot = last["boot"] + 1
-
-    def _scan_segments(self):
-        firsts = []
-        for group in os.listdir(self.root + "/seg"):
-            for name in os.listdir("%s/seg/%s" % (self.root, group)):
-                if name.endswith(".seg") and len(name) == 12:
-                    try:
-                        firsts.append(int(name[:8], 16))
-                    except ValueError:
-                        pass
-        firsts.sort()
-        self._oldest = firsts[0] if firsts else 0
-        self._newest = firsts[-1] if firsts else 0
-        # a cut during an ack may have left a segment file with no head above it
-        if self._newest and self._size(self._seg(self._newest)) != R.SEGMENT_SIZE:
-            os.remove(self._seg(self._newest))
-            firsts.pop()
-            self._newest = firsts[-1] if firsts else 0
-            self._oldest = firsts[0] if firsts else 0
-        # segments are deleted only once the server has acknowledged them: whatever came before
-        # the oldest one left was acknowledged (a lost head must not put the cursor at 0)
-        if self._oldest > 1:
-            self.synced_seq = self._oldest - 1
-
-    def _segment_header_ok(self, path, first):
-        h = self._hdr
-        if not self._read_at(path, 0, h):
-            return False
-        return bytes(h[0:4]) == R.SEGMENT_MAGIC and struct.unpack_from(">I", h, 8)[0] == first
-
-    def _recover_segment(self, first):
-        """Take the newest completed segment's last record as the chain's end."""
-        path = self._seg(first)
-        rec = self._scratch
-        prev = self._rec  # free at boot: holds the record before the one being checked
-        self._next = first + R.SEGMENT_RECORDS
-        if self._read_at(path, R.SEGMENT_HEADER_SIZE + _LAST * R.RECORD_SIZE, rec):
-            self._prev_tag[:] = memoryview(rec)[_TAG:]  # the stage chains from this tag
-        # Normally the last record verifies at once; if the flash corrupted it, walk back
-        # through this one segment (31 records at most) for the newest that verifies.
-        for pos in range(_LAST, -1, -1):
-            if not self._read_at(path, R.SEGMENT_HEADER_SIZE + pos * R.RECORD_SIZE, rec):
-                self.damaged += 1
-                continue
-            if pos:
-                ok = self._read_at(path, R.SEGMENT_HEADER_SIZE + (pos - 1) * R.RECORD_SIZE, prev)
-                prev_tag = memoryview(prev)[_TAG:]
-            else:
-                ok = self._read_at(path, 0, self._hdr)
-                prev_tag = memoryview(self._hdr)[16:32]
-            if ok and seq_of(rec) == first + pos and self._sealer.check(rec, prev_tag):
-                self._accept(rec, first + pos)
-                return
-            self.damaged += 1
-
-    def _recover_stage(self):
-        rec = self._scratch
-        expected = self._next
-        for j in range(_STAGE_SLOTS):
-            if not self._read_at(self._stage_fmt % j, 0, rec) or seq_of(rec) != expected + j:
-                break  # an older segment's record, or never written: the chain ends here
-            if self._sealer.check(rec, self._prev_tag):
-                self._accept(rec, expected + j)
-            else:
-                self.damaged += 1  # kept counting: its sequence number is never reused
-            self._prev_tag[:] = memoryview(rec)[_TAG:]
-            self._next = expected + j + 1
-
-    def _accept(self, rec, seq):
-        self._sealer.open_into(rec, self._body)
-        self._last_ok = seq
-        self._last = None
-
     # ---- append
     def append(self, rtype, **fields):
         """Seal and store one record; return its sequence number once it is durable."""
@@ -336,12 +227,13 @@ class Journal:
             raise JournalFull("journal full: sync required (%d records stored)" % self.count)
         if free <= self.reserve and rtype in R.CASHLESS:
             raise JournalFull("journal full: sync required before cashless payments")
-        last = self.last()
-        if last is not None:  # an event that does not move money keeps credit and state
-            if "credit" not in fields:
-                fields["credit"] = last["credit"]
-            if "state" not in fields:
-                fields["state"] = last["state"]
+        if "credit" not in fields or "state" not in fields:
+            last = self.last()
+            if last is not None:  # an event that does not move money keeps credit and state
+                if "credit" not in fields:
+                    fields["credit"] = last["credit"]
+                if "state" not in fields:
+                    fields["state"] = last["state"]
         if "source" in fields and "source_kind" not in fields:
             # every card_* record's source is the card's UID (docs/journal-format.md)
             fields["source_kind"] = _SOURCE_OF.get(
@@ -373,7 +265,6 @@ class Journal:
         self._prev_tag[:] = memoryview(rec)[_TAG:]
         self._body, self._pending = self._pending, self._body
         self._last_ok = seq
-        self._last = None
         return seq
 
     def _close_segment(self, first):

@@ -80,8 +80,8 @@ REASONS = (
     "power lost before the washer confirmed",
 )
 
-# where a payment came from (source kind byte); the source id is up to SOURCE_LEN bytes
-SOURCE_NONE = const(0)
+# where a payment came from (source kind byte, 0: none); the source id is up to SOURCE_LEN
+# bytes
 SOURCE_CARD = const(1)  # card UID (4, 7 or 10 bytes)
 SOURCE_TOKEN = const(2)  # QR token id
 SOURCE_COMMAND = const(3)  # server command id
@@ -115,7 +115,5 @@ SEGMENT_SIZE = const(4000)
 HEAD_MAGIC = b"WPJH"
 HEAD_SIZE = const(20)
 
-# HKDF info strings of the journal keys, and the text whose MAC identifies them
-KEY_INFO_ENC = b"journal-enc"
-KEY_INFO_MAC = b"journal-mac"
+# the text whose MAC identifies the journal keys (keys.py derives them: docs/keys.md)
 KEY_CHECK_TEXT = b"washpay/v1/journal key check"

@@ -13,8 +13,8 @@
 import asyncio
 import time
 
+from washpay.journal import _SOURCE_OF
 from washpay.journal import records as R
-from washpay.vend.engine import _SOURCE_OF
 from washpay.vend.prices import is_timed
 
 

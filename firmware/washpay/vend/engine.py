@@ -7,15 +7,16 @@
 import asyncio
 import time
 
-from washpay.journal import JournalError
+from micropython import const
+
+from washpay import use
+from washpay.journal import _SOURCE_OF, JournalError
 from washpay.journal import records as R
-from washpay.vend import watch as W
 from washpay.vend.prices import is_timed, price_table
 
-_POLL_MS = 50
-# the payer's kind for the not_collected record, by the record that paid
-_SOURCE_OF = {R.CARD_DEBIT: R.SOURCE_CARD, R.TOKEN_REDEEM: R.SOURCE_TOKEN,
-              R.REMOTE_START: R.SOURCE_COMMAND}
+_POLL_MS = const(50)
+# coin line anomalies (vend/watch.py): rare, so loaded for each and dropped after
+_WATCH = ("washpay.vend.watch",)
 
 
 class VendEngine:
@@ -204,21 +205,21 @@ class VendEngine:
             self.show()
             self.timings["coin_to_credit_us"] = time.ticks_diff(time.ticks_us(), t0)
         elif kind == "reject" and self.coin_storm is not None:
-            W.storm_reject(self, result)
+            use(_WATCH, "storm_reject", self, result)
         elif kind == "reject":
             self.faults += 1
             self.last_fault = result[1]
             self._record(R.COIN_REJECTED, reason=result[1], pulses=result[2])
-            if not W.reject_burst(self):
+            if not use(_WATCH, "reject_burst", self):
                 self.notice("Coin not taken", "ask staff", 1500)
         elif kind == "stuck":  # the driver saw the line active far longer than any pulse
-            W.coin_fault(self, "coin line stuck active")
+            use(_WATCH, "coin_fault", self, "coin line stuck active")
         elif kind == "released":
-            W.coin_fault(self, "coin line released", False)
+            use(_WATCH, "coin_fault", self, "coin line released", False)
         elif kind in ("storm", "calm"):
-            W.coin_storm(self, result)
+            use(_WATCH, "coin_storm", self, result)
         elif kind == "inhibited":  # the acceptor ignores its inhibit line, or is tampered
-            W.coin_fault(self, "pulses while inhibited", None)
+            use(_WATCH, "coin_fault", self, "pulses while inhibited", None)
         else:  # line noise: no coin, nothing to record per glitch
             self.noise += result[1] if len(result) > 1 else 1
 
@@ -296,7 +297,7 @@ class VendEngine:
             price = self._timed().commit(self, price, tier, seconds)
         self.state = R.STARTING
         self.vend_price = price
-        src = fields.get("source")
+        src = fields.get("source")  # the payer's kind, by the record that paid (journal's)
         self.vend_source = (_SOURCE_OF.get(rtype, 0), src) if src is not None else None
         self.laundry = None
         self.acceptor.inhibit(True)
@@ -404,7 +405,31 @@ class VendEngine:
         self.update_inhibit()
         self.notice("Done", "thank you", 2000)
         if self.cfg.get("collect_ms"):
-            asyncio.create_task(W.watch_collect(self, p["name"], self.vend_source))
+            asyncio.create_task(self._watch_collect(p["name"], self.vend_source))
+
+    async def _watch_collect(self, program, source):
+        # Laundry left in the machine: the door not opened within collect_ms of the cycle's
+        # end is journaled against the payer, and the display says so until it opens.
+        self.laundry = "waiting"
+        t0 = time.ticks_ms()
+        while self.washer.door_closed():
+            if self.laundry not in ("waiting", "not collected"):
+                return  # a new vend started: that one is watched now
+            if self.laundry == "waiting" and time.ticks_diff(
+                    time.ticks_ms(), t0) >= self.cfg["collect_ms"]:
+                self.laundry = "not collected"
+                fields = {}
+                if source is not None:
+                    fields["source_kind"], fields["source"] = source
+                try:
+                    self._record(R.NOT_COLLECTED, program=program, **fields)
+                except JournalError:
+                    return
+                self.show()
+            await asyncio.sleep_ms(4 * _POLL_MS)
+        if self.laundry in ("waiting", "not collected"):
+            self.laundry = "collected"
+            self.show()
 
     # ---- timed programs (dryers): vend/timed.py, loaded by a board that sells time
     @staticmethod

@@ -1,13 +1,10 @@
-# What the vend engine watches besides payments (config "risk", "collect_ms"): bursts of
-# rejected coins, coin acceptor anomalies, and laundry left in the machine after a cycle.
-# Functions of the engine, kept out of vend/engine.py so that compiling it fits a capped heap.
+# What the vend engine watches on the coin line besides coins (config "risk"): bursts of
+# rejected coins and coin acceptor anomalies. Functions of the engine, loaded for the rare
+# event and dropped after (washpay.use): a board whose coins are all good never holds them.
 import asyncio
 import time
 
-from washpay.journal import JournalError
 from washpay.journal import records as R
-
-_POLL_MS = 50
 
 
 def reject_burst(e):
@@ -27,6 +24,8 @@ def reject_burst(e):
     e.update_inhibit()
     e._record(R.FAULT, reason="coin rejects: %d in %ds" % (burst, window // 1000))
     e.notice("Coins blocked", "use card or ask", 3000)
+    # the lockout's timer keeps this module's code until it ends; a use before then loads
+    # a copy of its own (washpay.use)
     asyncio.create_task(end_coin_lockout(e, risk["coin_lockout_ms"]))
     return True
 
@@ -79,28 +78,3 @@ def storm_reject(e, result):
         e._record(R.COIN_REJECTED, reason=result[1], pulses=result[2])
     else:
         e.noise += 1
-
-
-async def watch_collect(e, program, source):
-    """Laundry left in the machine: the door not opened within collect_ms of the cycle's
-    end is journaled against the payer, and the display says so until it opens."""
-    e.laundry = "waiting"
-    t0 = time.ticks_ms()
-    while e.washer.door_closed():
-        if e.laundry not in ("waiting", "not collected"):
-            return  # a new vend started: that one is watched now
-        if e.laundry == "waiting" and time.ticks_diff(time.ticks_ms(), t0) >= \
-                e.cfg["collect_ms"]:
-            e.laundry = "not collected"
-            fields = {}
-            if source is not None:
-                fields["source_kind"], fields["source"] = source
-            try:
-                e._record(R.NOT_COLLECTED, program=program, **fields)
-            except JournalError:
-                return
-            e.show()
-        await asyncio.sleep_ms(4 * _POLL_MS)
-    if e.laundry in ("waiting", "not collected"):
-        e.laundry = "collected"
-        e.show()
