@@ -159,15 +159,24 @@ class Rig:
                         for b in fleet.boards)
         return len(rows), ok
 
+    def _log_lines(self):
+        return [line for path, _ in self.logs for line in path.read_text().splitlines()
+                if line.strip()]
+
     def problems(self):
-        """Lines the servers logged besides their start: problems found, messages refused,
-        and the broker going away under them."""
-        lines = [line for path, _ in self.logs for line in path.read_text().splitlines()
-                 if line.strip() and not line.startswith(("server: ledger", "server: connected",
-                                         "server: disconnected"))]
+        """Lines the servers logged besides their start, the broker going away under them
+        and stale batches: problems found, messages refused."""
+        lines = [line for line in self._log_lines()
+                 if not line.startswith(("server: ledger", "server: connected",
+                                         "server: disconnected"))
+                 and ": stale batch " not in line]
         for line in lines[:5]:
             self.log(f"  server log: {line}")
         return len(lines)
+
+    def stale(self):
+        """Batches the servers took as stale deliveries (ingest.py's rollback rule)."""
+        return sum(": stale batch " in line for line in self._log_lines())
 
     def stop(self):
         for i, proc in enumerate(self.servers):
@@ -241,6 +250,7 @@ async def outage(rig, site_key, n, k, log, fault=None):
         "generator CPU (% of a core)": 100 * (cpu1["generator"] - cpu0["generator"]) / wall,
         "ledger: stored once, verified, acks right": f"{stored} {'yes' if once else 'NO'}",
         "server log: problems, errors": rig.problems(),
+        "stale batches (no problem)": rig.stale(),
     }
 
 
@@ -324,6 +334,7 @@ async def broker_restart(rig, site_key, n, rate, down_s, log, after_s=10.0):
                                               100 * (cpu1["broker"] - cpu0["broker"]) / wall),
         "ledger: stored once, verified, acks right": f"{stored} {'yes' if once else 'NO'}",
         "server log: problems, errors": rig.problems(),
+        "stale batches (no problem)": rig.stale(),
     }
 
 
@@ -361,6 +372,7 @@ async def steady(rig, site_key, n, rate, duration, log):
         "generator CPU (% of a core)": 100 * (cpu1["generator"] - cpu0["generator"]) / wall,
         "ledger: stored once, verified, acks right": f"{stored} {'yes' if once else 'NO'}",
         "server log: problems, errors": rig.problems(),
+        "stale batches (no problem)": rig.stale(),
     }
 
 
