@@ -141,6 +141,28 @@ def test_the_network_thread_keeps_the_keepalive_while_ingest_is_held_up(broker, 
     assert problems == [] and devices[DEVICE] == 40
 
 
+def test_a_full_queue_holds_the_network_thread_back_and_drops_nothing(broker, tmp_path):
+    # a queue of 2 and the worker held up: the third batch waits in the network thread
+    # (and the rest in the broker), none is dropped, all are stored in order once it goes on
+    store_url = f"sqlite:///{tmp_path}/ledger.db"
+    srv = Server(store_url, SITE_KEY, broker.url(), inbox=2, log=lambda *a: None).start()
+    board = Board(broker)
+    try:
+        with srv.lock:
+            for first in range(1, 41, 8):
+                board.send(first, first + 7, 40)
+            _until(lambda: srv.waited >= 1, what="the network thread waiting for room")
+            assert srv.batches == 0
+        assert board.ack(40) == 40
+        assert srv.errors == 0
+    finally:
+        board.close()
+        srv.stop()
+    recs, problems, devices, _ = _ledger(store_url)
+    assert [(s, r) for _, s, r in recs] == list(enumerate(board.journal.records, 1))
+    assert problems == [] and devices[DEVICE] == 40
+
+
 def test_the_brokers_copy_is_acknowledged_only_once_stored(broker, store_url):
     # the server is killed after the batch reached it, before it was stored: had it
     # acknowledged the broker's copy on receipt (paho's default) the batch would be gone;
