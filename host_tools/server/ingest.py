@@ -225,12 +225,12 @@ class Ingest:
             if high > dev["high_seq"]:
                 out.resolved = tx.resolve_caught_up(device, high, now)
             # against the mark before this batch: a batch that brought records is not stale
-            self._reported(tx, device, batch.device_last_seq, dev["high_seq"], now, out,
+            self._reported(device, batch.device_last_seq, dev["high_seq"], now, out,
                            problem, forks)
         out.ack = high
         return out
 
-    def _reported(self, tx, device, last, high, now, out, problem, forks=0):
+    def _reported(self, device, last, high, now, out, problem, forks=0):
         """The rollback rule (module docstring): `last` is the newest record the board
         said it had, `high` the ledger's high-water mark before this batch."""
         if last >= high:
@@ -299,7 +299,7 @@ class Ingest:
                 tx.problem(device, seq, kind, detail, None, now)
                 out.problems.append((kind, seq, detail))
 
-            self._reported(tx, device, batch.device_last_seq, high, now, out, problem)
+            self._reported(device, batch.device_last_seq, high, now, out, problem)
         self.covered += 1
         out.duplicates = len(seqs)
         out.ack = high
