@@ -108,11 +108,13 @@ class Rig:
         proc.wait()
         self.servers[i] = None
 
-    def restart_broker(self, down_s):
-        """Stop Mosquitto (SIGTERM: it saves its sessions), wait, start it on the same ports.
-        Returns the monotonic time it listened again."""
+    def restart_broker(self, down_s, kill=False):
+        """Stop Mosquitto (SIGTERM: it saves its sessions; `kill`: SIGKILL, a crash: it comes
+        back with the sessions it saved last, up to a second old, and delivers again what
+        the server took in that second), wait, start it on the same ports. Returns the
+        monotonic time it listened again."""
         self.dead_cpu["broker"] += cpu_s(self.broker.proc.pid)
-        self.broker.stop()
+        self.broker.stop(kill=kill)
         time.sleep(down_s)
         at = time.monotonic()
         self.broker.start()
@@ -292,7 +294,7 @@ def kill_node(rig, node=0, fraction=0.3):
     return fault
 
 
-async def broker_restart(rig, site_key, n, rate, down_s, log, after_s=10.0):
+async def broker_restart(rig, site_key, n, rate, down_s, log, after_s=10.0, kill=False):
     """N boards online and trading; Mosquitto stopped for `down_s` and started again: how
     the boards' backoff spreads their reconnects, how long until all are back, and that
     the trade made meanwhile reaches the ledger."""
@@ -306,7 +308,7 @@ async def broker_restart(rig, site_key, n, rate, down_s, log, after_s=10.0):
     trade = asyncio.create_task(fleet.trade(rate, 2.0 + down_s + after_s))
     await asyncio.sleep(2.0)
     failed0 = sum(fleet.stats.failures.values())
-    back = await asyncio.to_thread(rig.restart_broker, down_s)
+    back = await asyncio.to_thread(rig.restart_broker, down_s, kill)
     failed_down = sum(fleet.stats.failures.values()) - failed0
     await fleet.online(timeout=600)
     t_online = time.monotonic() - back
@@ -323,6 +325,7 @@ async def broker_restart(rig, site_key, n, rate, down_s, log, after_s=10.0):
     spread = [per.get(i, 0) for i in range(max(per, default=0) + 1)]
     return {
         "boards": n, "broker down (s)": down_s,
+        "broker stopped by": "SIGKILL" if kill else "SIGTERM",
         "sales during the run (2 records each)": sales,
         "failed attempts while down / after": (failed_down, failed_after),
         "every board back (s after the broker)": t_online,
@@ -465,7 +468,8 @@ def _columns(scenario, dbs, args):
                        lambda rig, key, log: outage(rig, key, n, k, log))
         elif scenario == "restart":
             yield db, db, {}, lambda rig, key, log: broker_restart(
-                rig, key, args.steady_devices, args.rate, args.down, log)
+                rig, key, args.steady_devices, args.rate, args.down, log,
+                kill=args.broker_kill)
         elif scenario == "ingest":
             for m in args.ingest:
                 yield (f"{db} x{m}", db, {"servers": m},
@@ -531,6 +535,8 @@ def add_arguments(p):
                    help="seconds of steady trade (20)")
     p.add_argument("--down", type=float, default=5.0,
                    help="seconds the broker stays down in the restart scenario (5)")
+    p.add_argument("--broker-kill", action="store_true",
+                   help="restart scenario: SIGKILL the broker (a crash) instead of SIGTERM")
     p.add_argument("--ingest", type=int, action="append",
                    help="ingest processes in the ingest scenario, one column each "
                    "(default: 1, 2 and 3)")
