@@ -6,6 +6,7 @@ board whose flash really went back is one."""
 
 import asyncio
 import queue
+import socket
 import threading
 import time
 
@@ -153,6 +154,31 @@ def test_a_full_queue_holds_the_network_thread_back_and_drops_nothing(broker, tm
                 board.send(first, first + 7, 40)
             _until(lambda: srv.waited >= 1, what="the network thread waiting for room")
             assert srv.batches == 0
+        assert board.ack(40) == 40
+        assert srv.errors == 0
+    finally:
+        board.close()
+        srv.stop()
+    recs, problems, devices, _ = _ledger(store_url)
+    assert [(s, r) for _, s, r in recs] == list(enumerate(board.journal.records, 1))
+    assert problems == [] and devices[DEVICE] == 40
+
+
+def test_a_reconnect_drops_what_the_last_connection_queued(broker, tmp_path):
+    # the worker held up with batches queued, and the connection lost: what was queued is
+    # dropped (the broker sends it again: it was never acknowledged), so the queue never
+    # holds two connections' windows; everything is stored once in the end
+    store_url = f"sqlite:///{tmp_path}/ledger.db"
+    srv = Server(store_url, SITE_KEY, broker.url(), log=lambda *a: None).start()
+    board = Board(broker)
+    try:
+        with srv.lock:
+            for first in range(1, 41, 8):
+                board.send(first, first + 7, 40)
+            _until(lambda: srv.inbox.qsize() == 4, what="4 queued, 1 in the worker's hands")
+            srv.client.socket().shutdown(socket.SHUT_RDWR)
+            _until(lambda: srv.connection == 2, what="the server back")
+            assert srv.requeued == 4
         assert board.ack(40) == 40
         assert srv.errors == 0
     finally:

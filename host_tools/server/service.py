@@ -127,6 +127,7 @@ class Server:
         self.disconnects = 0
         self.inbox = queue.Queue(maxsize=inbox)
         self.waited = 0  # messages the network thread had to wait to queue (a full inbox)
+        self.requeued = 0  # queued messages dropped at a reconnect (the broker resends them)
         self._halt = threading.Event()  # the worker takes nothing more
         self._dead = False  # crashed: nothing more goes to the broker
         self.worker = threading.Thread(target=self._work, name=f"washpay-ingest-{instance}",
@@ -211,6 +212,7 @@ class Server:
             # acks are small: without this each waits for the broker's delayed ACK (Nagle)
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.connection += 1
+        self._forget_queued()
         client.subscribe(self.subscriptions)
         self.connected.set()
         self.log(f"server: connected to {self.host}:{self.port} as {self.client_id}")
@@ -259,6 +261,24 @@ class Server:
                 return
             except queue.Full:
                 continue
+
+    def _forget_queued(self):
+        """Drop what the last connection queued and the worker has not begun: none of it
+        was acknowledged, so the broker sends it all again on this connection. Without
+        this the queue would hold the old connection's messages beside the new ones (the
+        broker's window of 64 each time), fill after a few reconnects, and hold the
+        network thread, whose keepalive then lapses: the server dropped again."""
+        dropped = 0
+        while True:
+            try:
+                item = self.inbox.get_nowait()
+            except queue.Empty:
+                break
+            if item is None:  # stopping: leave the worker its signal
+                self.inbox.put_nowait(None)
+                break
+            dropped += 1
+        self.requeued += dropped
 
     def _settle(self, connection, msg):
         """PUBACK the broker's copy, on the connection it came on: a message id means
