@@ -164,6 +164,31 @@ def test_a_full_queue_holds_the_network_thread_back_and_drops_nothing(broker, tm
     assert problems == [] and devices[DEVICE] == 40
 
 
+def test_a_full_queue_never_holds_the_network_thread_past_the_keepalive(broker, tmp_path):
+    # keepalive 1 s, a queue of 2 and the worker held up for 10 s with 5 batches: the
+    # network thread waits for room a third of the keepalive at a time and then queues
+    # anyway (waiting for as long as the worker, it would miss the keepalive: the broker
+    # drops a silent client after about 6 s here)
+    store_url = f"sqlite:///{tmp_path}/ledger.db"
+    srv = Server(store_url, SITE_KEY, broker.url(), keepalive=1, inbox=2,
+                 log=lambda *a: None).start()
+    board = Board(broker)
+    try:
+        with srv.lock:
+            for first in range(1, 41, 8):
+                board.send(first, first + 7, 40)
+            _until(lambda: srv.overflowed >= 1, what="a message queued past the bound")
+            time.sleep(10.0)
+        assert board.ack(40) == 40
+        assert srv.disconnects == 0 and srv.errors == 0
+    finally:
+        board.close()
+        srv.stop()
+    recs, problems, _, _ = _ledger(store_url)
+    assert [(s, r) for _, s, r in recs] == list(enumerate(board.journal.records, 1))
+    assert problems == []
+
+
 def test_a_reconnect_drops_what_the_last_connection_queued(broker, tmp_path):
     # the worker held up with batches queued, and the connection lost: what was queued is
     # dropped (the broker sends it again: it was never acknowledged), so the queue never

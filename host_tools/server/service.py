@@ -18,10 +18,11 @@ waits for the database; one ingest worker takes journal batches, command results
 state messages from a bounded queue in the order the broker delivered them (one worker:
 a board's batches stay in order) and stores them. The client acknowledges the broker's
 QoS 1 copy itself (paho `manual_ack`), after the worker stored the message, on the
-connection that brought it. Backpressure is the broker's: it has at most its
-`max_inflight_messages` unacknowledged messages out to this client and keeps the rest
-queued; should the queue fill all the same, the network thread waits for room rather than
-drop a message.
+connection that brought it. Backpressure: the broker keeps at most its
+`max_inflight_messages` unacknowledged messages out to this client (seen to hold at 300
+boards; at 5,000 the queue was seen fuller than that); with the queue at its bound the
+network thread waits for room, for a third of the keepalive at most, and then queues the
+message anyway: nothing is dropped, and the broker does not drop the server.
 """
 
 import contextlib
@@ -42,9 +43,9 @@ from host_tools.server.ota.serve import OtaService
 from host_tools.server.store import open_store
 
 GROUP = "washpay"
-# messages waiting for the ingest worker: more than the broker's in-flight window to this
-# client (host_tools/broker.py: max_inflight_messages 64), so that the queue is not what
-# stops the network thread
+# messages waiting for the ingest worker before the network thread waits for room: more
+# than the broker's in-flight window to this client (host_tools/broker.py:
+# max_inflight_messages 64)
 INBOX = 256
 SWITCH_S = 0.0005  # the interpreter's thread switch interval in a server process
 STORED = (wire.JOURNAL, wire.STATE, wire.RESULTS)  # what the ingest worker takes
@@ -125,8 +126,13 @@ class Server:
         self.connected = threading.Event()
         self.connection = 0  # connections so far: a PUBACK goes out on the one that brought
         self.disconnects = 0
-        self.inbox = queue.Queue(maxsize=inbox)
+        # the bound is the network thread's: it waits for room, but never longer than a
+        # third of the keepalive (_queue)
+        self.inbox = queue.Queue()
+        self.inbox_max = inbox
+        self._room = threading.Condition()
         self.waited = 0  # messages the network thread had to wait to queue (a full inbox)
+        self.overflowed = 0  # queued past the bound, the worker stalled for that long
         self.requeued = 0  # queued messages dropped at a reconnect (the broker resends them)
         self._halt = threading.Event()  # the worker takes nothing more
         self._dead = False  # crashed: nothing more goes to the broker
@@ -171,8 +177,9 @@ class Server:
 
     def _stop_worker(self, wait_s):
         self._halt.set()
-        with contextlib.suppress(queue.Full):
-            self.inbox.put_nowait(None)  # wakes it if idle
+        self.inbox.put_nowait(None)  # wakes it if idle
+        with self._room:
+            self._room.notify_all()
         if self.worker.is_alive() and wait_s:
             self.worker.join(wait_s)
 
@@ -249,18 +256,19 @@ class Server:
         self._settle(self.connection, msg)
 
     def _queue(self, item):
-        try:
-            self.inbox.put_nowait(item)
-            return
-        except queue.Full:
+        """Backpressure: with the queue full this thread stops reading (the broker holds
+        the rest), but for a third of the keepalive at most; then the message is queued
+        past the bound and the thread goes back to the broker, or its keepalive would
+        lapse and the broker drop the server (the worker stalled on the database)."""
+        if self.inbox.qsize() >= self.inbox_max:
             self.waited += 1
-        # backpressure: this thread stops reading, the broker holds the rest
-        while not self._halt.is_set():
-            try:
-                self.inbox.put(item, timeout=0.5)
-                return
-            except queue.Full:
-                continue
+            with self._room:
+                room = self._room.wait_for(
+                    lambda: self.inbox.qsize() < self.inbox_max or self._halt.is_set(),
+                    timeout=self.keepalive / 3)
+            if not room:
+                self.overflowed += 1
+        self.inbox.put_nowait(item)
 
     def _forget_queued(self):
         """Drop what the last connection queued and the worker has not begun: none of it
@@ -291,6 +299,8 @@ class Server:
     def _work(self):
         while not self._halt.is_set():
             item = self.inbox.get()
+            with self._room:
+                self._room.notify()
             if item is None or self._halt.is_set():
                 return
             connection, msg, device, kind = item
