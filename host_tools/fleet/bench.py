@@ -176,6 +176,10 @@ class Rig:
             self.log(f"  server log: {line}")
         return len(lines)
 
+    def dropped(self):
+        """Times a server lost its broker connection (a keepalive missed, a broker gone)."""
+        return sum(line.startswith("server: disconnected") for line in self._log_lines())
+
     def stale(self):
         """Batches the servers took as stale deliveries (ingest.py's rollback rule)."""
         return sum(": stale batch " in line for line in self._log_lines())
@@ -253,6 +257,7 @@ async def outage(rig, site_key, n, k, log, fault=None):
         "ledger: stored once, verified, acks right": f"{stored} {'yes' if once else 'NO'}",
         "server log: problems, errors": rig.problems(),
         "stale batches (no problem)": rig.stale(),
+        "server connections lost": rig.dropped(),
     }
 
 
@@ -338,6 +343,7 @@ async def broker_restart(rig, site_key, n, rate, down_s, log, after_s=10.0, kill
         "ledger: stored once, verified, acks right": f"{stored} {'yes' if once else 'NO'}",
         "server log: problems, errors": rig.problems(),
         "stale batches (no problem)": rig.stale(),
+        "server connections lost": rig.dropped(),
     }
 
 
@@ -376,6 +382,7 @@ async def steady(rig, site_key, n, rate, duration, log):
         "ledger: stored once, verified, acks right": f"{stored} {'yes' if once else 'NO'}",
         "server log: problems, errors": rig.problems(),
         "stale batches (no problem)": rig.stale(),
+        "server connections lost": rig.dropped(),
     }
 
 
