@@ -135,11 +135,107 @@ def test_a_fork_is_kept_as_evidence_and_changes_nothing(ingest, day, tmp_path):
     assert ingest.batch("sim-0001", batch(day[30:50])).ack == 50
 
 
-def test_a_board_reporting_fewer_records_is_a_rollback(ingest, day):
+class Clock:
+    def __init__(self):
+        self.t = 1_780_000_000.0
+
+    def __call__(self):
+        return self.t
+
+
+def _rollbacks(ingest):
+    return ingest.store.query("SELECT seq, count, state FROM problems WHERE kind = 'rollback'")
+
+
+@pytest.mark.parametrize("covered_fast", [True, False], ids=["short path", "full path"])
+def test_a_board_reporting_fewer_records_is_a_rollback(ingest, day, covered_fast):
+    # the board keeps saying it has 30 records while the ledger holds 50, and brings
+    # nothing new: a restored board stuck resending its old records (it refuses the acks
+    # for 50). Not at the first such batch (that is what a stale delivery looks like too),
+    # but once it has gone on for ROLLBACK_AFTER_S
+    from host_tools.server.ingest import ROLLBACK_AFTER_S
+
+    clock = Clock()
+    ingest = Ingest(ingest.store, SITE_KEY, clock=clock, covered_fast=covered_fast)
     ingest.batch("sim-0001", batch(day[:50]))
     out = ingest.batch("sim-0001", wire.build_batch(day[20:30], 30))
-    assert "rollback" in kinds(out)
-    assert out.ack == 50
+    assert out.problems == [] and out.stale and out.ack == 50
+    clock.t += ROLLBACK_AFTER_S / 2
+    out = ingest.batch("sim-0001", wire.build_batch(day[20:24], 30))  # its halved resend
+    assert out.problems == [] and out.stale
+    clock.t += ROLLBACK_AFTER_S / 2
+    out = ingest.batch("sim-0001", wire.build_batch(day[20:22], 30))
+    assert kinds(out) == ["rollback"] and not out.stale
+    assert out.problems[0][1] == 30 and "for 300 s it has sent only records" in \
+        out.problems[0][2]
+    assert out.ack == 50 and out.stored == 0
+    assert _rollbacks(ingest) == [(30, 1, "open")]
+    assert [r[0] for r in stored(ingest)] == list(range(1, 51))
+
+
+def test_a_stale_delivery_is_counted_not_a_rollback(ingest, day):
+    # a broker restarted from its saved queue delivers again batches the server already
+    # took, after newer ones (docs/fleet.md, "The broker restarts")
+    clock = Clock()
+    ingest = Ingest(ingest.store, SITE_KEY, clock=clock)
+    first, second = batch(day[:16], last=16), batch(day[16:40], last=40)
+    assert ingest.batch("sim-0001", first).ack == 16
+    assert ingest.batch("sim-0001", second).ack == 40
+    out = ingest.batch("sim-0001", first)  # the stale copy: "my newest record is 16"
+    assert (out.problems, out.stale, out.ack, out.stored, out.duplicates) == \
+        ([], True, 40, 0, 16)
+    assert ingest.stale == 1
+    # the board's next batch says it has more than the ledger held: it was never behind
+    clock.t += 3600
+    out = ingest.batch("sim-0001", batch(day[40:50]))
+    assert out.problems == [] and not out.stale and out.ack == 50
+    clock.t += 3600
+    out = ingest.batch("sim-0001", second)  # and another stale copy, an hour later
+    assert out.problems == [] and out.stale and out.ack == 50
+    assert _rollbacks(ingest) == []
+    assert [bytes(r[1]) for r in stored(ingest)] == day[:50]  # each record once
+    dup = ingest.store.query("SELECT duplicates FROM devices WHERE device = 'sim-0001'")
+    assert dup[0][0] == 16 + 24
+
+
+def test_a_board_behind_that_brings_new_records_starts_the_wait_again(ingest, day):
+    # while the ledger grows (the board's newer batches, in another ingest process) the
+    # old copies that keep coming are stale: the wait for a rollback starts again
+    from host_tools.server.ingest import ROLLBACK_AFTER_S
+
+    clock = Clock()
+    ingest = Ingest(ingest.store, SITE_KEY, clock=clock)
+    ingest.batch("sim-0001", batch(day[:50]))
+    for n in range(50, 90, 10):
+        assert ingest.batch("sim-0001", batch(day[:8], last=8)).stale
+        clock.t += ROLLBACK_AFTER_S * 0.75
+        ingest.batch("sim-0001", batch(day[n:n + 10], last=n + 10))
+    out = ingest.batch("sim-0001", batch(day[:8], last=8))
+    assert out.problems == [] and out.stale and out.ack == 90
+
+
+def test_a_restored_board_is_a_rollback_at_its_first_new_record(ingest, day):
+    # the board's flash went back to an image of 30 records; it booted and journaled its
+    # boot as record 31, which the ledger holds with other content
+    from host_tools.fleet.seal import BoardJournal
+
+    j = BoardJournal(SITE_KEY, "sim-0001")
+    for _ in range(50):
+        j.append("coin", amount=100)
+    ingest.batch("sim-0001", batch(j.records[:50]))
+    j.records, j.prev_tag = j.records[:30], j.records[29][-16:]
+    j.append("boot", reason="power on")
+    out = ingest.batch("sim-0001", batch(j.records[24:31], last=31))
+    assert sorted(kinds(out)) == ["fork", "rollback"]
+    assert [p[1] for p in out.problems if p[0] == "fork"] == [31]
+    assert "sent 1 record(s) the ledger holds with other content" in \
+        [p for p in out.problems if p[0] == "rollback"][0][2]
+    assert out.ack == 50 and out.stored == 0 and not out.stale
+    # a fork in a batch that does not report fewer records is a fork, not a rollback
+    other = BoardJournal(SITE_KEY, "sim-0001")
+    other.append("boot")
+    out = ingest.batch("sim-0001", batch(other.records, last=60))
+    assert kinds(out) == ["fork"]
 
 
 def test_a_resend_the_ledger_holds_takes_the_short_path(ingest, day, store_url):

@@ -108,11 +108,13 @@ class Rig:
         proc.wait()
         self.servers[i] = None
 
-    def restart_broker(self, down_s):
-        """Stop Mosquitto (SIGTERM: it saves its sessions), wait, start it on the same ports.
-        Returns the monotonic time it listened again."""
+    def restart_broker(self, down_s, kill=False):
+        """Stop Mosquitto (SIGTERM: it saves its sessions; `kill`: SIGKILL, a crash: it comes
+        back with the sessions it saved last, up to a second old, and delivers again what
+        the server took in that second), wait, start it on the same ports. Returns the
+        monotonic time it listened again."""
         self.dead_cpu["broker"] += cpu_s(self.broker.proc.pid)
-        self.broker.stop()
+        self.broker.stop(kill=kill)
         time.sleep(down_s)
         at = time.monotonic()
         self.broker.start()
@@ -159,15 +161,28 @@ class Rig:
                         for b in fleet.boards)
         return len(rows), ok
 
+    def _log_lines(self):
+        return [line for path, _ in self.logs for line in path.read_text().splitlines()
+                if line.strip()]
+
     def problems(self):
-        """Lines the servers logged besides their start: problems found, messages refused,
-        and the broker going away under them."""
-        lines = [line for path, _ in self.logs for line in path.read_text().splitlines()
-                 if line.strip() and not line.startswith(("server: ledger", "server: connected",
-                                         "server: disconnected"))]
+        """Lines the servers logged besides their start, the broker going away under them
+        and stale batches: problems found, messages refused."""
+        lines = [line for line in self._log_lines()
+                 if not line.startswith(("server: ledger", "server: connected",
+                                         "server: disconnected"))
+                 and ": stale batch " not in line]
         for line in lines[:5]:
             self.log(f"  server log: {line}")
         return len(lines)
+
+    def dropped(self):
+        """Times a server lost its broker connection (a keepalive missed, a broker gone)."""
+        return sum(line.startswith("server: disconnected") for line in self._log_lines())
+
+    def stale(self):
+        """Batches the servers took as stale deliveries (ingest.py's rollback rule)."""
+        return sum(": stale batch " in line for line in self._log_lines())
 
     def stop(self):
         for i, proc in enumerate(self.servers):
@@ -241,6 +256,8 @@ async def outage(rig, site_key, n, k, log, fault=None):
         "generator CPU (% of a core)": 100 * (cpu1["generator"] - cpu0["generator"]) / wall,
         "ledger: stored once, verified, acks right": f"{stored} {'yes' if once else 'NO'}",
         "server log: problems, errors": rig.problems(),
+        "stale batches (no problem)": rig.stale(),
+        "server connections lost": rig.dropped(),
     }
 
 
@@ -282,7 +299,7 @@ def kill_node(rig, node=0, fraction=0.3):
     return fault
 
 
-async def broker_restart(rig, site_key, n, rate, down_s, log, after_s=10.0):
+async def broker_restart(rig, site_key, n, rate, down_s, log, after_s=10.0, kill=False):
     """N boards online and trading; Mosquitto stopped for `down_s` and started again: how
     the boards' backoff spreads their reconnects, how long until all are back, and that
     the trade made meanwhile reaches the ledger."""
@@ -296,7 +313,7 @@ async def broker_restart(rig, site_key, n, rate, down_s, log, after_s=10.0):
     trade = asyncio.create_task(fleet.trade(rate, 2.0 + down_s + after_s))
     await asyncio.sleep(2.0)
     failed0 = sum(fleet.stats.failures.values())
-    back = await asyncio.to_thread(rig.restart_broker, down_s)
+    back = await asyncio.to_thread(rig.restart_broker, down_s, kill)
     failed_down = sum(fleet.stats.failures.values()) - failed0
     await fleet.online(timeout=600)
     t_online = time.monotonic() - back
@@ -313,6 +330,7 @@ async def broker_restart(rig, site_key, n, rate, down_s, log, after_s=10.0):
     spread = [per.get(i, 0) for i in range(max(per, default=0) + 1)]
     return {
         "boards": n, "broker down (s)": down_s,
+        "broker stopped by": "SIGKILL" if kill else "SIGTERM",
         "sales during the run (2 records each)": sales,
         "failed attempts while down / after": (failed_down, failed_after),
         "every board back (s after the broker)": t_online,
@@ -324,6 +342,8 @@ async def broker_restart(rig, site_key, n, rate, down_s, log, after_s=10.0):
                                               100 * (cpu1["broker"] - cpu0["broker"]) / wall),
         "ledger: stored once, verified, acks right": f"{stored} {'yes' if once else 'NO'}",
         "server log: problems, errors": rig.problems(),
+        "stale batches (no problem)": rig.stale(),
+        "server connections lost": rig.dropped(),
     }
 
 
@@ -361,6 +381,8 @@ async def steady(rig, site_key, n, rate, duration, log):
         "generator CPU (% of a core)": 100 * (cpu1["generator"] - cpu0["generator"]) / wall,
         "ledger: stored once, verified, acks right": f"{stored} {'yes' if once else 'NO'}",
         "server log: problems, errors": rig.problems(),
+        "stale batches (no problem)": rig.stale(),
+        "server connections lost": rig.dropped(),
     }
 
 
@@ -453,7 +475,8 @@ def _columns(scenario, dbs, args):
                        lambda rig, key, log: outage(rig, key, n, k, log))
         elif scenario == "restart":
             yield db, db, {}, lambda rig, key, log: broker_restart(
-                rig, key, args.steady_devices, args.rate, args.down, log)
+                rig, key, args.steady_devices, args.rate, args.down, log,
+                kill=args.broker_kill)
         elif scenario == "ingest":
             for m in args.ingest:
                 yield (f"{db} x{m}", db, {"servers": m},
@@ -519,6 +542,8 @@ def add_arguments(p):
                    help="seconds of steady trade (20)")
     p.add_argument("--down", type=float, default=5.0,
                    help="seconds the broker stays down in the restart scenario (5)")
+    p.add_argument("--broker-kill", action="store_true",
+                   help="restart scenario: SIGKILL the broker (a crash) instead of SIGTERM")
     p.add_argument("--ingest", type=int, action="append",
                    help="ingest processes in the ingest scenario, one column each "
                    "(default: 1, 2 and 3)")

@@ -124,6 +124,25 @@ class Board:
             asyncio.get_running_loop().call_later(
                 POLL_S - (now - self.poll_phase) % POLL_S, self.wake.set)
 
+    def flash_image(self):
+        """A dump of the board's flash: its journal and sync cursor."""
+        return self.journal.image(), self.acked
+
+    def restore(self, image):
+        """The flash written back with `image` (flash_image()) and the board booted again:
+        journal and cursor are the image's, the uploader starts afresh, and the boot is
+        journaled as every boot is (vend/boot.py). A rollback the server is to catch;
+        call it while the board's network is down (a reboot drops the link)."""
+        journal, self.acked = image
+        self.journal.restore(journal)
+        self.journal.boot += 1
+        self.sent_seq = self.acked
+        self.flight.clear()
+        self.appended_at.clear()
+        self.batch = max(1, min(self.settings["batch"], self.max_batch))
+        self.wait_ms = self.settings["ack_timeout_ms"]
+        self.append("boot", reason="power on")
+
     def status(self):
         return {"link": self.state, "acked": self.acked, "sent": self.sent_seq,
                 "backlog": self.journal.last_seq - self.acked, "batch": self.batch,

@@ -144,6 +144,15 @@ class BoardJournal:
         self.credit, self.state = fields["credit"], fields["state"]
         return raw
 
+    def image(self):
+        """The journal as a copy of the board's flash holds it (to write back later)."""
+        return list(self.records), self.prev_tag, self.boot, self.credit, self.state
+
+    def restore(self, image):
+        """The flash written back with an older `image`: the journal is what it was then."""
+        records, self.prev_tag, self.boot, self.credit, self.state = image
+        self.records = list(records)
+
     def sealed(self, after, limit):
         """Up to `limit` records after seq `after`, as (seq, raw)."""
         return [(s + 1, self.records[s]) for s in range(after, min(after + limit,

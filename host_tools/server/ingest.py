@@ -15,13 +15,36 @@ For each batch (docs/sync.md), in one database transaction that holds the board'
   hands); it is parked, and taken as soon as the records before it are stored, by
   whichever process stores them. A record more than MAX_AHEAD beyond, or a gap that stays,
   is reported (**gap**; `washpay server report` shows what is missing and what waits);
-- a board reporting a newest sequence number below what the server holds is a **rollback**
-  (a restored flash image);
+- a board reporting a newest sequence number below what the server holds is either a
+  **stale delivery** (a batch it published before the records the ledger now holds: a
+  broker that redelivers its saved queue after a restart, or a copy that waited in a slow
+  ingest process) or a **rollback** (its journal really went back: flash restored or
+  replaced). Both carry only sequence numbers the ledger holds, so the batch alone cannot
+  tell them apart; what the board does next can (rule below, `ROLLBACK_AFTER_S`);
 - card debits and top-ups feed the shadow balance of each card (counter and balance): a
   counter spent twice (**card_counter_reuse**: a copied or restored card), a write whose
   balance before is not the balance after the card's previous write (**card_balance_mismatch**, or
   **card_balance_rise** when it went up without a top-up the server knows of), and a record
   whose arithmetic does not add up (**card_arith**) are flagged as fraud.
+
+The rollback rule. A batch whose board reports a newest sequence number L below the
+ledger's high-water mark H:
+
+- carrying a record that differs from the ledger's copy: the board's journal is not the
+  history the ledger holds: each such record is a **fork**, and the batch is a
+  **rollback** at once. A restored board always gets here with its first new record,
+  since every boot journals a record (vend/boot.py) and it lands at a sequence number the
+  ledger holds with other content;
+- carrying only records the ledger holds, byte for byte: a **stale delivery**, counted
+  (`Outcome.stale`, `Ingest.stale`) and not a problem. The board is remembered as behind
+  (in this process: when, and at which H). A batch of it reporting L >= H, or the ledger
+  growing past that H (the board brought new records), forgets it. A board still behind,
+  sending again only old records with the ledger unchanged, `ROLLBACK_AFTER_S` or more
+  after it was first seen behind, is a **rollback**: a restored board whose cursor is older
+  than its newest record resends the same old records for ever (it refuses the server's
+  acks, which name more records than it has) and never reaches its new ones. A stale
+  delivery is one burst at the head of a broker's queue, and a healthy board's newer
+  batches report L >= H.
 
 The acknowledgement is the new high-water mark: the board may delete everything up to it.
 This module is the host's independent reading of the journal format through
@@ -43,6 +66,11 @@ CARD_WRITES = {"card_debit": -1, "card_topup": 1}
 # records that may say a card write of their board never reached the card (store.VOIDS_WRITE)
 CARD_VOIDS = ("card_cancel", "card_settled")
 NOT_LANDED = "payment had not landed"  # card_settled's reason when the write never landed
+# a board that reports fewer records than the ledger holds and brings nothing new for this
+# long is behind for real (a rollback), not a stale copy: a restored board resends its old
+# records every 15 s to 2 min (the uploader's growing wait), a stale burst lasts seconds
+ROLLBACK_AFTER_S = 300.0
+BEHIND_MAX = 100_000  # boards remembered as behind, per process (oldest forgotten first)
 FRAUD = ("fork", "rollback", "card_counter_reuse", "card_balance_mismatch",
          "card_balance_rise", "card_arith")
 
@@ -56,14 +84,19 @@ class Outcome:
     parked: int = 0  # records kept beyond a gap until the records before them arrive
     problems: list = field(default_factory=list)  # (kind, seq, detail)
     resolved: int = 0  # open problems this batch resolved (their records are all in)
+    stale: bool = False  # a batch published before records the ledger already holds
     records: list = field(default_factory=list)  # decoded fields of what was stored
 
 
 class Ingest:
-    def __init__(self, store, site_key, clock=time.time, covered_fast=True):
+    def __init__(self, store, site_key, clock=time.time, covered_fast=True,
+                 rollback_after_s=ROLLBACK_AFTER_S):
         self.store = store
         self.site_key = site_key
         self.clock = clock
+        self.rollback_after_s = rollback_after_s
+        self.stale = 0  # batches taken as stale deliveries
+        self._behind = {}  # device -> (first seen behind, the ledger's high then)
         # a batch the ledger already holds whole (a resend after an ack timeout) takes the
         # short path: the resend storm of docs/fleet.md
         self.covered_fast = covered_fast
@@ -119,10 +152,8 @@ class Ingest:
                 tx.problem(device, seq, kind, detail, evidence, now, upto)
                 out.problems.append((kind, seq, detail))
 
-            if batch.device_last_seq < high:
-                problem("rollback", batch.device_last_seq,
-                        f"the board says its newest record is {batch.device_last_seq}, but the "
-                        f"server holds every record up to {high}: flash restored or replaced")
+            forks = 0
+
             def records():
                 # the batch in sequence order, then whatever was parked beyond it
                 for r in sorted(batch.records, key=lambda r: struct.unpack_from(">I", r, 4)[0]):
@@ -145,6 +176,7 @@ class Ingest:
                         if not parked:
                             out.duplicates += 1
                     else:
+                        forks += 1
                         problem("fork", seq,
                                 f"record {seq} arrived again with different content: the "
                                 "journal was rolled back or rewritten", raw)
@@ -192,8 +224,40 @@ class Ingest:
             )
             if high > dev["high_seq"]:
                 out.resolved = tx.resolve_caught_up(device, high, now)
+            # against the mark before this batch: a batch that brought records is not stale
+            self._reported(device, batch.device_last_seq, dev["high_seq"], now, out,
+                           problem, forks)
         out.ack = high
         return out
+
+    def _reported(self, device, last, high, now, out, problem, forks=0):
+        """The rollback rule (module docstring): `last` is the newest record the board
+        said it had, `high` the ledger's high-water mark before this batch."""
+        if last >= high:
+            self._behind.pop(device, None)
+            return
+        if forks:
+            self._behind.pop(device, None)
+            problem("rollback", last,
+                    f"the board says its newest record is {last}, but the server holds every "
+                    f"record up to {high}, and it sent {forks} record(s) the ledger holds with "
+                    "other content: flash restored or replaced")
+            return
+        since = self._behind.get(device)
+        if since is None or since[1] != high:  # first seen behind, or it brought new records
+            if since is None and len(self._behind) >= BEHIND_MAX:
+                self._behind.pop(next(iter(self._behind)))
+            self._behind[device] = (now, high)
+            since = self._behind[device]
+        if now - since[0] >= self.rollback_after_s:
+            del self._behind[device]
+            problem("rollback", last,
+                    f"the board says its newest record is {last}, but the server holds every "
+                    f"record up to {high}, and for {now - since[0]:.0f} s it has sent only "
+                    "records the ledger holds: flash restored or replaced")
+            return
+        out.stale = True
+        self.stale += 1
 
     def _covered(self, device, batch, out):
         """A batch every record of which the ledger already holds, byte for byte: a resend
@@ -201,8 +265,10 @@ class Ingest:
         breaks first"). Answered with one read of the stored copies and one counter update,
         without the board's row lock or a query per record, so that the queue of resends
         behind it drains at the speed of reads. False (nothing done) if any record is new,
-        different (a fork: the full path keeps it as evidence) or malformed, or if the
-        board reports a newest record below what the ledger holds (a rollback).
+        different (a fork: the full path keeps it as evidence) or malformed. A board that
+        reports a newest record below what the ledger holds goes through the rollback rule
+        here too (a stale delivery is this path's, a rollback is written in this
+        transaction).
 
         Safe beside other ingest processes: a record at or below a board's high-water mark
         is never changed or removed, and the high-water mark only grows."""
@@ -217,16 +283,23 @@ class Ingest:
         with self.store.transaction() as tx:  # one round of reads, no row lock held
             row = tx.one("SELECT high_seq FROM devices WHERE device = ?", (device,))
             high = row[0] if row else 0
-            if hi > high or batch.device_last_seq < high:
+            if hi > high:
                 return False
             have = {seq: bytes(raw) for seq, raw in tx.all(
                 "SELECT seq, raw FROM records WHERE device = ? AND seq >= ? AND seq <= ?",
                 (device, lo, hi))}
             if any(have.get(seq) != raw for seq, raw in seqs.items()):
                 return False
+            now = self.clock()
             tx.execute("UPDATE devices SET batches = batches + 1, "
                        "duplicates = duplicates + ?, last_seen = ? WHERE device = ?",
-                       (len(seqs), self.clock(), device))
+                       (len(seqs), now, device))
+
+            def problem(kind, seq, detail):
+                tx.problem(device, seq, kind, detail, None, now)
+                out.problems.append((kind, seq, detail))
+
+            self._reported(device, batch.device_last_seq, high, now, out, problem)
         self.covered += 1
         out.duplicates = len(seqs)
         out.ack = high
