@@ -23,13 +23,11 @@ def micropython_path():
 
 
 def micropython_i386():
-    """The 32-bit MicroPython (ESP32 object sizes): $WASHPAY_MICROPYTHON_I386, or the shared
-    folder's tools/micropython-i386 beside the repository; None if there is none."""
-    import os
+    """The 32-bit MicroPython (ESP32 object sizes): host_tools.interp.micropython32()
+    ($WASHPAY_MICROPYTHON32, or ../shared/tools/micropython-i386); None if there is none."""
+    from host_tools.interp import micropython32
 
-    found = os.environ.get("WASHPAY_MICROPYTHON_I386") or str(
-        ROOT.parent / "shared" / "tools" / "micropython-i386")
-    return found if Path(found).exists() else None
+    return micropython32()
 
 
 def run_micropython(code, heap="1m", timeout=60, extra_path=(), check=True, interpreter=None):

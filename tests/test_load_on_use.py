@@ -110,7 +110,7 @@ def test_scan_and_commands_leave_no_code_behind(romfs, tmp_path, bits):
     if bits == "32":
         interp = micropython_i386()
         if interp is None:
-            pytest.skip("no 32-bit micropython ($WASHPAY_MICROPYTHON_I386)")
+            pytest.skip("no 32-bit micropython ($WASHPAY_MICROPYTHON32)")
     tokens = [T.issue_token(SITE_KEY, DEVICE, "quick", 600)[0] for _ in range(2)]
     starts = [C.build(SITE_KEY, DEVICE, "start", program="quick")[0].hex() for _ in range(2)]
     statuses = [C.build(SITE_KEY, DEVICE, "status")[0].hex() for _ in range(2)]
@@ -164,7 +164,7 @@ def test_a_price_table_keeps_no_parser(romfs, bits):
     if bits == "32":
         interp = micropython_i386()
         if interp is None:
-            pytest.skip("no 32-bit micropython ($WASHPAY_MICROPYTHON_I386)")
+            pytest.skip("no 32-bit micropython ($WASHPAY_MICROPYTHON32)")
     out = run_micropython(TABLE % {"romfs": str(romfs)}, heap="256k", interpreter=interp)[1]
     got = json.loads([x for x in out.splitlines() if x.startswith("RESULT ")][-1][7:])
     print(got)
@@ -237,7 +237,7 @@ def test_journal_recovery_and_coin_faults_leave_no_code_behind(romfs, tmp_path, 
     if bits == "32":
         interp = micropython_i386()
         if interp is None:
-            pytest.skip("no 32-bit micropython ($WASHPAY_MICROPYTHON_I386)")
+            pytest.skip("no 32-bit micropython ($WASHPAY_MICROPYTHON32)")
     code = BOOT_AND_FAULTS % {"romfs": str(romfs), "dir": str(tmp_path)}
     out = run_micropython(code, heap="256k", interpreter=interp)[1]
     got = json.loads([x for x in out.splitlines() if x.startswith("RESULT ")][-1][7:])

@@ -297,3 +297,37 @@ def test_a_slow_receiver_does_not_hold_up_ingest(store_url, tmp_path):  # noqa: 
             svc.stop()
         store.close()
         rx.close()
+
+
+def test_a_fleet_poking_after_every_batch_gets_one_look_per_gap(store_url, tmp_path):  # noqa: F811
+    """A draining fleet pokes the engine after every batch; it looks at most once per
+    min_gap_s (each look is a write transaction), and an alert raised by a batch in the
+    middle of the pokes is still raised."""
+    rx = Receiver()
+    svc = None
+    store = open_store(store_url)
+    try:
+        cfg = config(rx)
+        svc = AlertService(store_url, cfg, log=lambda m: None, min_gap_s=0.5).start()
+        recs = firmware_records(tmp_path / "j", [
+            ("boot", {}), ("start_failed", {"program": "quick", "amount": 250, "price": 250,
+                                            "credit": 250, "state": "credit"})],
+            device="sim-0002")
+        t0 = time.monotonic()
+        for i in range(200):  # 200 batches' pokes over about a second
+            if i == 100:
+                Ingest(store, SITE_KEY).batch("sim-0002", wire.build_batch(recs, 2))
+            svc.poke()
+            time.sleep(0.005)
+        spent = time.monotonic() - t0
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and not outbox.listing(store):
+            time.sleep(0.05)
+        assert len(outbox.listing(store)) == 1  # the start failure's notice
+        # the first look at start, then one per gap at most (fewer on a slow host)
+        assert 1 <= svc.evaluations <= 2 + spent / 0.5 + 1
+    finally:
+        if svc:
+            svc.stop()
+        store.close()
+        rx.close()

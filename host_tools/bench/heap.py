@@ -35,25 +35,29 @@ LAYOUTS = (("mpy", ".mpy files"), ("romfs", "bytecode in place (ROMFS)"))
 # the subsystems of the budget and their modules, imported in this order (a group's delta
 # leaves out what an earlier group already imported)
 GROUPS = (
-    ("boot/config/journal", "washpay washpay.config washpay.board washpay.keys washpay.crypto "
-     "washpay.journal washpay.journal.records washpay.journal.seal washpay.journal.recent "
-     "washpay.vend.boot"),
+    # what a running board keeps
+    ("boot/config/journal", "washpay washpay.chip washpay.crypto washpay.journal "
+     "washpay.journal.records washpay.journal.seal washpay.journal.recent"),
     ("coin + vend engine", "washpay.drivers.coin_acceptor washpay.payments.coin "
      "washpay.drivers.washer washpay.drivers.keypad washpay.vend.prices washpay.vend.engine "
-     "washpay.vend.watch washpay.vend.timed"),
+     "washpay.vend.timed"),
     ("display", "washpay.ui washpay.drivers.lcd1602"),
-    ("pricing/lists", "washpay.vend.pricing washpay.vend.price_parser washpay.cardlists "
-     "washpay.cardlists.blacklist washpay.cardlists.tierlist"),
-    ("card", "washpay.drivers.mfrc522 washpay.payments.wallet washpay.payments.card_state "
-     "washpay.payments.card"),
+    ("pricing/lists", "washpay.vend.pricing washpay.cardlists washpay.cardlists.blacklist "
+     "washpay.cardlists.tierlist"),
+    ("card", "washpay.drivers.mfrc522 washpay.payments.card_state washpay.payments.card"),
     ("QR/token/remote", "washpay.replay washpay.drivers.gm65 washpay.payments.signed"),
     ("sync/MQTT", "washpay.net.link washpay.net.mqtt washpay.net.uploader washpay.net"),
     ("TLS (module)", "tls"),
-    ("app wiring", "washpay.app washpay.wiring"),
-    # loaded for one card tap, scan or command and dropped after (washpay.use): a board holds them
-    # only while it answers one
-    ("per tap/scan/command", "washpay.payments.card_tap washpay.payments.token "
-     "washpay.payments.remote washpay.net.commands"),
+    ("app", "washpay.app"),
+    # run at boot and dropped at the end of the start (wiring.py, journal/boot.py, ...)
+    ("boot only (dropped)", "washpay.config washpay.board washpay.keys washpay.journal.boot "
+     "washpay.vend.boot washpay.vend.price_parser washpay.net.setup "
+     "washpay.drivers.gm65_setup washpay.wiring"),
+    # loaded for one card tap, scan, command or coin-line event and dropped after
+    # (washpay.use): a board holds them only while it answers one
+    ("per tap/scan/command/event", "washpay.payments.card_tap washpay.drivers.mifare "
+     "washpay.payments.wallet washpay.payments.token washpay.payments.remote "
+     "washpay.net.commands washpay.vend.watch"),
 )
 
 # the firmware on the path: a ROMFS image mounted, or a directory of .mpy
@@ -272,7 +276,8 @@ def import_budget(interp, firmware):
 # what a tap, a scan or a command loads before it is answered (washpay.use): the modules
 # each imports, the rest already loaded at boot
 PER_USE = (
-    ("card tap", "washpay.payments.card_tap", "washpay.payments.card"),
+    ("card tap", "washpay.payments.card_tap washpay.drivers.mifare washpay.payments.wallet",
+     "washpay.payments.card"),
     ("QR scan", "washpay.payments.token", "washpay.payments.signed"),
     ("remote start", "washpay.payments.remote washpay.payments.token",
      "washpay.payments.signed"),
@@ -373,6 +378,10 @@ def bench(only=None, layouts=("mpy", "romfs"), bisect=True):
     with tempfile.TemporaryDirectory() as tmp:
         fws = builds(tmp)
         interps = [(lbl, p) for lbl, p in interpreters() if not only or lbl.startswith(only)]
+        if not interps:
+            print(f"no {only} micropython: set $WASHPAY_MICROPYTHON32 (the 32-bit build) "
+                  "or put it at ../shared/tools/micropython-i386", file=sys.stderr)
+            return figures
         for lbl, interp in interps:
             for layout in layouts:
                 figures[(lbl, layout)] = measure(interp, fws[layout], tmp, bisect=bisect)
@@ -454,9 +463,14 @@ def main(argv=None):
         layout = a.layout or "romfs"
         with tempfile.TemporaryDirectory() as tmp:
             fw = builds(tmp)[layout]
-            for lbl, interp in interpreters():
-                if not a.only or lbl.startswith(a.only):
-                    print_state(state_table(interp, fw, tmp), lbl, layout)
+            interps = [(lbl, p) for lbl, p in interpreters()
+                       if not a.only or lbl.startswith(a.only)]
+            if not interps:
+                print("no 32-bit micropython: set $WASHPAY_MICROPYTHON32 (the 32-bit build) "
+                      "or put it at ../shared/tools/micropython-i386", file=sys.stderr)
+                return 2
+            for lbl, interp in interps:
+                print_state(state_table(interp, fw, tmp), lbl, layout)
         return 0
     with contextlib.suppress(KeyboardInterrupt):
         bench(only=a.only and f"{a.only}-bit", layouts=(a.layout,) if a.layout else

@@ -17,8 +17,15 @@ from host_tools.server.store import open_store
 
 
 class AlertService:
-    def __init__(self, store_url, cfg, clock=time.time, log=print, courier_every_s=0.25):
+    def __init__(self, store_url, cfg, clock=time.time, log=print, courier_every_s=0.25,
+                 min_gap_s=1.0):
+        """min_gap_s: the engine looks at most once per this long however often it is
+        poked. A look is one write transaction over every board with new records; poked
+        after every batch of a fleet draining its backlog, it held SQLite's write lock
+        between most batches and slowed a 5,000-board drain 2-3x (docs/fleet.md). An
+        alert comes at most this much later."""
         self.store_url = store_url
+        self.min_gap_s = min_gap_s
         self.cfg = cfg
         self.clock = clock
         self.log = log
@@ -55,6 +62,7 @@ class AlertService:
     def _engine_loop(self):
         every = self.cfg["check_every_s"]
         while not self._stop.is_set():
+            began = time.monotonic()
             try:
                 for aid in self.engine.evaluate():
                     self.log(f"alerts: raised alert {aid}")
@@ -62,6 +70,8 @@ class AlertService:
             except Exception as e:  # noqa: BLE001 - a failed look is tried again next tick
                 self.log(f"alerts: {type(e).__name__}: {e}")
             self._wake.wait(every)
+            # pokes that come meanwhile are kept: the next look takes them all
+            self._stop.wait(max(0.0, self.min_gap_s - (time.monotonic() - began)))
             self._wake.clear()
 
     def _courier_loop(self):
