@@ -167,6 +167,7 @@ class Acceptor:
 
 class Decoder:
     idle = True
+    end_ms = 40
 
 class Engine:
     state = R.IDLE
@@ -182,7 +183,8 @@ async def case(during=None):
     global app
     app = App()
     app.acceptor, app.decoder, app.engine, app.card = Acceptor(), Decoder(), Engine(), None
-    app.cfg = {"risk": {"inhibit_grace_ms": 60}, "coins": {"end_ms": 40}}
+    # after boot the config keeps no "coins": the decoder holds its own end_ms
+    app.cfg = {"risk": {"inhibit_grace_ms": 60}}
     if during:
         during(app, 0)
     t = asyncio.create_task(U.quiet(app))

@@ -91,7 +91,7 @@ async def quiet(app):
     # after its last pulse. Idle then, with coins still refused (nothing released them
     # meanwhile), and no coin can be on its way when the board resets
     app.acceptor.inhibit(True)
-    await asyncio.sleep_ms(app.cfg["risk"]["inhibit_grace_ms"] + app.cfg["coins"]["end_ms"])
+    await asyncio.sleep_ms(app.cfg["risk"]["inhibit_grace_ms"] + app.decoder.end_ms)
     if app.acceptor.inhibited and idle(app):
         return True
     app.engine.update_inhibit()  # a customer came: coins as the engine has them
