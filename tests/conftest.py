@@ -108,3 +108,23 @@ def sim_with_config(tmp_path):
     finally:
         for board in reversed(boards):
             board.stop()
+
+
+# a ledger for the server-side tests: every module that asks gets its own PostgreSQL cluster
+@pytest.fixture(scope="module")
+def pg_url():
+    """One PostgreSQL cluster per test module (postgres_cluster)."""
+    from sync_env import postgres_cluster
+
+    with postgres_cluster() as url:
+        yield url
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store_url(request, tmp_path):
+    """A fresh ledger URL, once on SQLite and once on PostgreSQL."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path}/ledger.db"
+    from sync_env import pg_database
+
+    return pg_database(request.getfixturevalue("pg_url"))

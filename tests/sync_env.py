@@ -293,6 +293,20 @@ def postgres_cluster():
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+_db_counter = iter(range(10**6))
+
+
+def pg_database(base):
+    """A fresh database on a test module's PostgreSQL (`pg_url`): its URL."""
+    import psycopg
+
+    name = f"ledger_{os.getpid()}_{next(_db_counter)}"
+    with psycopg.connect(base, autocommit=True) as c:
+        c.execute(f"DROP DATABASE IF EXISTS {name}")
+        c.execute(f"CREATE DATABASE {name}")
+    return base.rsplit("/", 1)[0] + "/" + name
+
+
 def _user_exists(name):
     import pwd
 

@@ -7,7 +7,6 @@ new alert puts its notices in the outbox in the same transaction."""
 import json
 
 import pytest
-from alerts_env import pg_url, store_url  # noqa: F401 - fixtures
 from sync_env import SITE_KEY, firmware_records
 
 from host_tools.server import wire
@@ -24,7 +23,7 @@ HOOK = {"url": "http://127.0.0.1:9/hook", "secret": "s" * 20}
 
 
 @pytest.fixture
-def ledger(store_url):  # noqa: F811
+def ledger(store_url):
     store = open_store(store_url)
     yield store
     store.close()
@@ -225,7 +224,7 @@ def test_the_defaults_need_no_config():
     assert cfg["offline_after_min"] == 10 and cfg["webhooks"] == [] and not cfg["low_balance"]
 
 
-def test_two_server_processes_count_each_record_once(store_url, tmp_path):  # noqa: F811
+def test_two_server_processes_count_each_record_once(store_url, tmp_path):
     """Two engines on their own connections look at once (as two `server run` processes
     sharing a PostgreSQL ledger do): each failed start is counted once, one notice each."""
     import threading

@@ -4,7 +4,6 @@ Flask app (the browser tests in test_console_browser.py do it again in Chromium)
 
 import pytest
 from console_env import PASSWORD, add_operators, csrf
-from sync_env import postgres_cluster
 from web_env import Clock, make_web
 
 from host_tools.server.web.console.accounts import (
@@ -17,12 +16,6 @@ from host_tools.server.web.db import LockedStore
 
 LOCKOUT = {"lockout": {"user_failures": 3, "addr_failures": 5, "window_s": 600},
            "session_idle_s": 300, "session_max_s": 3600}
-
-
-@pytest.fixture(scope="module")
-def pg_url():
-    with postgres_cluster() as url:
-        yield url
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

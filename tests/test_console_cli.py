@@ -9,7 +9,6 @@ import sys
 from pathlib import Path
 
 import pytest
-from sync_env import postgres_cluster
 
 from host_tools.server.store import open_store
 from host_tools.server.web.console.accounts import Accounts
@@ -21,12 +20,6 @@ ROOT = Path(__file__).resolve().parent.parent
 def washpay(*args, stdin=None):
     return subprocess.run([sys.executable, "-m", "host_tools.cli", *map(str, args)],
                           capture_output=True, text=True, cwd=ROOT, input=stdin, timeout=120)
-
-
-@pytest.fixture(scope="module")
-def pg_url():
-    with postgres_cluster() as url:
-        yield url
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

@@ -8,7 +8,7 @@ import re
 
 import pytest
 from console_env import add_operators, csrf
-from sync_env import SITE_KEY, coin_day, firmware_records, postgres_cluster
+from sync_env import SITE_KEY, coin_day, firmware_records
 from web_env import DEVICE, make_web, reply, set_online
 
 from host_tools.server import wire
@@ -26,12 +26,6 @@ def day(tmp_path_factory):
         ("fault", {"reason": "coin jam", "state": "out_of_order"}),
         ("coin", {"amount": 100, "credit": 100, "state": "credit"})]
     return firmware_records(tmp_path_factory.mktemp("j") / "journal", steps)
-
-
-@pytest.fixture(scope="module")
-def pg_url():
-    with postgres_cluster() as url:
-        yield url
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

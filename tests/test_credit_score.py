@@ -12,7 +12,7 @@ import sys
 
 import pytest
 from conftest import ROOT
-from sync_env import SITE_KEY, firmware_records, postgres_cluster, write_site_key
+from sync_env import SITE_KEY, firmware_records, write_site_key
 
 from host_tools.server import commands as C
 from host_tools.server import credit, wire
@@ -70,12 +70,6 @@ def fill(store, tmp):
     # a board whose clock was never set: its records count by when the server got them
     ingest(store, tmp, "sim-0002", [left(C_, 100 + i) for i in range(6)], received=NOW - 10)
     ingest(store, tmp, "dev-1", [left(D, 100), left(A, SINCE + 500)], received=SINCE - 5)
-
-
-@pytest.fixture(scope="module")
-def pg_url():
-    with postgres_cluster() as url:
-        yield url
 
 
 @pytest.fixture(scope="module", params=["sqlite", "postgresql"])

@@ -343,14 +343,6 @@ def _everything_once(store, fleet):
         assert b.bad_acks == 0, b.status()
 
 
-@pytest.fixture(scope="module")
-def pg_url():
-    from sync_env import postgres_cluster
-
-    with postgres_cluster() as url:
-        yield url
-
-
 def test_two_ingest_processes_share_the_fleet_and_store_each_record_once(tmp_path, pg_url):
     # two `server run`s on one PostgreSQL ledger, on the broker's shared subscription
     # ($share/washpay/...): each takes part of the batches, none is stored twice

@@ -12,7 +12,7 @@ import threading
 import time
 
 import pytest
-from alerts_env import Receiver, pg_url, receiver, store_url  # noqa: F401 - fixtures
+from alerts_env import Receiver, receiver  # noqa: F401 - fixture
 from sync_env import SITE_KEY, firmware_records
 
 from host_tools.server import wire
@@ -31,7 +31,7 @@ UID = "04a1b2c3"
 
 
 @pytest.fixture
-def ledger(store_url):  # noqa: F811
+def ledger(store_url):
     store = open_store(store_url)
     yield store
     store.close()
@@ -260,7 +260,7 @@ def test_signature_verification_refuses_replays_and_alterations():
     assert receiver_check({"X-Washpay-Signature": h}, body, now=1_000_000)
 
 
-def test_a_slow_receiver_does_not_hold_up_ingest(store_url, tmp_path):  # noqa: F811
+def test_a_slow_receiver_does_not_hold_up_ingest(store_url, tmp_path):
     """The courier is stuck in a POST the receiver does not answer; meanwhile a batch is
     ingested and the engine raises its alert (each on its own connection)."""
     rx = Receiver()
@@ -299,7 +299,7 @@ def test_a_slow_receiver_does_not_hold_up_ingest(store_url, tmp_path):  # noqa: 
         rx.close()
 
 
-def test_a_fleet_poking_after_every_batch_gets_one_look_per_gap(store_url, tmp_path):  # noqa: F811
+def test_a_fleet_poking_after_every_batch_gets_one_look_per_gap(store_url, tmp_path):
     """A draining fleet pokes the engine after every batch; it looks at most once per
     min_gap_s (each look is a write transaction), and an alert raised by a batch in the
     middle of the pokes is still raised."""

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from conftest import ROOT
 from sync_env import SITE_KEY, coin_day, firmware_records
-from test_server_ingest import batch, pg_url, store_url  # noqa: F401 - fixtures
+from test_server_ingest import batch
 
 from host_tools.server import importer as I
 from host_tools.server.ingest import Ingest
@@ -39,7 +39,7 @@ def do_import(store, paths, device="sim-0001"):
     return I.import_records(store, SITE_KEY, device, records)
 
 
-def test_import_stores_what_mqtt_would(store_url, pulled, tmp_path):  # noqa: F811
+def test_import_stores_what_mqtt_would(store_url, pulled, tmp_path):
     root, recs = pulled
     store = open_store(store_url)
     try:
@@ -61,7 +61,7 @@ def test_import_stores_what_mqtt_would(store_url, pulled, tmp_path):  # noqa: F8
     assert [r[1] for r in imported] == recs and {r[2] for r in imported} == {1}
 
 
-def test_import_again_or_after_mqtt_is_deduplicated(store_url, pulled):  # noqa: F811
+def test_import_again_or_after_mqtt_is_deduplicated(store_url, pulled):
     root, recs = pulled
     store = open_store(store_url)
     try:
@@ -76,7 +76,7 @@ def test_import_again_or_after_mqtt_is_deduplicated(store_url, pulled):  # noqa:
         store.close()
 
 
-def test_a_gap_waits_and_a_fork_is_reported(store_url, pulled, tmp_path):  # noqa: F811
+def test_a_gap_waits_and_a_fork_is_reported(store_url, pulled, tmp_path):
     root, recs = pulled
     # a pull with a stage file lost: the records after it wait for it, as over MQTT
     holed = tmp_path / "holed" / "journal"

@@ -5,34 +5,11 @@ tags, malformed batches and card fraud, on SQLite and on PostgreSQL."""
 import threading
 
 import pytest
-from sync_env import SITE_KEY, coin_day, firmware_records, postgres_cluster
+from sync_env import SITE_KEY, coin_day, firmware_records
 
 from host_tools.server import wire
 from host_tools.server.ingest import Ingest
 from host_tools.server.store import StoreError, open_store
-
-
-@pytest.fixture(scope="module")
-def pg_url():
-    with postgres_cluster() as url:
-        yield url
-
-
-_db_counter = iter(range(10**6))
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def store_url(request, tmp_path):
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path}/ledger.db"
-    base = request.getfixturevalue("pg_url")
-    import psycopg
-
-    name = f"ledger_{next(_db_counter)}"
-    with psycopg.connect(base, autocommit=True) as c:
-        c.execute(f"DROP DATABASE IF EXISTS {name}")
-        c.execute(f"CREATE DATABASE {name}")
-    return base.rsplit("/", 1)[0] + "/" + name
 
 
 @pytest.fixture

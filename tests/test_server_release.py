@@ -15,7 +15,7 @@ import time
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from sync_env import SITE_KEY, make_broker, postgres_cluster
+from sync_env import SITE_KEY, make_broker, pg_database
 
 from host_tools import provision as P
 from host_tools import release as R
@@ -55,33 +55,6 @@ def release(tmp_path_factory):
     pub.write_text(R.public_text(R.public_bytes(key)))
     return {"dir": d / "rel", "pub": pub, "doc": doc,
             "manifest": (d / "rel" / "manifest.json").read_bytes()}
-
-
-@pytest.fixture(scope="module")
-def pg_url():
-    with postgres_cluster() as url:
-        yield url
-
-
-_db_counter = iter(range(10**6))
-
-
-def _pg_database(base):
-    """A fresh database on the module's PostgreSQL: its URL."""
-    import psycopg
-
-    name = f"rollout_{next(_db_counter)}"
-    with psycopg.connect(base, autocommit=True) as c:
-        c.execute(f"DROP DATABASE IF EXISTS {name}")
-        c.execute(f"CREATE DATABASE {name}")
-    return base.rsplit("/", 1)[0] + "/" + name
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def store_url(request, tmp_path):
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path}/ledger.db"
-    return _pg_database(request.getfixturevalue("pg_url"))
 
 
 def status(db, rollout=None):
@@ -754,7 +727,7 @@ def test_two_servers_on_one_postgresql_never_hand_out_more_slots_than_the_limit(
     from host_tools.server.service import Server
 
     limit = 3
-    db = _pg_database(pg_url)
+    db = pg_database(pg_url)
     broker = make_broker(tmp_path / "broker", FLEET).start()
     logs = []
     servers = []
@@ -850,7 +823,7 @@ def test_two_update_workers_on_separate_connections_share_the_slots(release, pg_
     from host_tools.server.ota.serve import OtaService
 
     limit, fleet = 4, [f"dev-{i:02d}" for i in range(40)]
-    db = _pg_database(pg_url)
+    db = pg_database(pg_url)
     store = open_store(db)
     RO.ensure_schema(store)
     RO.store_release(store, release["dir"], release["doc"])

@@ -11,7 +11,7 @@ import threading
 import time
 
 import pytest
-from sync_env import SITE_KEY, make_broker, postgres_cluster
+from sync_env import SITE_KEY, make_broker
 
 from host_tools import broker as B
 from host_tools.fleet.fleet import Fleet, device_ids, sale
@@ -20,29 +20,6 @@ from host_tools.server import wire
 from host_tools.server.service import Server
 
 DEVICE = "sim-0001"
-
-
-@pytest.fixture(scope="module")
-def pg_url():
-    with postgres_cluster() as url:
-        yield url
-
-
-_db_counter = iter(range(10**6))
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def store_url(request, tmp_path):
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path}/ledger.db"
-    base = request.getfixturevalue("pg_url")
-    import psycopg
-
-    name = f"worker_{next(_db_counter)}"
-    with psycopg.connect(base, autocommit=True) as c:
-        c.execute(f"DROP DATABASE IF EXISTS {name}")
-        c.execute(f"CREATE DATABASE {name}")
-    return base.rsplit("/", 1)[0] + "/" + name
 
 
 @pytest.fixture
