@@ -53,24 +53,14 @@ def micropython_command(explicit=None):
 
 # On the board the firmware has a core to itself and samples the coin line every 5 ms; on a
 # shared host a busy moment (parallel tests, a compile) could hold the simulated firmware off
-# the CPU for longer than a pulse, and it would then rightly refuse a train it could not time
-# (CI saw "1 edges in 25 ms could not be classified" under a higher nice priority alone).
-# So the simulated firmware gets the CPU first where the host allows it (root or
-# CAP_SYS_NICE): the lowest real-time round-robin priority, which runs it ahead of every
-# ordinary process as soon as it wakes. It sleeps between its 5 ms ticks, so it takes little;
-# a firmware that spins (a test's hung release) holds one core until the simulated watchdog
-# resets it, and the kernel keeps 5 % of every second for the rest. Else a higher nice
-# priority, else it runs as it is.
-FIRMWARE_RT_PRIORITY = 1
+# the CPU for longer than a pulse, and it would then rightly refuse a train it could not time.
+# So the simulated firmware runs at a higher scheduling priority than the host's own work
+# where the host allows it (root or CAP_SYS_NICE; else it runs as it is). A real-time
+# priority was tried and made things worse: it starved mpremote and the simulator itself.
 FIRMWARE_NICE = -5
 
 
 def _firmware_priority(pid):
-    try:
-        os.sched_setscheduler(pid, os.SCHED_RR, os.sched_param(FIRMWARE_RT_PRIORITY))
-        return
-    except (OSError, AttributeError):
-        pass
     try:
         os.setpriority(os.PRIO_PROCESS, pid, FIRMWARE_NICE)
     except OSError:
