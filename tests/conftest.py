@@ -30,6 +30,33 @@ def micropython_i386():
     return micropython32()
 
 
+@pytest.fixture(params=["64", "32"])
+def each_micropython(request):
+    """A test run under both interpreters: None (the environment's micropython, 64-bit),
+    then the 32-bit one (ESP32 object sizes), skipped, saying so, where there is none."""
+    if request.param == "64":
+        return None
+    mp = micropython_i386()
+    if mp is None:
+        pytest.skip("no 32-bit micropython: set $WASHPAY_MICROPYTHON32 "
+                    "(../shared/tools/micropython-i386)")
+    return mp
+
+
+def wait_until(pred, timeout=30.0, what="condition", interval=0.1):
+    """pred()'s first true value within timeout seconds, polled every `interval`, else
+    AssertionError naming what."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        v = pred()
+        if v:
+            return v
+        time.sleep(interval)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
 def run_micropython(code, heap="1m", timeout=60, extra_path=(), check=True, interpreter=None):
     """Run `code` under MicroPython with firmware/ importable; return (rc, stdout, stderr).
 

@@ -9,7 +9,7 @@ keeps the code alive."""
 import json
 
 import pytest
-from conftest import micropython_i386, run_micropython
+from conftest import run_micropython
 
 from host_tools import token as T
 from host_tools.bench import build_romfs
@@ -104,13 +104,8 @@ def romfs(tmp_path_factory):
     return build_romfs(tmp_path_factory.mktemp("fw") / "fw.romfs")
 
 
-@pytest.mark.parametrize("bits", ["64", "32"])
-def test_scan_and_commands_leave_no_code_behind(romfs, tmp_path, bits):
-    interp = None
-    if bits == "32":
-        interp = micropython_i386()
-        if interp is None:
-            pytest.skip("no 32-bit micropython ($WASHPAY_MICROPYTHON32)")
+def test_scan_and_commands_leave_no_code_behind(romfs, tmp_path, each_micropython):
+    interp = each_micropython
     tokens = [T.issue_token(SITE_KEY, DEVICE, "quick", 600)[0] for _ in range(2)]
     starts = [C.build(SITE_KEY, DEVICE, "start", program="quick")[0].hex() for _ in range(2)]
     statuses = [C.build(SITE_KEY, DEVICE, "status")[0].hex() for _ in range(2)]
@@ -156,15 +151,10 @@ print("RESULT", json.dumps(out))
 """
 
 
-@pytest.mark.parametrize("bits", ["64", "32"])
-def test_a_price_table_keeps_no_parser(romfs, bits):
+def test_a_price_table_keeps_no_parser(romfs, each_micropython):
     # a board with a price table keeps the table, not its parser (price_parser.py) nor the
     # config checks whose error wording it borrows (config.py, ~4 KiB in place)
-    interp = None
-    if bits == "32":
-        interp = micropython_i386()
-        if interp is None:
-            pytest.skip("no 32-bit micropython ($WASHPAY_MICROPYTHON32)")
+    interp = each_micropython
     out = run_micropython(TABLE % {"romfs": str(romfs)}, heap="256k", interpreter=interp)[1]
     got = json.loads([x for x in out.splitlines() if x.startswith("RESULT ")][-1][7:])
     print(got)
@@ -229,15 +219,10 @@ print("RESULT", json.dumps(out))
 """
 
 
-@pytest.mark.parametrize("bits", ["64", "32"])
-def test_journal_recovery_and_coin_faults_leave_no_code_behind(romfs, tmp_path, bits):
+def test_journal_recovery_and_coin_faults_leave_no_code_behind(romfs, tmp_path, each_micropython):
     # the journal's boot recovery (journal/boot.py) runs once, in Journal(); a rejected
     # coin train and a coin line fault load vend/watch.py for the event: none stays
-    interp = None
-    if bits == "32":
-        interp = micropython_i386()
-        if interp is None:
-            pytest.skip("no 32-bit micropython ($WASHPAY_MICROPYTHON32)")
+    interp = each_micropython
     code = BOOT_AND_FAULTS % {"romfs": str(romfs), "dir": str(tmp_path)}
     out = run_micropython(code, heap="256k", interpreter=interp)[1]
     got = json.loads([x for x in out.splitlines() if x.startswith("RESULT ")][-1][7:])

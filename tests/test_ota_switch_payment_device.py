@@ -16,7 +16,6 @@ import time
 
 import pytest
 from card_helpers import PRICE, UID4, issued_image
-from conftest import micropython_i386
 from ota_env import DEVICE, Release, build_release, records, rig, version
 from sync_env import SITE_KEY
 
@@ -28,16 +27,6 @@ pytestmark = pytest.mark.device
 @pytest.fixture(scope="module")
 def release(tmp_path_factory):
     return Release(build_release(tmp_path_factory.mktemp("ota-switch"), "0.2.0"))
-
-
-@pytest.fixture(params=["64", "32"])
-def micropython(request):
-    if request.param == "64":
-        return None  # the environment's
-    mp = micropython_i386()
-    if mp is None:
-        pytest.skip("no 32-bit micropython (../shared/tools/micropython-i386)")
-    return mp
 
 
 def fw(st):
@@ -82,9 +71,9 @@ def healthy_after(sim, server):
     assert fw(s)["credit"] == 0 and fw(s)["state"] in ("idle", "done")
 
 
-def test_a_card_tapped_as_the_switch_is_due(tmp_path, release, micropython):
+def test_a_card_tapped_as_the_switch_is_due(tmp_path, release, each_micropython):
     card_img = issued_image(UID4, 1000, card_key=W.site_card_key(SITE_KEY))
-    with rig(tmp_path, micropython=micropython) as (sim, server, st):
+    with rig(tmp_path, micropython=each_micropython) as (sim, server, st):
         sim.wait_for(lambda s: fw(s)["card"]["exchanges"] >= 2, timeout=30,
                      what="the card reader to poll")
         server.add(release)
@@ -124,11 +113,11 @@ def test_a_card_tapped_as_the_switch_is_due(tmp_path, release, micropython):
     assert "ota_rollback" not in kinds and "ota_refused" not in kinds
 
 
-def test_a_coin_inserted_as_the_switch_is_due(tmp_path, release, micropython):
+def test_a_coin_inserted_as_the_switch_is_due(tmp_path, release, each_micropython):
     # a train ends 2 s after its last pulse (the longest the config allows): the coin is
     # still being counted when the board has staged
     cfg = {"coins": {"end_ms": 2000}}
-    with rig(tmp_path, config=cfg, micropython=micropython) as (sim, server, st):
+    with rig(tmp_path, config=cfg, micropython=each_micropython) as (sim, server, st):
         server.add(release)
         dropped = on_last_chunk(server, release,
                                 lambda: sim.call("coin", value=200)["pulses"])
@@ -222,19 +211,13 @@ asyncio.run(main())
 """
 
 
-@pytest.mark.parametrize("interpreter", ["64", "32"])
-def test_the_last_look_before_the_switch_holds_coins_off(interpreter):
+def test_the_last_look_before_the_switch_holds_coins_off(each_micropython):
     """Idle: coins stay refused through the reset (True). A coin counted meanwhile, coins
     let in again by anything, a payment begun: not now (False), coins as the engine has
     them. Under both interpreters."""
     from conftest import run_micropython
 
-    mp = None
-    if interpreter == "32":
-        mp = micropython_i386()
-        if mp is None:
-            pytest.skip("no 32-bit micropython (../shared/tools/micropython-i386)")
-    _, out, _ = run_micropython(QUIET, interpreter=mp)
+    _, out, _ = run_micropython(QUIET, interpreter=each_micropython)
     got = json.loads(out.strip().splitlines()[-1])
     assert got == {"idle": [True, [True], True],
                    "coin": [False, [True, False, False], False],

@@ -14,6 +14,7 @@ import sys
 import time
 
 import pytest
+from conftest import wait_until
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from sync_env import SITE_KEY, make_broker, pg_database
 
@@ -216,16 +217,6 @@ async def no_offer(board, wait=1.0):
         await board.offer(timeout=wait)
 
 
-def wait_for(fn, what, timeout=10.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        v = fn()
-        if v:
-            return v
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 def test_a_board_is_offered_the_release_downloads_it_and_reports_each_state(release,
                                                                               tmp_path):
     with rig(tmp_path, release, ["sim-0001"]) as r:
@@ -238,10 +229,11 @@ def test_a_board_is_offered_the_release_downloads_it_and_reports_each_state(rele
                 (release["dir"] / "manifest.sig").read_text()
             assert offer["size"] == len(release["manifest"])
             got = await b.download(offer)
-            wait_for(lambda: states(RO.status(r["store"]))["sim-0001"] == "staged", "staged")
+            wait_until(lambda: states(RO.status(r["store"]))["sim-0001"] == "staged",
+                       what="staged")
             await b.report(offer, "switched")
-            wait_for(lambda: states(RO.status(r["store"]))["sim-0001"] == "switched",
-                     "switched")
+            wait_until(lambda: states(RO.status(r["store"]))["sim-0001"] == "switched",
+                       what="switched")
             await b.report(offer, "healthy")
             b.close()
             return got
@@ -252,7 +244,7 @@ def test_a_board_is_offered_the_release_downloads_it_and_reports_each_state(rele
         assert set(got) == {f["path"] for f in release["doc"]["files"]}
         for path, data in got.items():
             assert data == (release["dir"] / "files" / path.lstrip("/")).read_bytes()
-        st = wait_for(lambda: (s := RO.status(r["store"]))["state"] == "done" and s, "done")
+        st = wait_until(lambda: (s := RO.status(r["store"]))["state"] == "done" and s, what="done")
         assert st["devices"][0]["state"] == "healthy" and st["devices"][0]["progress"] == 100
         # the offer went out as a command and the board's reply is kept with it
         row = r["store"].query("SELECT kind, status FROM commands WHERE device = 'sim-0001'")
@@ -267,7 +259,7 @@ def test_progress_is_recorded_while_a_board_downloads(release, tmp_path):
             offer = await b.offer()
             await b.fetch_file(offer["id"], MANIFEST, offer["size"])
             await b.report(offer, "downloading", pct=40, bytes=1000, total=2500)
-            wait_for(lambda: RO.status(r["store"])["devices"][0]["progress"] == 40, "40%")
+            wait_until(lambda: RO.status(r["store"])["devices"][0]["progress"] == 40, what="40%")
             b.close()
 
         run(scenario())
@@ -303,7 +295,7 @@ def test_a_canary_that_rolls_back_halts_the_rollout(release, tmp_path):
             await canary.download(offer)
             await canary.report(offer, "switched")
             await canary.report(offer, "rolled_back", reason="import failed: ImportError")
-            wait_for(lambda: RO.status(r["store"])["state"] == "halted", "the halt")
+            wait_until(lambda: RO.status(r["store"])["state"] == "halted", what="the halt")
             await no_offer(other, 1.5)
             # a halted rollout serves no chunk (the board asks again: a resume goes on)
             canary.timeout_s = 0.5
@@ -340,8 +332,8 @@ def test_refusals_are_recorded_with_their_reason(release, tmp_path):
                 b.close()
 
         run(scenario())
-        st = wait_for(lambda: (s := RO.status(r["store"]))["counts"].get("refused") == 2
-                      and s, "two refusals")
+        st = wait_until(lambda: (s := RO.status(r["store"]))["counts"].get("refused") == 2
+                      and s, what="two refusals")
         by = {d["device"]: d for d in st["devices"]}
         assert by["sim-0001"]["reason"] == "release for board esp32-devkitc, not sim"
         assert by["sim-0002"]["reason"] == ("offer refused: no release key: provision "
@@ -400,7 +392,7 @@ def test_malformed_update_messages_are_problems_and_change_nothing(release, tmp_
             b.close()
 
         run(scenario())
-        wait_for(lambda: states(RO.status(r["store"]))["sim-0001"] == "staged", "staged")
+        wait_until(lambda: states(RO.status(r["store"]))["sim-0001"] == "staged", what="staged")
         # one problem per board, counted each time, showing the latest; the log has each
         rows = r["store"].query("SELECT kind, count, state, detail FROM problems "
                                 "WHERE device = 'sim-0001'")
@@ -472,7 +464,8 @@ def test_a_busy_update_worker_does_not_hold_up_journal_ingest(release, tmp_path)
 
         run(scenario())
         assert r["store"].query("SELECT count(*) FROM records")[0][0] == 3
-        wait_for(lambda: RO.status(r["store"])["devices"][0]["progress"] == 55, "the report")
+        wait_until(lambda: RO.status(r["store"])["devices"][0]["progress"] == 55,
+                   what="the report")
 
 
 def test_a_canary_refusal_halts_the_rollout(release, tmp_path, store_url):
@@ -482,7 +475,7 @@ def test_a_canary_refusal_halts_the_rollout(release, tmp_path, store_url):
             offer = await canary.offer()
             await canary.download(offer)
             await canary.report(offer, "refused", reason="release expired on 2026-01-01")
-            wait_for(lambda: RO.status(r["store"])["state"] == "halted", "halt")
+            wait_until(lambda: RO.status(r["store"])["state"] == "halted", what="halt")
             await no_offer(other, 1.0)
             for b in (canary, other):
                 b.close()
@@ -680,10 +673,10 @@ def test_failures_off_the_canaries_halt_a_running_rollout(release, tmp_path, sto
             b1.close()  # its slot goes to b4
             o4 = await b4.offer()
             await b2.report(o2, "rolled_back", reason="import failed: ImportError")
-            wait_for(lambda: RO.status(r["store"])["failures"] == 1, "one failure")
+            wait_until(lambda: RO.status(r["store"])["failures"] == 1, what="one failure")
             assert RO.status(r["store"])["state"] == "open"
             await b4.report(o4, "refused", reason="flash: [Errno 28] ENOSPC (2 KiB free)")
-            wait_for(lambda: RO.status(r["store"])["state"] == "halted", "the halt")
+            wait_until(lambda: RO.status(r["store"])["state"] == "halted", what="the halt")
             # b3 mid-download stops: its requests get no answer until a resume
             b3.timeout_s = 0.5
             with pytest.raises(TimeoutError):
@@ -698,8 +691,8 @@ def test_failures_off_the_canaries_halt_a_running_rollout(release, tmp_path, sto
                 b.close()
 
         run(scenario())
-        st = wait_for(lambda: (s := RO.status(r["store"]))["devices"][2]["state"] == "staged"
-                      and s, "b3 staged")
+        st = wait_until(lambda: (s := RO.status(r["store"]))["devices"][2]["state"] == "staged"
+                      and s, what="b3 staged")
         assert st["state"] == "open" and st["failures"] == 0 and st["faults"] == 2
         assert st["reason"] == "resumed by an operator"
         assert states(st) == {"sim-0001": "refused", "sim-0002": "rolled_back",
@@ -791,8 +784,8 @@ def test_two_servers_on_one_postgresql_never_hand_out_more_slots_than_the_limit(
         finally:
             done.set()
             watcher.join()
-        st = wait_for(lambda: (s := RO.status(store))["counts"].get("staged") == len(FLEET)
-                      and s, "every board staged")
+        st = wait_until(lambda: (s := RO.status(store))["counts"].get("staged") == len(FLEET)
+                      and s, what="every board staged")
         store.close()
         print(f"\nholders at each offer: {peak}; ledger's most at once: {seen['max']}; "
               f"offers by server: {[s.ota.counts['offers'] for s in servers]}")

@@ -11,6 +11,7 @@ import threading
 import time
 
 import pytest
+from conftest import wait_until
 from sync_env import SITE_KEY, make_broker
 
 from host_tools import broker as B
@@ -72,13 +73,6 @@ class Board:
         self.c.disconnect()
 
 
-def _until(pred, timeout=30, what="condition"):
-    deadline = time.monotonic() + timeout
-    while not pred():
-        assert time.monotonic() < deadline, f"{what}: not within {timeout} s"
-        time.sleep(0.02)
-
-
 def _ledger(store_url):
     from host_tools.server.store import open_store
 
@@ -94,6 +88,14 @@ def _ledger(store_url):
     return [(d, s, bytes(r)) for d, s, r in recs], problems, devices, dups
 
 
+def assert_stored_once_in_order(store_url, board, last):
+    """The ledger holds every record of `board`'s journal once, in order, up to `last`,
+    and no problem."""
+    recs, problems, devices, _ = _ledger(store_url)
+    assert [(s, r) for _, s, r in recs] == list(enumerate(board.journal.records, 1))
+    assert problems == [] and devices[DEVICE] == last
+
+
 def test_the_network_thread_keeps_the_keepalive_while_ingest_is_held_up(broker, tmp_path):
     # keepalive 1 s: Mosquitto drops a client silent for 1.5 s (2.0.11 looks every few
     # seconds: it dropped a silent one after 6 s here). Ingest is held up for 10 s (the
@@ -105,7 +107,8 @@ def test_the_network_thread_keeps_the_keepalive_while_ingest_is_held_up(broker, 
     try:
         with srv.lock:
             board.send(1, 16, 40)
-            _until(lambda: srv.inbox.empty() and srv.batches == 0, what="the worker took it")
+            wait_until(lambda: srv.inbox.empty() and srv.batches == 0,
+                       what="the worker took it", interval=0.02)
             time.sleep(10.0)
         assert board.ack(16) == 16
         assert srv.disconnects == 0 and srv.connection == 1
@@ -114,9 +117,7 @@ def test_the_network_thread_keeps_the_keepalive_while_ingest_is_held_up(broker, 
     finally:
         board.close()
         srv.stop()
-    recs, problems, devices, _ = _ledger(store_url)
-    assert [(s, r) for _, s, r in recs] == list(enumerate(board.journal.records, 1))
-    assert problems == [] and devices[DEVICE] == 40
+    assert_stored_once_in_order(store_url, board, 40)
 
 
 def test_a_full_queue_holds_the_network_thread_back_and_drops_nothing(broker, tmp_path):
@@ -129,16 +130,15 @@ def test_a_full_queue_holds_the_network_thread_back_and_drops_nothing(broker, tm
         with srv.lock:
             for first in range(1, 41, 8):
                 board.send(first, first + 7, 40)
-            _until(lambda: srv.waited >= 1, what="the network thread waiting for room")
+            wait_until(lambda: srv.waited >= 1,
+                       what="the network thread waiting for room", interval=0.02)
             assert srv.batches == 0
         assert board.ack(40) == 40
         assert srv.errors == 0
     finally:
         board.close()
         srv.stop()
-    recs, problems, devices, _ = _ledger(store_url)
-    assert [(s, r) for _, s, r in recs] == list(enumerate(board.journal.records, 1))
-    assert problems == [] and devices[DEVICE] == 40
+    assert_stored_once_in_order(store_url, board, 40)
 
 
 def test_a_full_queue_never_holds_the_network_thread_past_the_keepalive(broker, tmp_path):
@@ -154,7 +154,8 @@ def test_a_full_queue_never_holds_the_network_thread_past_the_keepalive(broker, 
         with srv.lock:
             for first in range(1, 41, 8):
                 board.send(first, first + 7, 40)
-            _until(lambda: srv.overflowed >= 1, what="a message queued past the bound")
+            wait_until(lambda: srv.overflowed >= 1,
+                       what="a message queued past the bound", interval=0.02)
             time.sleep(10.0)
         assert board.ack(40) == 40
         assert srv.disconnects == 0 and srv.errors == 0
@@ -177,18 +178,17 @@ def test_a_reconnect_drops_what_the_last_connection_queued(broker, tmp_path):
         with srv.lock:
             for first in range(1, 41, 8):
                 board.send(first, first + 7, 40)
-            _until(lambda: srv.inbox.qsize() == 4, what="4 queued, 1 in the worker's hands")
+            wait_until(lambda: srv.inbox.qsize() == 4,
+                       what="4 queued, 1 in the worker's hands", interval=0.02)
             srv.client.socket().shutdown(socket.SHUT_RDWR)
-            _until(lambda: srv.connection == 2, what="the server back")
+            wait_until(lambda: srv.connection == 2, what="the server back", interval=0.02)
             assert srv.requeued == 4
         assert board.ack(40) == 40
         assert srv.errors == 0
     finally:
         board.close()
         srv.stop()
-    recs, problems, devices, _ = _ledger(store_url)
-    assert [(s, r) for _, s, r in recs] == list(enumerate(board.journal.records, 1))
-    assert problems == [] and devices[DEVICE] == 40
+    assert_stored_once_in_order(store_url, board, 40)
 
 
 def test_the_brokers_copy_is_acknowledged_only_once_stored(broker, store_url):
@@ -251,7 +251,8 @@ def test_a_stale_batch_the_broker_delivers_again_after_newer_ones_is_no_rollback
         again = Server(store_url, SITE_KEY, broker.url(), log=logs.append).start()
         try:
             # (B's PUBACK may not have left before the crash either: then B comes again too)
-            _until(lambda: again.stale >= 1, what="the broker's copy of A again")
+            wait_until(lambda: again.stale >= 1,
+                       what="the broker's copy of A again", interval=0.02)
             assert board.ack(40) == 40
             assert again.stale == 1 and again.errors == 0
         finally:

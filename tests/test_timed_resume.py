@@ -5,9 +5,7 @@ more than the record had, and a clock that went back counts nothing as elapsed."
 
 import json
 
-import pytest
-
-from tests.conftest import micropython_i386, run_micropython
+from tests.conftest import run_micropython
 
 SCRIPT = r"""
 import asyncio, json, time
@@ -52,15 +50,9 @@ CASES = [
 ]
 
 
-@pytest.mark.parametrize("interpreter", ["64", "32"])
-def test_resume_gives_the_customer_the_second_in_doubt(interpreter):
-    mp = None
-    if interpreter == "32":
-        mp = micropython_i386()
-        if not mp:
-            pytest.skip("no 32-bit micropython (../shared/tools/micropython-i386)")
+def test_resume_gives_the_customer_the_second_in_doubt(each_micropython):
     code = "CASES = %r\n" % [list(c) for c, _ in CASES] + SCRIPT
-    _, out, _ = run_micropython(code, interpreter=mp)
+    _, out, _ = run_micropython(code, interpreter=each_micropython)
     got = json.loads(out.strip().splitlines()[-1])
     assert [(left, started) for left, started, _ in got] == [want for _, want in CASES]
     # a resumed vend journals vend_running (recovered) once; an ended one journals nothing

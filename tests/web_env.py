@@ -6,6 +6,8 @@ import json
 import re
 import time
 
+from conftest import wait_until  # noqa: F401 - the browser tests take it from here
+
 from host_tools.server.ingest import Ingest
 from host_tools.server.web import Web
 
@@ -105,17 +107,6 @@ def headless_chromium(width, height, phone=False):
         opts.add_experimental_option("mobileEmulation", {"deviceMetrics": {
             "width": width, "height": height, "pixelRatio": 2.0}})
     return webdriver.Chrome(service=Service(executable_path=driver), options=opts)
-
-
-def wait_until(pred, timeout=30.0, what="condition"):
-    """pred()'s first true value within timeout seconds, else AssertionError naming what."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        v = pred()
-        if v:
-            return v
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def leave(b, element, timeout=30.0):
