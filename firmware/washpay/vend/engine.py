@@ -205,7 +205,14 @@ class VendEngine:
             self.show()
             self.timings["coin_to_credit_us"] = time.ticks_diff(time.ticks_us(), t0)
         elif kind == "reject" and self.coin_storm is not None:
-            use(_WATCH, "storm_reject", self, result)
+            # a train rejected during a storm: the first is journaled (a coin in flight when
+            # the storm began would be in it); the others are noise the storm's fault record
+            # stands for. Every one of a storm comes here: no module is loaded for them
+            self.coin_storm += 1
+            if self.coin_storm == 1:
+                self._record(R.COIN_REJECTED, reason=result[1], pulses=result[2])
+            else:
+                self.noise += 1
         elif kind == "reject":
             self.faults += 1
             self.last_fault = result[1]

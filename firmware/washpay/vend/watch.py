@@ -55,7 +55,7 @@ def coin_fault(e, why, block=True):
 def coin_storm(e, result):
     """Noise on the coin line began (("storm", rises, ms): the fault is journaled, coins are
     refused) or ended (("calm", 0): coins are taken again). One fault record per storm:
-    its end is in the status, and the storm's trains are the next function's."""
+    its end is in the status; the trains rejected during it are counted by the engine."""
     if result[0] == "calm":
         e.coin_storm = None
         e.update_inhibit()
@@ -67,14 +67,3 @@ def coin_storm(e, result):
     e.last_fault = "coin line noise: %d edges in %d ms" % (result[1], result[2])
     e._record(R.FAULT, reason=e.last_fault)
     e.notice("Coins blocked", "ask staff", 3000)
-
-
-def storm_reject(e, result):
-    """A train the decoder rejected during a storm. The first is journaled: it is the one
-    a coin in flight when the storm began would be in. The others are noise the fault
-    record already stands for: counted, not journaled, no reject burst."""
-    e.coin_storm += 1
-    if e.coin_storm == 1:
-        e._record(R.COIN_REJECTED, reason=result[1], pulses=result[2])
-    else:
-        e.noise += 1
