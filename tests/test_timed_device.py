@@ -103,8 +103,10 @@ def test_coins_while_running_extend_up_to_the_cap(start_dryer, tmp_path):
     sim.insert_coin(100)
     t0 = time.monotonic()
     sim.call("button", name="start")
-    st = sim.wait_for(lambda s: s["state"] == "running", what="running")
-    assert st["inhibit"] is False  # a dryer takes coins while it runs: they buy time
+    # a dryer takes coins while it runs: they buy time (the acceptor, closed while the
+    # machine starts, opens once the running state is journaled: a status may fall between)
+    st = sim.wait_for(lambda s: s["state"] == "running" and s["inhibit"] is False,
+                      what="running, taking coins")
     assert within(st, 8, t0)
     st = coin_to_time(sim, 100)  # one more step
     assert st["credit"] == 0 and within(st, 16, t0)
